@@ -1,0 +1,111 @@
+"""Errors raised by policy-canary: one root, a small tree, messages that say what to fix.
+
+::
+
+    CanaryError                      every error this package raises on purpose
+    ├── InputError                   the caller handed us something we cannot accept
+    │   ├── InvalidSpecError         malformed YAML/JSON, not an object, NaN, too large
+    │   ├── InvalidNameError         a policy name outside the documented charset
+    │   ├── InvalidMetricError       NaN / negative latency / quality outside [0, 1] ...
+    │   └── PlanError                a rollout plan that does not validate
+    ├── NotFoundError                an unknown policy, version, rollout, decision, incident
+    │   └── AmbiguousReferenceError  a prefix that matches more than one version
+    ├── ConflictError                the request clashes with stored state (active rollout ...)
+    ├── StoreError                   the store is reachable but refused the operation
+    │   └── StoreUnavailableError    the database cannot be reached or is not a database
+
+Every error carries an :class:`ErrorCode`; the surfaces (CLI exit codes, later HTTP statuses)
+map codes to outcomes in exactly one place.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable, machine-readable error codes (part of the ``--json`` contract)."""
+
+    INVALID_INPUT = "invalid_input"
+    INVALID_SPEC = "invalid_spec"
+    INVALID_NAME = "invalid_name"
+    INVALID_METRIC = "invalid_metric"
+    INVALID_PLAN = "invalid_plan"
+    NOT_FOUND = "not_found"
+    AMBIGUOUS_REFERENCE = "ambiguous_reference"
+    CONFLICT = "conflict"
+    STORE_ERROR = "store_error"
+    STORE_UNAVAILABLE = "store_unavailable"
+
+
+class CanaryError(Exception):
+    """Root of every error policy-canary raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INVALID_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(CanaryError):
+    """The caller handed us something we cannot accept; nothing was stored."""
+
+    code = ErrorCode.INVALID_INPUT
+
+
+class InvalidSpecError(InputError):
+    """A policy spec (or exported version file) that cannot be read or is not allowed."""
+
+    code = ErrorCode.INVALID_SPEC
+
+
+class InvalidNameError(InputError):
+    """A policy name outside the documented charset."""
+
+    code = ErrorCode.INVALID_NAME
+
+
+class InvalidMetricError(InputError):
+    """A metric value that cannot be recorded (NaN, negative latency, quality outside [0, 1])."""
+
+    code = ErrorCode.INVALID_METRIC
+
+
+class PlanError(InputError):
+    """A rollout plan that does not validate."""
+
+    code = ErrorCode.INVALID_PLAN
+
+
+class NotFoundError(CanaryError):
+    """An unknown policy, version, rollout, decision or incident."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class AmbiguousReferenceError(NotFoundError):
+    """A version prefix that matches more than one version."""
+
+    code = ErrorCode.AMBIGUOUS_REFERENCE
+
+
+class ConflictError(CanaryError):
+    """The request clashes with stored state, e.g. a rollout is already active."""
+
+    code = ErrorCode.CONFLICT
+
+
+class StoreError(CanaryError):
+    """The store is reachable but refused the operation."""
+
+    code = ErrorCode.STORE_ERROR
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached, or the file is not a database."""
+
+    code = ErrorCode.STORE_UNAVAILABLE

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import InputError
+from policy_canary.errors import InputError
 
 #: Upper bound on nodes materialised from one document (stops alias "billion laughs" bombs).
 MAX_NODES = 500_000

@@ -12,10 +12,13 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
-from .errors import InvalidSpecError
+from policy_canary.errors import InvalidSpecError
+
+# Normalising must never round: a context wide enough for any number a spec holds.
+_EXACT = Context(prec=100_000)
 
 #: Deepest nesting a spec may have; deeper values are almost certainly a mistake or an attack.
 MAX_DEPTH = 64
@@ -47,14 +50,20 @@ def digest_text(canonical: str) -> str:
 def format_number(number: int | float | Decimal) -> str:
     """Return the one canonical spelling of a finite number."""
     if isinstance(number, int):
-        return str(number)
-    dec = Decimal(repr(number)) if isinstance(number, float) else number
+        if -(10**21) < number < 10**21:
+            return str(number)  # the common case, without a Decimal round trip
+        dec = Decimal(number)
+    else:
+        dec = Decimal(repr(number)) if isinstance(number, float) else number
     if not dec.is_finite():
         raise ValueError("not a finite number")
-    if dec == dec.to_integral_value():
-        return str(int(dec))  # also folds -0.0 into 0
-    dec = dec.normalize()
-    if -7 <= dec.adjusted() < 21:
+    if dec.is_zero():
+        return "0"  # folds -0.0 and 0E-5 into one spelling
+    dec = dec.normalize(_EXACT)
+    integral = dec == dec.to_integral_value()
+    if integral and dec.adjusted() < 21:
+        return str(int(dec))
+    if not integral and -7 <= dec.adjusted() < 21:
         return format(dec, "f")
     return format(dec, "e")
 
@@ -73,7 +82,8 @@ def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: i
     elif isinstance(value, int | float | Decimal):
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidSpecError(
-                f"{path}: {value!r} is not allowed; JSON has no NaN or Infinity, use a number or null"
+                f"{path}: {value!r} is not allowed; JSON has no NaN or Infinity; "
+                "use a number or null"
             )
         if isinstance(value, Decimal) and not value.is_finite():
             raise InvalidSpecError(f"{path}: {value} is not allowed; use a finite number or null")

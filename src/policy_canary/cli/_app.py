@@ -1,0 +1,53 @@
+"""The root ``policy-canary`` app and its global options."""
+
+from __future__ import annotations
+
+import typer
+
+from policy_canary import __version__
+from policy_canary.cli import _db, _demo, _policy
+from policy_canary.cli._output import CliState, reporting
+from policy_canary.settings import Settings
+
+app = typer.Typer(
+    name="policy-canary",
+    help="Ship LLM agent policy changes like production releases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(_policy.app, name="policy")
+app.add_typer(_db.app, name="db")
+app.command("demo")(_demo.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"policy-canary {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Database URL or SQLite path (default: $POLICY_CANARY_DB, else ./policy-canary.db).",
+        show_default=False,
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Ship LLM agent policy changes like production releases."""
+    with reporting(json_output=False):
+        settings = Settings.from_env()
+    cli_state = CliState(settings=settings, db_url=db or settings.db_url)
+    ctx.obj = cli_state
+    ctx.call_on_close(cli_state.close)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

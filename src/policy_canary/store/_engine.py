@@ -1,0 +1,250 @@
+"""Opening a store: URL resolution, engine set-up per backend, migrations, transactions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, exc, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from policy_canary.errors import StoreError, StoreUnavailableError
+
+from ._schema import store_state
+
+#: The embedded default: a SQLite file in the working directory.
+DEFAULT_DB_URL = "sqlite:///policy-canary.db"
+#: The one environment variable that chooses the database.
+ENV_VAR = "POLICY_CANARY_DB"
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+# Arbitrary constant key: serialises concurrent migrations on PostgreSQL.
+_MIGRATION_LOCK = 0x70_63_6D_69  # "pcmi"
+
+
+def resolve_db_url(url: str | None = None) -> str:
+    """Return the database URL: the argument, else ``$POLICY_CANARY_DB``, else the default."""
+    return normalize_url(url or os.environ.get(ENV_VAR) or DEFAULT_DB_URL)
+
+
+def normalize_url(url: str) -> str:
+    """Accept a bare file path (SQLite) and plain ``postgresql://`` URLs (psycopg 3)."""
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _safe(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return url
+
+
+class Store:
+    """A database holding policy-canary's state; the only object that talks SQL.
+
+    Use :meth:`open`; :meth:`begin` yields a connection in a write transaction (on SQLite an
+    ``IMMEDIATE`` one, so two writers serialise instead of failing halfway), :meth:`read` a
+    connection for consistent reads.
+    """
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str | None = None, *, migrate: bool = True) -> Store:
+        """Open (and by default migrate) the store at ``url``; see :func:`resolve_db_url`.
+
+        Raises :class:`StoreUnavailableError` when the database cannot be reached or the file
+        is not a database.
+        """
+        resolved = resolve_db_url(url)
+        try:
+            parsed = make_url(resolved)
+        except exc.ArgumentError:
+            raise StoreUnavailableError(
+                f"{resolved!r} is not a database URL; use sqlite:///PATH or "
+                "postgresql+psycopg://USER@HOST:PORT/DB"
+            ) from None
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            engine = _sqlite_engine(resolved, parsed.database)
+        elif backend == "postgresql":
+            engine = create_engine(
+                resolved,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=10,
+                connect_args={"connect_timeout": 5},
+            )
+        else:
+            raise StoreUnavailableError(
+                f"unsupported database {backend!r} in {_safe(resolved)}; "
+                "policy-canary stores state in SQLite or PostgreSQL"
+            )
+        store = cls(engine, resolved)
+        try:
+            with store.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            if migrate:
+                store.upgrade()
+        except StoreUnavailableError:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """Yield a connection inside a write transaction, committed on normal exit."""
+        with self._errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """Yield a connection for reads (a deferred transaction, rolled back at the end)."""
+        with (
+            self._errors(),
+            self.engine.connect().execution_options(pc_read=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (exc.OperationalError, exc.InterfaceError) as error:
+            raise StoreUnavailableError(
+                f"the store at {_safe(self.url)} is unavailable: {_first_line(error)}; "
+                "check that the database is running and the URL is right"
+            ) from error
+        except exc.DatabaseError as error:
+            if "not a database" in str(error.orig):
+                raise StoreUnavailableError(
+                    f"{_safe(self.url)} is not a policy-canary database (the file is not "
+                    "SQLite); point --db at a new or existing store"
+                ) from error
+            if isinstance(error, exc.IntegrityError | exc.ProgrammingError):
+                raise
+            raise StoreError(f"the store refused the operation: {_first_line(error)}") from error
+
+    # -- migrations -----------------------------------------------------------------------
+
+    def _alembic(self, conn: Connection) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def upgrade(self) -> str | None:
+        """Apply pending migrations (idempotent, safe to run from several processes)."""
+        with self.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            command.upgrade(self._alembic(conn), "head")
+        return self.current_revision()
+
+    def current_revision(self) -> str | None:
+        """Return the schema revision the database is at (``None`` for an empty database)."""
+        with self.read() as conn:
+            rev: str | None = MigrationContext.configure(conn).get_current_revision()
+            return rev
+
+    def head_revision(self) -> str | None:
+        """Return the newest schema revision this version of policy-canary knows."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        head: str | None = ScriptDirectory.from_config(cfg).get_current_head()
+        return head
+
+    # -- change counter -------------------------------------------------------------------
+
+    def bump_epoch(self, conn: Connection, key: str = "routing") -> int:
+        """Increment a change counter inside the caller's transaction; return its new value.
+
+        Gates poll the ``routing`` counter cheaply to learn that a routing table changed.
+        """
+        updated = conn.execute(
+            store_state.update()
+            .where(store_state.c.key == key)
+            .values(value=store_state.c.value + 1)
+            .returning(store_state.c.value)
+        ).scalar_one_or_none()
+        if updated is not None:
+            return int(updated)
+        conn.execute(store_state.insert().values(key=key, value=1))
+        return 1
+
+    def read_epoch(self, conn: Connection, key: str = "routing") -> int:
+        """Return the current value of a change counter (0 if it was never bumped)."""
+        value = conn.execute(
+            select(store_state.c.value).where(store_state.c.key == key)
+        ).scalar_one_or_none()
+        return int(value or 0)
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    if not database or database == ":memory:":
+        raise StoreUnavailableError(
+            "an in-memory SQLite database cannot be shared between connections; "
+            "use a file, e.g. sqlite:///policy-canary.db"
+        )
+    parent = Path(database).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise StoreUnavailableError(
+            f"cannot create the SQLite database {database!r}: folder {str(parent)!r} does not exist"
+        )
+    # NullPool: SQLite connections are cheap to open, and a pool would pin a file handle per
+    # thread; each connection gets the pragmas below.
+    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN is ours (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: two controllers or flushers queue on the
+        # lock instead of deadlocking on a read-to-write upgrade.
+        read_only = conn.get_execution_options().get("pc_read", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine

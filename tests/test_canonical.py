@@ -1,0 +1,127 @@
+"""Canonical JSON: one text per value, whatever the key order, whitespace or number spelling."""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from policy_canary.canonical import canonical_json, digest, format_number
+from policy_canary.errors import InvalidSpecError
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+def _shuffle_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shuffle_keys(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_shuffle_keys(v) for v in value]
+    return value
+
+
+@given(json_values)
+def test_canonical_form_ignores_key_order(value: Any) -> None:
+    assert canonical_json(_shuffle_keys(value)) == canonical_json(value)
+
+
+@given(json_values)
+def test_canonical_form_ignores_whitespace_and_round_trips(value: Any) -> None:
+    pretty = json.dumps(value, indent=4)
+    assert canonical_json(json.loads(pretty)) == canonical_json(value)
+    # The canonical text parses back to a value with the same canonical text.
+    assert canonical_json(json.loads(canonical_json(value))) == canonical_json(value)
+
+
+@given(st.integers(min_value=-(2**53), max_value=2**53))
+def test_integral_numbers_have_one_spelling(n: int) -> None:
+    spellings = {canonical_json(n), canonical_json(float(n)), canonical_json(Decimal(n))}
+    assert spellings == {str(n)}
+
+
+@given(st.integers())
+def test_integers_of_any_size_keep_their_exact_value(n: int) -> None:
+    assert Decimal(format_number(n)) == n
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_float_spelling_round_trips_exactly(x: float) -> None:
+    text = format_number(x)
+    assert float(text) == x or (x == 0 and float(text) == 0)
+    assert format_number(float(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (1.0, "1"),
+        (-0.0, "0"),
+        (0.5, "0.5"),
+        (1e-9, "1e-9"),
+        (1.5e300, "1.5e+300"),
+        (100, "100"),
+        (10**21, "1e+21"),
+        (1e21, "1e+21"),
+        (10**25 + 1, "1.0000000000000000000000001e+25"),
+    ],
+)
+def test_number_normal_form_examples(number: float, text: str) -> None:
+    assert format_number(number) == text
+
+
+def test_same_value_spelled_differently_in_json_text_gets_same_digest() -> None:
+    a = json.loads('{"b": 1.0, "a": [0.50, 1e2]}')
+    b = json.loads('{ "a" : [0.5, 100] ,"b":1 }')
+    assert digest(a) == digest(b)
+    assert canonical_json(a) == '{"a":[0.5,100],"b":1}'
+
+
+@given(json_values, json_values)
+def test_distinct_values_get_distinct_digests(a: Any, b: Any) -> None:
+    if canonical_json(a) != canonical_json(b):
+        assert digest(a) != digest(b)
+    else:
+        assert digest(a) == digest(b)
+
+
+def test_unicode_is_kept_as_utf8_not_escaped() -> None:
+    assert canonical_json({"prompt": "héllo ✓"}) == '{"prompt":"héllo ✓"}'
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_are_rejected_with_their_path(bad: float) -> None:
+    with pytest.raises(InvalidSpecError, match=r"\$\.limits\.temperature"):
+        canonical_json({"limits": {"temperature": bad}})
+
+
+def test_non_string_keys_and_non_json_values_are_rejected() -> None:
+    with pytest.raises(InvalidSpecError, match="not a string"):
+        canonical_json({1: "x"})
+    with pytest.raises(InvalidSpecError, match="quote it"):
+        canonical_json({"x": b"bytes"})
+
+
+def test_pathologically_deep_nesting_is_rejected() -> None:
+    value: Any = "leaf"
+    for _ in range(100):
+        value = [value]
+    with pytest.raises(InvalidSpecError, match="nested deeper"):
+        canonical_json(value)

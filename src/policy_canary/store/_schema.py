@@ -184,3 +184,84 @@ feedback = Table(
 
 #: Tables whose rows may never be updated or deleted (design invariants 1 and 2).
 APPEND_ONLY = ("versions", "release_history", "audit")
+
+# -- controller, alerts and incidents (migration 0002) --------------------------------------
+
+monitor_states = Table(
+    "monitor_states",
+    metadata,
+    Column("rollout_id", String(40), ForeignKey("rollouts.id"), primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("events_through", BigInteger, nullable=False),
+    Column("feedback_through", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+rollout_ticks = Table(
+    "rollout_ticks",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("rollout_id", String(40), ForeignKey("rollouts.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("stage_index", Integer, nullable=False),
+    Column("traffic_bp", Integer, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("verdicts", Text, nullable=False),
+    Column("events_through", BigInteger, nullable=False),
+    Column("feedback_through", BigInteger, nullable=False),
+    UniqueConstraint("rollout_id", "seq"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("policy", String(NAME), nullable=True),
+    Column("rollout_id", String(40), nullable=True),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("alert_id", BigInteger, ForeignKey("alerts.id"), primary_key=True),
+    Column("sink", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index(None, "status", "next_attempt_at"),
+)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("rollout_id", String(40), ForeignKey("rollouts.id"), nullable=False),
+    Column("policy", String(NAME), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("bundle", Text, nullable=False),
+    Column("bundle_hash", String(DIGEST), nullable=False),
+    Index(None, "policy", "created_at"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)

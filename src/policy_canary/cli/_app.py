@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from policy_canary import __version__
-from policy_canary.cli import _db, _demo, _policy
+from policy_canary.cli import _alerts, _db, _demo, _policy
 from policy_canary.cli._output import CliState, reporting
 from policy_canary.settings import Settings
 
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(_policy.app, name="policy")
 app.add_typer(_db.app, name="db")
+app.add_typer(_alerts.app, name="alerts")
 app.command("demo")(_demo.demo)
 
 

@@ -1,0 +1,536 @@
+"""Detection benchmark: anytime-valid guardrails against the usual canary checks.
+
+    python benchmarks/bench_detection.py [--quick] [--runs N] [--json-out PATH] [--seed S]
+
+Every scenario simulates many rollouts; within a run all methods see the *same* simulated
+traffic (common random numbers), checked after every look (one look = 400 requests):
+
+* ``ours``   - the real policy-canary tests: the conditional rate e-process for rates
+  (``policy_canary.stats``) and the monitors' mean judge for latency, quality and cost;
+* ``naive``  - fixed windows of 25 looks: roll back when the candidate's window rate (mean) is
+  beyond the baseline's by the regression worth catching (k = 1 + ``detect``);
+* ``kayenta`` - Kayenta-style: a one-sided Mann-Whitney U test (p < 0.01, effect beyond the
+  tolerance) on per-interval aggregates (5 looks each), judged every 25 looks; also
+  ``kayenta-matched``: the same at the largest p threshold whose false-rollback rate stays
+  within alpha in the A/A scenarios of the same family (rates or means);
+* ``z/t-every-look`` - a classical one-sided z (rates) or Welch t (means) test at level 0.01
+  evaluated at every look: the "peeking" mistake.
+
+Reported per scenario and method: false-rollback rate (A/A and below-tolerance scenarios),
+detection rate, median and p90 candidate requests to detection, median requests harmed before
+rollback (bad candidate events for rates; candidate requests served for means), and for
+``ours`` the ratio of the median to Wald's floor for the true regression against the
+tolerance (alpha = 0.01, beta = 0.2, baseline known).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats as sps
+
+from policy_canary._judges import MeanJudge, Setup
+from policy_canary.guardrails import Guardrail, Statistic
+from policy_canary.monitors import Baseline, MetricBaseline
+from policy_canary.stats import (
+    RateMixture,
+    bernoulli_kl,
+    conditional_log_evalue,
+    wald_bernoulli_floor,
+    wald_gaussian_floor,
+)
+from policy_canary.verdict import VerdictStatus
+
+ALPHA = 0.01
+BETA = 0.2
+PER_LOOK = 400
+WINDOW = 25  # looks per naive window and between Kayenta judgements
+BLOCK = 5  # looks per Kayenta interval aggregate
+Z_CRIT = float(sps.norm.ppf(1 - ALPHA))
+#: Kayenta p-value thresholds evaluated on the same p-values (0.01 is the reported default).
+KAYENTA_LEVELS = (0.01, 0.003, 0.001, 0.0003, 0.0001, 0.00003)
+METHODS = ("ours", "naive", "z/t-every-look", *(f"kayenta@{lv:g}" for lv in KAYENTA_LEVELS))
+
+Array = NDArray[Any]  # counts and values alike: the benchmark mixes int and float arrays
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One simulated situation and the guardrail every method is configured with."""
+
+    name: str
+    metric: str  # error | safety | latency | quality | cost
+    null: bool  # True: any rollback is a false rollback
+    looks: int
+    guardrail: dict[str, Any]
+    effect: float = 1.0  # rate ratio, latency/cost multiplier, or quality shift
+    base: float = 0.01  # stable's rate (rate scenarios)
+    swings: bool = False  # +-50% daily volume, stages 1% -> 5% -> 25%, shared incidents
+    share: float = 0.05
+    runs_scale: float = 1.0  # fraction of --runs used (detection needs fewer than A/A)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+SCENARIOS = (
+    Scenario("aa_stationary_error", "error", True, 1500,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}),
+    Scenario("aa_stationary_error_zero_tolerance", "error", True, 1500,
+             {"metric": "error", "max_increase": "0%", "detect": "100%"}),
+    Scenario("aa_swings_incidents_error", "error", True, 1500,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}, swings=True),
+    Scenario("aa_stationary_latency", "latency", True, 200,
+             {"metric": "latency_ms", "max_increase": "3%", "detect": "10%"}),
+    Scenario("aa_swings_incidents_latency", "latency", True, 200,
+             {"metric": "latency_ms", "max_increase": "3%", "detect": "10%"}, swings=True),
+    Scenario("failure_1_to_2pct", "error", False, 800,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=2.0,
+             runs_scale=0.5),
+    Scenario("failure_1_to_1.5pct", "error", False, 3000,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=1.5,
+             runs_scale=0.5),
+    Scenario("safety_0.1_to_0.3pct", "safety", False, 1500,
+             {"metric": "safety_flags", "max_increase": "20%", "detect": "200%"}, effect=3.0,
+             base=0.001, runs_scale=0.5),
+    Scenario("latency_plus_10pct", "latency", False, 200,
+             {"metric": "latency_ms", "max_increase": "3%", "detect": "10%"}, effect=1.1,
+             runs_scale=0.25),
+    Scenario("quality_minus_0.02_late", "quality", False, 400,
+             {"metric": "quality", "max_delta": 0.005, "detect": 0.02}, effect=-0.02,
+             runs_scale=0.25, extra={"feedback": 0.5}),
+    Scenario("cost_plus_30pct", "cost", False, 200,
+             {"metric": "cost_usd", "max_increase": "10%", "detect": "30%"}, effect=1.3,
+             runs_scale=0.25),
+    Scenario("failure_below_tolerance_1_to_1.1pct", "error", True, 1500,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=1.1,
+             runs_scale=0.5),
+)  # fmt: skip
+
+
+# --- traffic shape ------------------------------------------------------------------------------
+
+
+def schedule(sc: Scenario) -> tuple[NDArray[np.int64], Array, Array]:
+    """Per look: requests, candidate share, and a shared multiplier (incidents hit both arms)."""
+    t = np.arange(sc.looks)
+    if not sc.swings:
+        return np.full(sc.looks, PER_LOOK), np.full(sc.looks, sc.share), np.zeros(sc.looks)
+    day = max(sc.looks // 3, 20)
+    volume = (PER_LOOK * (1 + 0.5 * np.sin(2 * np.pi * t / day))).astype(np.int64)
+    share = np.where(t < sc.looks // 3, 0.01, np.where(t < 2 * sc.looks // 3, 0.05, 0.25))
+    incident = np.where((t % day > day // 2) & (t % day < day // 2 + max(day // 10, 2)), 1.0, 0.0)
+    return volume, share, incident
+
+
+def first_alarm(alarm: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Index of the first True per row, -1 when none."""
+    return np.where(alarm.any(axis=1), alarm.argmax(axis=1), -1).astype(np.int64)
+
+
+def blocks(x: Array, size: int) -> Array:
+    """Sum consecutive looks into blocks along the last axis (drops a ragged tail)."""
+    n = x.shape[-1] // size * size
+    return np.asarray(x[..., :n].reshape(*x.shape[:-1], -1, size).sum(axis=-1))
+
+
+# --- rates: fully vectorised over runs -----------------------------------------------------------
+
+
+def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[str, Any]:
+    volume, share, incident = schedule(sc)
+    g = Guardrail.from_mapping(sc.guardrail)
+    r0, r1 = 1 + g.tolerance, 1 + g.effective_detect
+    p_s = sc.base * (1 + 4 * incident)  # a shared incident multiplies both arms' rate by 5
+    p_c = np.minimum(p_s * sc.effect, 1.0)
+    n_c = rng.binomial(volume, share, size=(runs, sc.looks))
+    n_s = volume - n_c
+    bad_c = rng.binomial(n_c, p_c)
+    bad_s = rng.binomial(n_s, p_s)
+    cum_nc, cum_ns = np.cumsum(n_c, 1), np.cumsum(n_s, 1)
+    cum_bc, cum_bs = np.cumsum(bad_c, 1), np.cumsum(bad_s, 1)
+
+    # ours: the conditional e-process, one stratum per distinct share (as the monitor keeps).
+    keys, which = np.unique(share, return_inverse=True)
+    strata_c = np.stack(
+        [np.cumsum(np.where(which == k, bad_c, 0), 1) for k in range(keys.size)], -1
+    )
+    strata_s = np.stack(
+        [np.cumsum(np.where(which == k, bad_s, 0), 1) for k in range(keys.size)], -1
+    )
+    log_k = conditional_log_evalue(
+        strata_c, strata_s, keys, null_ratio=r0, mixture=RateMixture.around(r0, r1)
+    )
+    alarms = {"ours": first_alarm(log_k >= math.log(1 / ALPHA))}
+
+    # naive: fixed windows, candidate rate > k x baseline rate, k = the regression worth catching.
+    k = 1 + g.effective_detect
+    w_nc, w_ns = blocks(n_c, WINDOW), blocks(n_s, WINDOW)
+    w_bc, w_bs = blocks(bad_c, WINDOW), blocks(bad_s, WINDOW)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        naive = (w_bc / w_nc > k * w_bs / w_ns) & (w_nc >= 50)
+    alarms["naive"] = window_to_look(first_alarm(naive), WINDOW)
+
+    # kayenta: Mann-Whitney on per-interval rates, judged every WINDOW looks.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate_c = np.nan_to_num(blocks(bad_c, BLOCK) / blocks(n_c, BLOCK))
+        rate_s = np.nan_to_num(blocks(bad_s, BLOCK) / blocks(n_s, BLOCK))
+    for level, first in kayenta(rate_c, rate_s, lambda c, s: c > (1 + g.tolerance) * s).items():
+        alarms[f"kayenta@{level:g}"] = first
+
+    # z-test at every look on cumulative counts, H0: p_c <= r0 p_s.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pc, ps = cum_bc / cum_nc, cum_bs / cum_ns
+        se = np.sqrt(pc * (1 - pc) / cum_nc + r0 * r0 * ps * (1 - ps) / cum_ns)
+        z = np.where(se > 0, (pc - r0 * ps) / se, 0.0)
+    alarms["z/t-every-look"] = first_alarm((z > Z_CRIT) & (cum_nc >= 30))
+
+    floors = None
+    if not sc.null:
+        p0, p1 = sc.base * r0, sc.base * sc.effect
+        kl = bernoulli_kl(p1, p0)
+        floors = (wald_bernoulli_floor(p0, p1, alpha=ALPHA, beta=BETA), math.log(1 / ALPHA) / kl)
+    return summarise(sc, alarms, cum_nc, cum_bc, floors)
+
+
+def window_to_look(first_window: NDArray[np.int64], size: int) -> NDArray[np.int64]:
+    """Map a window index to the look at which the window closes."""
+    return np.where(first_window >= 0, (first_window + 1) * size - 1, -1)
+
+
+def kayenta(
+    per_block_c: Array, per_block_s: Array, effect: Callable[[Array, Array], NDArray[np.bool_]]
+) -> dict[float, NDArray[np.int64]]:
+    """First look at which a Kayenta-style judgement fails the canary (-1 if never).
+
+    Returned for every p-value threshold in ``KAYENTA_LEVELS`` from the same p-values, so the
+    benchmark can also report Kayenta at the threshold that matches our false-rollback rate.
+    """
+    runs, n_blocks = per_block_c.shape
+    result = {level: np.full(runs, -1, dtype=np.int64) for level in KAYENTA_LEVELS}
+    per_judgement = WINDOW // BLOCK
+    for j in range(per_judgement, n_blocks + 1, per_judgement):
+        x, y = per_block_c[:, :j], per_block_s[:, :j]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = sps.mannwhitneyu(x, y, alternative="greater", axis=1, method="asymptotic").pvalue
+        p = np.nan_to_num(p, nan=1.0)
+        big = effect(x.mean(axis=1), y.mean(axis=1))
+        for level, first in result.items():
+            newly = (p < level) & big & (first < 0)
+            first[newly] = j * BLOCK - 1
+    return result
+
+
+# --- means: per-run through the monitors' mean judge ---------------------------------------------
+
+
+def simulate_means(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[str, Any]:
+    volume, share, incident = schedule(sc)
+    g = Guardrail.from_mapping(sc.guardrail)
+    baseline, sigma, delta = mean_baseline(sc, g)
+    setup = Setup(alpha=ALPHA, baseline=baseline, design_samples=2000, design_share=sc.share)
+    look_of_request = np.repeat(np.arange(sc.looks), volume)
+    n_req = look_of_request.size
+    alarms: dict[str, NDArray[np.int64]] = {m: np.full(runs, -1, dtype=np.int64) for m in METHODS}
+    cum_nc = np.zeros((runs, sc.looks))
+    for run in range(runs):
+        cand = rng.random(n_req) < share[look_of_request]
+        values, arrival = draw_values(sc, cand, look_of_request, incident[look_of_request], rng)
+        order = np.argsort(arrival, kind="stable")
+        arrival_sorted = arrival[order]
+        edges = np.searchsorted(arrival_sorted, np.arange(1, sc.looks + 1))
+        cum_nc[run] = np.cumsum(np.bincount(look_of_request[cand], minlength=sc.looks))
+        # ours: the monitors' judge, fed in arrival order, judged after every look.
+        judge = MeanJudge(g, [g], Statistic.MEAN, setup)
+        bp = np.round(share[look_of_request] * 10_000).astype(np.int64)
+        start = 0
+        for look, end in enumerate(edges):
+            if end > start:
+                idx = order[start:end]
+                judge.fold(cand[idx], bp[idx], values[idx], ())
+                start = end
+                if judge.verdict(g).status is VerdictStatus.BREACH:
+                    alarms["ours"][run] = look
+                    break
+        # comparators on per-look sums by arrival look
+        valid = arrival < sc.looks
+        arr_look = np.where(valid, arrival, 0).astype(np.int64)
+        scale = np.log1p(values) if sc.metric == "latency" else values
+        sums = {}
+        for arm, mask in (("c", cand & valid), ("s", ~cand & valid)):
+            sums[arm] = (
+                np.bincount(arr_look[mask], minlength=sc.looks).astype(np.float64),
+                np.bincount(arr_look[mask], weights=scale[mask], minlength=sc.looks),
+                np.bincount(arr_look[mask], weights=scale[mask] ** 2, minlength=sc.looks),
+            )
+        for method, look in compare_means(sc, g, sums).items():
+            alarms[method][run] = look
+    floors = None
+    if not sc.null:
+        # Per served request: only a share of them ever reports a quality score.
+        per_obs = sc.extra.get("feedback", 1.0)
+        kl = delta * delta / (2 * sigma * sigma)
+        floors = (
+            wald_gaussian_floor(delta, sigma, alpha=ALPHA, beta=BETA) / per_obs,
+            math.log(1 / ALPHA) / kl / per_obs,
+        )
+    harmed = cum_nc  # every candidate request served carries a mean shift
+    return summarise(sc, alarms, cum_nc, harmed, floors)
+
+
+def mean_baseline(sc: Scenario, g: Guardrail) -> tuple[Baseline, float, float]:
+    """A frozen baseline like Baseline.from_events would build; sigma and the Wald shift."""
+    if sc.metric == "latency":
+        sigma, mu = 0.5, math.log(1000.0)
+        snap = MetricBaseline(count=10_000, log_mean=mu, log_variance=sigma**2)
+        delta = math.log(sc.effect) - math.log1p(g.tolerance)
+        return Baseline({"latency_ms": snap}), sigma, abs(delta)
+    if sc.metric == "cost":
+        mean = 0.02
+        snap = MetricBaseline(count=10_000, mean=mean, variance=mean**2 / 2)
+        # D = mu_c - (1 + t) mu_s; the candidate's noise dominates the AIPW sum.
+        delta = (sc.effect - 1 - g.tolerance) * mean
+        return Baseline({"cost_usd": snap}), sc.effect * mean / math.sqrt(2), delta
+    snap = MetricBaseline(count=10_000, mean=0.8, variance=0.8 * 0.2 / 11)
+    return Baseline({"quality": snap}), math.sqrt(0.8 * 0.2 / 11), abs(sc.effect) - g.tolerance
+
+
+def draw_values(
+    sc: Scenario,
+    cand: NDArray[np.bool_],
+    request_look: NDArray[np.int64],
+    incident: Array,
+    rng: np.random.Generator,
+) -> tuple[Array, Array]:
+    """Per-request values and the look at which each observation arrives."""
+    n = cand.size
+    if sc.metric == "latency":
+        mult = np.where(cand, sc.effect, 1.0) * (1 + 0.5 * incident)
+        values = np.exp(rng.normal(math.log(1000.0), 0.5, n)) * mult
+        return values, request_look.astype(np.float64)
+    if sc.metric == "cost":
+        mean = 0.02 * np.where(cand, sc.effect, 1.0)
+        return rng.gamma(2.0, mean / 2.0), request_look.astype(np.float64)
+    # quality: Beta scores (mean 0.8, or 0.8 + effect), half the requests give feedback, late.
+    mean = 0.8 + np.where(cand, sc.effect, 0.0)
+    values = rng.beta(mean * 10.0, (1 - mean) * 10.0)
+    gives = rng.random(n) < sc.extra.get("feedback", 0.5)
+    delay = rng.exponential(5.0, n)
+    arrival = np.where(gives, request_look + delay, np.inf)
+    return values, arrival
+
+
+def compare_means(
+    sc: Scenario, g: Guardrail, sums: dict[str, tuple[Array, Array, Array]]
+) -> dict[str, int]:
+    """Naive windows, Kayenta and the every-look t-test on per-look sums."""
+    (nc, sc_, qc), (ns, ss, qs) = sums["c"], sums["s"]
+    up = sc.metric != "quality"
+    log_scale = sc.metric == "latency"
+    tol, det = g.tolerance, g.effective_detect
+    out: dict[str, int] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # naive windows
+        wn_c, wn_s = blocks(nc, WINDOW), blocks(ns, WINDOW)
+        wm_c, wm_s = blocks(sc_, WINDOW) / wn_c, blocks(ss, WINDOW) / wn_s
+        if log_scale:
+            naive = wm_c - wm_s > math.log1p(det)
+        elif up:
+            naive = wm_c > (1 + det) * wm_s
+        else:
+            naive = wm_c < wm_s - det
+        hits = np.flatnonzero(naive & (wn_c >= 50))
+        out["naive"] = int((hits[0] + 1) * WINDOW - 1) if hits.size else -1
+        # kayenta on per-block means
+        bm_c = np.nan_to_num(blocks(sc_, BLOCK) / blocks(nc, BLOCK))
+        bm_s = np.nan_to_num(blocks(ss, BLOCK) / blocks(ns, BLOCK))
+        if not up:
+            bm_c, bm_s = -bm_c, -bm_s
+        if log_scale:
+            effect = lambda c, s: c - s > math.log1p(tol)  # noqa: E731 - tiny local predicate
+        elif up:
+            effect = lambda c, s: c > (1 + tol) * s  # noqa: E731
+        else:
+            effect = lambda c, s: c - s > tol  # noqa: E731
+        for level, first in kayenta(bm_c[None, :], bm_s[None, :], effect).items():
+            out[f"kayenta@{level:g}"] = int(first[0])
+        # Welch t at every look on cumulative sums
+        cn_c, cn_s = np.cumsum(nc), np.cumsum(ns)
+        mc, ms = np.cumsum(sc_) / cn_c, np.cumsum(ss) / cn_s
+        vc = np.cumsum(qc) / cn_c - mc**2
+        vs = np.cumsum(qs) / cn_s - ms**2
+        if log_scale:
+            diff = mc - ms - math.log1p(tol)
+            se = np.sqrt(vc / cn_c + vs / cn_s)
+        elif up:
+            diff = mc - (1 + tol) * ms
+            se = np.sqrt(vc / cn_c + (1 + tol) ** 2 * vs / cn_s)
+        else:
+            diff = ms - mc - tol
+            se = np.sqrt(vc / cn_c + vs / cn_s)
+        t = np.where(se > 0, diff / se, 0.0)
+        hits = np.flatnonzero((t > Z_CRIT) & (cn_c >= 30))
+        out["z/t-every-look"] = int(hits[0]) if hits.size else -1
+    return out
+
+
+# --- summary and output -----------------------------------------------------------------------
+
+
+def summarise(
+    sc: Scenario,
+    alarms: dict[str, NDArray[np.int64]],
+    cum_nc: Array,
+    cum_harm: Array,
+    floors: tuple[float, float] | None,
+) -> dict[str, Any]:
+    runs = cum_nc.shape[0]
+    rows = {}
+    for method, first in alarms.items():
+        hit = first >= 0
+        idx = np.where(hit, first, 0)
+        requests = np.where(hit, cum_nc[np.arange(runs), idx], np.inf)
+        harmed = np.where(hit, cum_harm[np.arange(runs), idx], np.inf)
+        rate = float(hit.mean())
+        row: dict[str, Any] = {"runs": runs, "rollback_rate": rate}
+        if sc.null:
+            row["false_rollback"] = rate
+            row["false_rollback_se"] = math.sqrt(max(rate * (1 - rate), 1e-12) / runs)
+        else:
+            row["median_requests"] = _q(requests, 0.5)
+            row["p90_requests"] = _q(requests, 0.9)
+            row["median_harmed"] = _q(harmed, 0.5)
+            if floors is not None and method == "ours":
+                median = row["median_requests"]
+                row["wald_floor"], row["power_one_floor"] = floors
+                row["ratio_to_floor"] = median / floors[0] if median is not None else None
+                row["ratio_to_power_one_floor"] = median / floors[1] if median is not None else None
+        rows[method] = row
+    family = "rates" if sc.metric in ("error", "safety") else "means"
+    return {
+        "scenario": sc.name,
+        "family": family,
+        "null": sc.null,
+        "horizon_looks": sc.looks,
+        "guardrail": sc.guardrail,
+        "methods": rows,
+    }
+
+
+def match_kayenta(results: list[dict[str, Any]]) -> None:
+    """Add ``kayenta-matched``: Kayenta at the largest p threshold within alpha on A/A."""
+    for family in ("rates", "means"):
+        members = [r for r in results if r["family"] == family]
+        aa = [r for r in members if r["scenario"].startswith("aa_")]
+        if not aa:
+            continue
+        ok = [
+            level
+            for level in KAYENTA_LEVELS
+            if all(r["methods"][f"kayenta@{level:g}"]["false_rollback"] <= ALPHA for r in aa)
+        ]
+        level = max(ok) if ok else min(KAYENTA_LEVELS)
+        for r in members:
+            r["methods"]["kayenta-matched"] = {**r["methods"][f"kayenta@{level:g}"], "p": level}
+            ours, kay = r["methods"]["ours"], r["methods"]["kayenta-matched"]
+            if not r["null"]:
+                a, b = ours.get("median_harmed"), kay.get("median_harmed")
+                r["harmed_kayenta_matched_over_ours"] = b / a if a and b else None
+
+
+def _q(values: Array, q: float) -> float | None:
+    with np.errstate(invalid="ignore"):  # inf - inf while interpolating undetected runs
+        value = float(np.quantile(values, q))
+    return value if math.isfinite(value) else None
+
+
+def run_benchmark(*, runs: int, seed: int, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Run every scenario (or ``names``) and return the JSON-ready results."""
+    results = []
+    started = time.perf_counter()
+    for i, sc in enumerate(SCENARIOS):
+        if names is not None and sc.name not in names:
+            continue
+        rng = np.random.default_rng([seed, i])
+        n = max(int(runs * sc.runs_scale), 20)
+        if sc.metric in ("error", "safety"):
+            results.append(simulate_rates(sc, n, rng))
+        else:
+            results.append(simulate_means(sc, n, rng))
+    match_kayenta(results)
+    return {
+        "alpha": ALPHA,
+        "beta": BETA,
+        "requests_per_look": PER_LOOK,
+        "seed": seed,
+        "runs": runs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "scenarios": results,
+    }
+
+
+SHOWN = ("ours", "naive", "kayenta@0.01", "kayenta-matched", "z/t-every-look")
+
+
+def render(result: dict[str, Any]) -> str:
+    """A plain-text table (also pasted into docs/statistics.md)."""
+    head = (
+        f"{'scenario':<36} {'method':<18} {'false rb':>9} {'detected':>9} {'median req':>11} "
+        f"{'p90 req':>9} {'harmed':>8} {'x Wald':>7} {'x 1-side':>8}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        if v is None:
+            return "-"
+        return f"{100 * v:.2f}%" if pct else f"{v:,.0f}"
+
+    def ratio(v: float | None) -> str:
+        return "" if v is None else f"{v:.2f}"
+
+    for sc in result["scenarios"]:
+        for method in SHOWN:
+            row = sc["methods"].get(method)
+            if row is None:
+                continue
+            name = method.replace("@0.01", "")
+            if method == "kayenta-matched":
+                name = f"kayenta@{row['p']:g}"
+            false_rb = fmt(row.get("false_rollback"), pct=True) if sc["null"] else ""
+            detected = "" if sc["null"] else fmt(row["rollback_rate"], pct=True)
+            lines.append(
+                f"{sc['scenario']:<36} {name:<18} {false_rb:>9} {detected:>9} "
+                f"{fmt(row.get('median_requests')):>11} {fmt(row.get('p90_requests')):>9} "
+                f"{fmt(row.get('median_harmed')):>8} {ratio(row.get('ratio_to_floor')):>7} "
+                f"{ratio(row.get('ratio_to_power_one_floor')):>8}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
+    parser.add_argument("--runs", type=int, default=None, help="A/A runs (default 2000, quick 200)")
+    parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    runs = args.runs or (200 if args.quick else 2000)
+    result = run_benchmark(runs=runs, seed=args.seed)
+    result["mode"] = "quick" if args.quick else "full"
+    print(render(result))
+    print(f"\n{result['mode']} mode, {runs} A/A runs, {result['seconds']} s")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""Guardrails: the rules a rollout plan declares on its metrics, validated at the boundary.
+
+A guardrail names one metric, a statistic and exactly one way to breach::
+
+    - metric: error              # relative to the concurrent baseline
+      max_increase: 20%
+      detect: 100%               # smallest regression worth catching (sizes the test)
+    - metric: latency_ms
+      statistic: p95
+      max: 8000                  # absolute SLO: at most 5% of requests above 8000 ms
+    - metric: safety_flags
+      tripwire: true             # one candidate event with such a flag rolls back at once
+      flags: [self_harm]
+    - metric: metrics.resolved   # custom metric: booleans become a rate, numbers a mean
+      max_decrease: 5%
+
+Values accept YAML-friendly percentages (``"20%"``) or plain fractions (``0.2``). Every
+mistake raises :class:`~policy_canary.errors.PlanError` with a message that says what to
+write instead. Stages may override thresholds with :meth:`Guardrail.with_overrides` (see
+:func:`resolve_stage_guardrails`); ``metric``, ``statistic`` and ``detect`` are fixed for the
+whole rollout because the sequential test is sized from them when the rollout starts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PlanError
+from .verdict import GuardrailAction
+
+__all__ = [
+    "BUILTIN_METRICS",
+    "OVERRIDABLE_FIELDS",
+    "Direction",
+    "Guardrail",
+    "GuardrailKind",
+    "MetricInfo",
+    "ModelPrice",
+    "Statistic",
+    "check_unique_names",
+    "price_of",
+    "resolve_stage_guardrails",
+]
+
+
+class Statistic(StrEnum):
+    """How a metric is summarised: a rate, a mean, or a quantile judged through exceedances."""
+
+    RATE = "rate"
+    MEAN = "mean"
+    P50 = "p50"
+    P90 = "p90"
+    P95 = "p95"
+    P99 = "p99"
+
+    @property
+    def quantile(self) -> float | None:
+        """The quantile level (0.95 for p95), or ``None`` for rate and mean."""
+        levels = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+        return levels.get(self.value)
+
+    def is_quantile(self) -> bool:
+        """True for p50/p90/p95/p99."""
+        return self.quantile is not None
+
+
+class GuardrailKind(StrEnum):
+    """Which question a guardrail asks."""
+
+    RELATIVE = "relative"  # candidate against the concurrent stable baseline
+    SLO = "slo"  # candidate against a fixed line
+    TRIPWIRE = "tripwire"  # a single event, no statistics
+
+    def is_statistical(self) -> bool:
+        """True when the guardrail needs a sequential test (and a share of the alpha budget)."""
+        return self is not GuardrailKind.TRIPWIRE
+
+
+class Direction(StrEnum):
+    """The direction in which a metric gets worse."""
+
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """What the monitors know about a built-in metric."""
+
+    boolean: bool
+    default_statistic: Statistic
+    worse: Direction
+    lower: float
+    upper: float
+    log_scale: bool = False
+
+
+#: Built-in metrics; custom ones are written ``metrics.NAME``.
+BUILTIN_METRICS: Mapping[str, MetricInfo] = {
+    "error": MetricInfo(True, Statistic.RATE, Direction.UP, 0.0, 1.0),
+    "safety_flags": MetricInfo(True, Statistic.RATE, Direction.UP, 0.0, 1.0),
+    "latency_ms": MetricInfo(False, Statistic.MEAN, Direction.UP, 0.0, math.inf, log_scale=True),
+    "cost_usd": MetricInfo(False, Statistic.MEAN, Direction.UP, 0.0, math.inf),
+    "quality": MetricInfo(False, Statistic.MEAN, Direction.DOWN, 0.0, 1.0),
+}
+
+#: Fields a stage may override; the rest size the test and stay fixed for the rollout.
+OVERRIDABLE_FIELDS = frozenset(
+    {"max_increase", "max_decrease", "max_delta", "max", "min", "min_samples", "action"}
+)
+
+_TOLERANCE_FIELDS = ("max_increase", "max_decrease", "max_delta", "max", "min")
+_CUSTOM = re.compile(r"^metrics\.[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+
+
+def _number(value: Any, *, field: str, guardrail: str) -> float | None:
+    """Read ``20%`` / ``"0.2"`` / ``0.2`` as a float; percentages are divided by 100."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise PlanError(f"guardrail {guardrail!r}: {field} must be a number or a percentage")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise PlanError(
+                f"guardrail {guardrail!r}: {field} {value!r} is not a number; "
+                "write e.g. '20%' or 0.2"
+            ) from None
+    else:
+        raise PlanError(f"guardrail {guardrail!r}: {field} must be a number or a percentage")
+    if not math.isfinite(number):
+        raise PlanError(f"guardrail {guardrail!r}: {field} must be finite")
+    return number
+
+
+class ModelPrice(BaseModel):
+    """Price of one model, in US dollars per million input and output tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_usd_per_1m: float = Field(ge=0.0)
+    output_usd_per_1m: float = Field(ge=0.0)
+
+
+def price_of(
+    prices: Mapping[str, ModelPrice],
+    model: str | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+) -> float | None:
+    """Return the cost of a request from its tokens, or ``None`` when it cannot be priced."""
+    if model is None or model not in prices or (input_tokens is None and output_tokens is None):
+        return None
+    price = prices[model]
+    return (
+        (input_tokens or 0) * price.input_usd_per_1m
+        + (output_tokens or 0) * price.output_usd_per_1m
+    ) / 1e6
+
+
+class Guardrail(BaseModel):
+    """One rule on one metric; frozen, so a running rollout's plan cannot drift.
+
+    Exactly one of ``max_increase`` / ``max_decrease`` (relative to the baseline), ``max_delta``
+    (absolute difference from the baseline), ``max`` / ``min`` (absolute SLO) or ``tripwire``
+    must be set. ``detect`` is the smallest regression worth catching, in the same units as the
+    tolerance (relative for relative guardrails and SLOs, absolute for ``max_delta``); it tunes
+    the test's power, never its false-alarm rate. Default: twice the tolerance (10% when the
+    tolerance is 0) for relative guardrails, 50% beyond ``max`` and 10% below ``min`` for SLOs.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str
+    metric: str
+    statistic: Statistic | None = None
+    max_increase: float | None = None
+    max_decrease: float | None = None
+    max_delta: float | None = None
+    max_value: float | None = Field(default=None, alias="max")
+    min_value: float | None = Field(default=None, alias="min")
+    direction: Direction | None = None
+    tripwire: bool = False
+    flags: tuple[str, ...] = ()
+    detect: float | None = None
+    min_samples: int = Field(default=100, ge=1)
+    action: GuardrailAction = GuardrailAction.ROLLBACK
+    bounds: tuple[float, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_yaml_values(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise PlanError(f"a guardrail must be a mapping of fields; got {type(data).__name__}")
+        values = dict(data)
+        metric = values.get("metric")
+        if not isinstance(metric, str) or not metric:
+            raise PlanError(
+                f"guardrail {values.get('name', '?')!r}: 'metric' is required; one of "
+                f"{', '.join(BUILTIN_METRICS)} or metrics.NAME"
+            )
+        if "name" not in values:
+            stat = values.get("statistic")
+            values["name"] = f"{metric}_{stat}" if stat else metric
+        name = str(values["name"])
+        for key in (*_TOLERANCE_FIELDS, "max_value", "min_value", "detect"):
+            if key in values:
+                values[key] = _number(values[key], field=key, guardrail=name)
+        if isinstance(values.get("flags"), str):
+            values["flags"] = (values["flags"],)
+        return values
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise PlanError(
+                f"guardrail name {value!r} must be 1-64 letters, digits, '_', '.', ':' or '-'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_rule(self) -> Guardrail:
+        where = f"guardrail {self.name!r}"
+        info = self.metric_info
+        if info is None and not _CUSTOM.match(self.metric):
+            raise PlanError(
+                f"{where}: unknown metric {self.metric!r}; use one of "
+                f"{', '.join(BUILTIN_METRICS)} or metrics.NAME for a custom metric"
+            )
+        set_fields = [f for f in _TOLERANCE_FIELDS if self._raw(f) is not None]
+        if self.tripwire:
+            self._check_tripwire(where, set_fields)
+            return self
+        if len(set_fields) != 1:
+            found = ", ".join(set_fields) or "none"
+            raise PlanError(
+                f"{where}: set exactly one of max_increase, max_decrease, max_delta, max, min "
+                f"or tripwire (found: {found})"
+            )
+        if self.flags and self.metric != "safety_flags":
+            raise PlanError(f"{where}: 'flags' only applies to the safety_flags metric")
+        if self.direction is not None and self.max_delta is None:
+            raise PlanError(f"{where}: 'direction' only applies with max_delta")
+        if self.bounds is not None:
+            if info is not None:
+                raise PlanError(f"{where}: 'bounds' only applies to custom metrics")
+            if not self.bounds[0] < self.bounds[1]:
+                raise PlanError(f"{where}: bounds must be [low, high] with low < high")
+        stat = self.statistic
+        if stat is not None and stat.is_quantile() and info is not None and info.boolean:
+            raise PlanError(
+                f"{where}: {self.metric} is boolean, so it has no {stat.value}; use statistic: rate"
+            )
+        if stat is Statistic.RATE and info is not None and not info.boolean:
+            raise PlanError(
+                f"{where}: {self.metric} is numeric; use statistic: mean or p50/p90/p95/p99"
+            )
+        if info is None and self.kind is GuardrailKind.SLO and stat is None:
+            raise PlanError(
+                f"{where}: an SLO on a custom metric needs 'statistic: rate' (booleans) or "
+                "'statistic: mean' (numbers)"
+            )
+        self._check_threshold(where, set_fields[0])
+        return self
+
+    def _check_tripwire(self, where: str, set_fields: Sequence[str]) -> None:
+        if self.metric != "safety_flags":
+            raise PlanError(f"{where}: a tripwire watches safety_flags; got {self.metric!r}")
+        if set_fields or self.detect is not None or self.statistic is not None:
+            raise PlanError(f"{where}: a tripwire takes only 'flags' (and 'action'), no thresholds")
+        if not self.flags or not all(isinstance(f, str) and f for f in self.flags):
+            raise PlanError(f"{where}: a tripwire needs 'flags', e.g. flags: [self_harm]")
+
+    def _check_threshold(self, where: str, field: str) -> None:
+        value = self._raw(field)
+        assert value is not None  # exactly one tolerance field is set (checked by the caller)
+        boolean = self.is_boolean
+        info = self.metric_info
+        stat = self.statistic or (info.default_statistic if info is not None else None)
+        if field == "max_increase" and not 0.0 <= value <= 10.0:
+            raise PlanError(f"{where}: max_increase {value:g} must lie in [0, 1000%]")
+        if field == "max_decrease" and not 0.0 <= value < 1.0:
+            raise PlanError(f"{where}: max_decrease {value:g} must lie in [0, 100%)")
+        if field == "max_decrease" and stat is not None and stat.is_quantile():
+            raise PlanError(
+                f"{where}: a quantile is judged through the rate of exceeding stable's "
+                "quantile; use max_increase on that rate"
+            )
+        if field == "max_delta":
+            if value < 0.0 or (boolean and value >= 1.0):
+                raise PlanError(f"{where}: max_delta {value:g} must be >= 0 (and < 1 for a rate)")
+            if stat is not None and stat.is_quantile():
+                raise PlanError(f"{where}: max_delta is not available for quantiles; use max")
+            if value == 0.0 and self.detect is None:
+                raise PlanError(f"{where}: with max_delta 0 set 'detect', the delta worth catching")
+        if field in ("max", "min"):
+            lower, upper = self.support
+            if boolean or stat is Statistic.RATE:
+                lower, upper = 0.0, 1.0
+            if not lower < value < upper and not (stat is not None and stat.is_quantile()):
+                raise PlanError(
+                    f"{where}: {field} {value:g} must lie strictly between {lower:g} and {upper:g}"
+                )
+            if stat is not None and stat.is_quantile() and value < 0.0:
+                raise PlanError(f"{where}: {field} {value:g} must be >= 0")
+            if field == "min" and math.isinf(upper) and not boolean and stat is Statistic.MEAN:
+                raise PlanError(
+                    f"{where}: a 'min' on the mean of {self.metric} needs an upper bound; "
+                    "use a quantile or declare bounds on a custom metric"
+                )
+            if self.metric_info is None and stat is Statistic.MEAN and self.bounds is None:
+                raise PlanError(f"{where}: a mean SLO on a custom metric needs bounds: [low, high]")
+        detect = self.effective_detect
+        if self.kind is GuardrailKind.RELATIVE and detect <= self.tolerance:
+            raise PlanError(
+                f"{where}: detect {detect:g} must exceed the tolerance {self.tolerance:g}"
+            )
+        if field == "max_decrease" and detect >= 1.0:
+            raise PlanError(f"{where}: detect {detect:g} must be below 100% for a decrease")
+        if self.kind is GuardrailKind.SLO and not 0.0 < detect < (1.0 if field == "min" else 100.0):
+            raise PlanError(f"{where}: detect {detect:g} out of range for an SLO")
+
+    def _raw(self, field: str) -> float | None:
+        mapping = {
+            "max_increase": self.max_increase,
+            "max_decrease": self.max_decrease,
+            "max_delta": self.max_delta,
+            "max": self.max_value,
+            "min": self.min_value,
+        }
+        return mapping[field]
+
+    # --- derived properties the monitors rely on -------------------------------------------
+
+    @property
+    def metric_info(self) -> MetricInfo | None:
+        """Facts about a built-in metric, ``None`` for a custom ``metrics.NAME``."""
+        return BUILTIN_METRICS.get(self.metric)
+
+    @property
+    def is_boolean(self) -> bool:
+        """True when the metric is known to be boolean (custom metrics: when statistic is rate)."""
+        info = self.metric_info
+        return info.boolean if info is not None else self.statistic is Statistic.RATE
+
+    @property
+    def support(self) -> tuple[float, float]:
+        """The range a value of the metric can take."""
+        info = self.metric_info
+        if info is not None:
+            return info.lower, info.upper
+        return self.bounds if self.bounds is not None else (-math.inf, math.inf)
+
+    @property
+    def kind(self) -> GuardrailKind:
+        """Relative, SLO or tripwire."""
+        if self.tripwire:
+            return GuardrailKind.TRIPWIRE
+        if self.max_value is not None or self.min_value is not None:
+            return GuardrailKind.SLO
+        return GuardrailKind.RELATIVE
+
+    @property
+    def tolerance_field(self) -> str | None:
+        """The name of the field that holds the threshold (``None`` for a tripwire)."""
+        return next((f for f in _TOLERANCE_FIELDS if self._raw(f) is not None), None)
+
+    @property
+    def tolerance(self) -> float:
+        """The threshold value: a relative change, an absolute delta or an SLO line."""
+        field = self.tolerance_field
+        value = self._raw(field) if field is not None else None
+        return 0.0 if value is None else value
+
+    @property
+    def worse(self) -> Direction:
+        """The direction in which this guardrail's metric is a regression."""
+        field = self.tolerance_field
+        if field in ("max_increase", "max"):
+            return Direction.UP
+        if field in ("max_decrease", "min"):
+            return Direction.DOWN
+        if self.direction is not None:
+            return self.direction
+        info = self.metric_info
+        return info.worse if info is not None else Direction.UP
+
+    @property
+    def effective_detect(self) -> float:
+        """``detect``, or its documented default."""
+        if self.detect is not None:
+            return self.detect
+        field = self.tolerance_field
+        if field == "max":
+            return 0.5
+        if field == "min":
+            return 0.1
+        return 2.0 * self.tolerance if self.tolerance > 0.0 else 0.1
+
+    def resolved_statistic(self, *, boolean_values: bool) -> Statistic:
+        """The statistic to use, inferring rate/mean for a custom metric from its values."""
+        if self.statistic is not None:
+            return self.statistic
+        info = self.metric_info
+        if info is not None:
+            return info.default_statistic
+        return Statistic.RATE if boolean_values else Statistic.MEAN
+
+    def describe(self) -> str:
+        """A short human description, e.g. ``error rate +20%`` or ``latency_ms p95 <= 8000``."""
+        if self.kind is GuardrailKind.TRIPWIRE:
+            return f"tripwire on safety flags {', '.join(self.flags)}"
+        stat = self.statistic.value if self.statistic is not None else "value"
+        if self.metric_info is not None and self.statistic is None:
+            stat = self.metric_info.default_statistic.value
+        field = self.tolerance_field
+        t = self.tolerance
+        text = {
+            "max_increase": f"at most +{100 * t:.4g}% relative to stable",
+            "max_decrease": f"at most -{100 * t:.4g}% relative to stable",
+            "max_delta": f"within {t:g} of stable ({self.worse.value})",
+            "max": f"<= {t:g}",
+            "min": f">= {t:g}",
+        }[field or "max"]
+        return f"{self.metric} {stat} {text}"
+
+    # --- construction helpers ---------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Guardrail:
+        """Validate a YAML/JSON mapping, turning pydantic's errors into a :class:`PlanError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PlanError(_explain(exc, data)) from None
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Guardrail:
+        """Return this guardrail with a stage's overrides applied (thresholds, samples, action).
+
+        Only :data:`OVERRIDABLE_FIELDS` may change, a threshold may only replace the same kind
+        of threshold (``max_increase`` by ``max_increase``), and it must stay on the safe side
+        of ``detect`` so the test sized at rollout start stays valid.
+        """
+        unknown = sorted(set(overrides) - OVERRIDABLE_FIELDS)
+        where = f"guardrail {self.name!r}"
+        if unknown:
+            raise PlanError(
+                f"{where}: a stage cannot override {', '.join(unknown)}; it may override "
+                f"{', '.join(sorted(OVERRIDABLE_FIELDS))}"
+            )
+        for key in overrides:
+            if key in _TOLERANCE_FIELDS and key != self.tolerance_field:
+                raise PlanError(
+                    f"{where}: a stage may tighten {self.tolerance_field} but not switch to {key}"
+                )
+        if not overrides:
+            return self
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        data.update(overrides)
+        # Pin detect: its default follows the tolerance, but the test was sized from the base.
+        data["detect"] = self.effective_detect
+        updated = Guardrail.from_mapping(data)
+        if self.kind is GuardrailKind.SLO:
+            line = updated.tolerance
+            d = self.effective_detect
+            reach = (
+                self.tolerance * (1 + d) if self.worse is Direction.UP else self.tolerance * (1 - d)
+            )
+            if (self.worse is Direction.UP and line >= reach) or (
+                self.worse is Direction.DOWN and line <= reach
+            ):
+                raise PlanError(
+                    f"{where}: a stage threshold of {line:g} is beyond the regression the test "
+                    f"was sized to detect ({reach:g}); tighten it or raise detect"
+                )
+        return updated
+
+    def test_key(self) -> tuple[Any, ...]:
+        """The statistical identity of the rule: overrides that share it share the test."""
+        return (self.metric, self.statistic, self.tolerance_field, self.tolerance, self.worse)
+
+
+def resolve_stage_guardrails(
+    guardrails: Sequence[Guardrail], overrides: Mapping[str, Mapping[str, Any]] | None
+) -> tuple[Guardrail, ...]:
+    """Apply one stage's ``{guardrail_name: {field: value}}`` overrides to the plan's guardrails."""
+    overrides = overrides or {}
+    by_name = {g.name: g for g in guardrails}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise PlanError(
+            f"stage overrides name unknown guardrails {', '.join(unknown)}; "
+            f"the plan has {', '.join(by_name) or 'none'}"
+        )
+    return tuple(g.with_overrides(overrides.get(g.name, {})) for g in guardrails)
+
+
+def check_unique_names(guardrails: Iterable[Guardrail]) -> None:
+    """Raise :class:`PlanError` when two guardrails share a name."""
+    seen: set[str] = set()
+    for g in guardrails:
+        if g.name in seen:
+            raise PlanError(f"two guardrails are named {g.name!r}; give each a distinct name")
+        seen.add(g.name)
+
+
+def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    name = data.get("name", data.get("metric", "?"))
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "guardrail"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field {loc!r}")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return f"guardrail {name!r}: " + "; ".join(parts)

@@ -1,0 +1,57 @@
+"""Anytime-valid sequential statistics for canary guardrails: pure functions over aggregates.
+
+Nothing here does I/O, reads a clock or draws random numbers. Every state object folds new
+observations in O(new observations) and round-trips through a JSON-ready dict, so a restarted
+controller continues the same test. See ``docs/statistics.md`` for the methods and formulas.
+"""
+
+from __future__ import annotations
+
+from .means import (
+    ConfidenceInterval,
+    MeanDifferenceProcess,
+    OneSampleMeanProcess,
+    mixture_rho,
+    normal_mixture_radius,
+    one_sided_normal_mixture_radius,
+)
+from .rates import (
+    BPS,
+    MAIN_WEIGHT,
+    ConditionalRateProcess,
+    RateMixture,
+    candidate_share_of_bad,
+    conditional_log_evalue,
+)
+from .slo import BETTING_GRID, BettingMeanProcess, IndicatorProcess, bernoulli_log_evalue
+from .wald import (
+    bernoulli_kl,
+    gaussian_kl,
+    wald_bernoulli_floor,
+    wald_expected_samples,
+    wald_gaussian_floor,
+)
+
+__all__ = [
+    "BETTING_GRID",
+    "BPS",
+    "MAIN_WEIGHT",
+    "BettingMeanProcess",
+    "ConditionalRateProcess",
+    "ConfidenceInterval",
+    "IndicatorProcess",
+    "MeanDifferenceProcess",
+    "OneSampleMeanProcess",
+    "RateMixture",
+    "bernoulli_kl",
+    "bernoulli_log_evalue",
+    "candidate_share_of_bad",
+    "conditional_log_evalue",
+    "gaussian_kl",
+    "mixture_rho",
+    "normal_mixture_radius",
+    "one_sided_normal_mixture_radius",
+    "wald_bernoulli_floor",
+    "wald_expected_samples",
+    "wald_gaussian_floor",
+]

@@ -1,0 +1,239 @@
+"""Rates against the concurrent baseline: the conditional e-process of design.md section 6.
+
+Only *bad* events carry information here. For each one, Y = 1 when the candidate served it
+and rho is the candidate's share of traffic when it was served. If the candidate's rate is at
+most ``r0`` times stable's, then P(Y = 1) <= q = rho*r0 / (rho*r0 + 1 - rho), whatever the
+traffic volume or a shared incident does to both arms. Each factor of the e-process is the
+likelihood ratio of an alternative ratio ``r1`` against ``r0``, i.e. Wald's SPRT, mixed over a
+couple of alternatives for robustness.
+
+Because the factor depends on an event only through (rho, Y), the state is just the number of
+bad events per arm per traffic share (in basis points). Folding is O(new events), the state is a
+small JSON object, and the e-value for *any* null ratio can be computed from it, which is what
+lets one test serve every stage's tolerance (see ``docs/statistics.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "BPS",
+    "MAIN_WEIGHT",
+    "ConditionalRateProcess",
+    "RateMixture",
+    "candidate_share_of_bad",
+    "conditional_log_evalue",
+]
+
+#: Basis points in 100% traffic.
+BPS = 10_000
+#: Prior weight of the configured ``detect`` alternative in every mixture (the rest goes to a
+#: smaller alternative): detection of ``detect`` pays ln(1 / MAIN_WEIGHT) of threshold.
+MAIN_WEIGHT = 0.75
+#: Search range for confidence bounds on the rate ratio.
+_RATIO_FLOOR = 1e-3
+_RATIO_CEILING = 1e3
+
+
+@dataclass(frozen=True, slots=True)
+class RateMixture:
+    """Alternative rate ratios (candidate / stable) and their prior weights, summing to one."""
+
+    ratios: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.ratios or len(self.ratios) != len(self.weights):
+            raise ValueError("a mixture needs as many weights as ratios, and at least one")
+        if any(r <= 0.0 for r in self.ratios) or any(w <= 0.0 for w in self.weights):
+            raise ValueError("mixture ratios and weights must be positive")
+        if not math.isclose(sum(self.weights), 1.0, rel_tol=1e-9):
+            raise ValueError(f"mixture weights must sum to 1; got {sum(self.weights)}")
+
+    @classmethod
+    def around(cls, null_ratio: float, detect_ratio: float) -> RateMixture:
+        """Mix the configured alternative (weight 3/4) with the geometric midpoint (1/4).
+
+        The midpoint keeps power against regressions smaller than ``detect`` (a pure SPRT tuned
+        to ``detect`` drifts *down* on them); the 3/4 weight costs only ln(4/3) of threshold.
+        """
+        if math.isclose(null_ratio, detect_ratio):
+            raise ValueError("the alternative must differ from the null ratio")
+        mid = math.sqrt(null_ratio * detect_ratio)
+        return cls(ratios=(detect_ratio, mid), weights=(MAIN_WEIGHT, 1.0 - MAIN_WEIGHT))
+
+    @classmethod
+    def away(cls, *, pivot: float, null_ratio: float, detect_ratio: float) -> RateMixture:
+        """Alternatives on the *other* side of ``pivot``, for non-inferiority.
+
+        They sit the full, half and quarter log-distance ln(detect/null) beyond ``pivot`` (the
+        strictest tolerance), so the test also has power when the candidate is merely as good
+        as stable.
+        """
+        step = null_ratio / detect_ratio
+        return cls(
+            ratios=(pivot * step, pivot * math.sqrt(step), pivot * step**0.25),
+            weights=(1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"ratios": list(self.ratios), "weights": list(self.weights)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RateMixture:
+        """Rebuild a mixture from :meth:`to_dict` output."""
+        return cls(
+            ratios=tuple(float(x) for x in data["ratios"]),
+            weights=tuple(float(x) for x in data["weights"]),
+        )
+
+
+def candidate_share_of_bad(share: ArrayLike, ratio: float) -> NDArray[np.float64]:
+    """Return q = share*ratio / (share*ratio + 1 - share): P(a bad event is the candidate's)."""
+    rho = np.asarray(share, dtype=np.float64)
+    return rho * ratio / (rho * ratio + 1.0 - rho)
+
+
+def conditional_log_evalue(
+    candidate_bad: ArrayLike,
+    stable_bad: ArrayLike,
+    shares: ArrayLike,
+    *,
+    null_ratio: float,
+    mixture: RateMixture,
+) -> NDArray[np.float64]:
+    """Return ln K for the null "candidate rate <= null_ratio x stable rate", vectorised.
+
+    ``candidate_bad`` and ``stable_bad`` hold bad-event counts with the traffic shares (in
+    (0, 1), one per stratum) on the last axis; any leading axes (runs, looks) broadcast, which
+    is how the benchmark evaluates thousands of simulated rollouts at once. Alternatives below
+    ``null_ratio`` give the mirror-image test of "candidate rate >= null_ratio x stable rate".
+    """
+    cand = np.asarray(candidate_bad, dtype=np.float64)
+    stab = np.asarray(stable_bad, dtype=np.float64)
+    rho = np.asarray(shares, dtype=np.float64)
+    q0 = candidate_share_of_bad(rho, null_ratio)
+    parts = []
+    for ratio, weight in zip(mixture.ratios, mixture.weights, strict=True):
+        q1 = candidate_share_of_bad(rho, ratio)
+        log_lr = cand * np.log(q1 / q0) + stab * np.log((1.0 - q1) / (1.0 - q0))
+        parts.append(math.log(weight) + log_lr.sum(axis=-1))
+    return np.asarray(np.logaddexp.reduce(np.stack(parts), axis=0), dtype=np.float64)
+
+
+@dataclass(slots=True)
+class ConditionalRateProcess:
+    """Sufficient statistics of the conditional rate e-process for one boolean metric.
+
+    ``requests`` counts observations per arm (stable, candidate); ``bad`` maps a traffic share
+    in basis points to the bad events per arm seen at that share. Events at share 0 or 100%
+    carry no comparative information and only count as requests.
+    """
+
+    requests: list[int] = field(default_factory=lambda: [0, 0])
+    bad_total: list[int] = field(default_factory=lambda: [0, 0])
+    bad: dict[int, list[int]] = field(default_factory=dict)
+
+    def fold(self, *, candidate: ArrayLike, share_bp: ArrayLike, bad: ArrayLike) -> None:
+        """Fold a batch of observations: arm flags, shares in basis points, bad flags."""
+        is_cand = np.asarray(candidate, dtype=bool)
+        bps = np.asarray(share_bp, dtype=np.int64)
+        is_bad = np.asarray(bad, dtype=bool)
+        n_cand = int(is_cand.sum())
+        self.requests[0] += int(is_cand.size) - n_cand
+        self.requests[1] += n_cand
+        self.bad_total[1] += int((is_bad & is_cand).sum())
+        self.bad_total[0] += int((is_bad & ~is_cand).sum())
+        informative = is_bad & (bps > 0) & (bps < BPS)
+        if not informative.any():
+            return
+        keys, inverse = np.unique(bps[informative], return_inverse=True)
+        cand_counts = np.bincount(inverse, weights=is_cand[informative], minlength=keys.size)
+        all_counts = np.bincount(inverse, minlength=keys.size)
+        for key, c, a in zip(keys.tolist(), cand_counts.tolist(), all_counts.tolist(), strict=True):
+            cell = self.bad.setdefault(int(key), [0, 0])
+            cell[1] += int(c)
+            cell[0] += int(a) - int(c)
+
+    def _arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        keys = sorted(self.bad)
+        shares = np.asarray(keys, dtype=np.float64) / BPS
+        stable = np.asarray([self.bad[k][0] for k in keys], dtype=np.float64)
+        cand = np.asarray([self.bad[k][1] for k in keys], dtype=np.float64)
+        return cand, stable, shares
+
+    def log_e_value(self, *, null_ratio: float, mixture: RateMixture) -> float:
+        """Return ln K for the null ratio against the mixture's alternatives (0 before data)."""
+        if not self.bad:
+            return 0.0
+        cand, stable, shares = self._arrays()
+        return float(
+            conditional_log_evalue(cand, stable, shares, null_ratio=null_ratio, mixture=mixture)
+        )
+
+    def confidence_bound(self, *, alpha: float, mixture: RateMixture, upper: bool) -> float | None:
+        """Return the anytime-valid bound on the rate ratio implied by ``mixture``'s tests.
+
+        With alternatives above (``upper=False``) this is the lower bound: every ratio below it
+        is rejected at level ``alpha``. With alternatives below (``upper=True``) it is the upper
+        bound. ``None`` means no ratio in the search range is rejected yet.
+        """
+        threshold = math.log(1.0 / alpha)
+        if not self.bad:
+            return None
+        cand, stable, shares = self._arrays()
+
+        def rejected(log_ratio: float) -> bool:
+            value = conditional_log_evalue(
+                cand, stable, shares, null_ratio=math.exp(log_ratio), mixture=mixture
+            )
+            return bool(value >= threshold)
+
+        # ln K is convex in ln(null ratio) and falls towards the alternatives, so the rejected
+        # set is one interval reaching away from them; bisect for its edge.
+        if upper:
+            near, far = math.log(max(mixture.ratios)), math.log(_RATIO_CEILING)
+        else:
+            near, far = math.log(min(mixture.ratios)), math.log(_RATIO_FLOOR)
+        if not rejected(far):
+            return None
+        if rejected(near):
+            return math.exp(near)
+        for _ in range(48):
+            middle = 0.5 * (near + far)
+            if rejected(middle):
+                far = middle
+            else:
+                near = middle
+        return math.exp(far)
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """Return the observed (stable, candidate) rates, ``None`` for an arm without data."""
+        stable = self.bad_total[0] / self.requests[0] if self.requests[0] else None
+        cand = self.bad_total[1] / self.requests[1] if self.requests[1] else None
+        return stable, cand
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (share keys as strings)."""
+        return {
+            "requests": list(self.requests),
+            "bad_total": list(self.bad_total),
+            "bad": {str(k): list(v) for k, v in sorted(self.bad.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConditionalRateProcess:
+        """Rebuild the state from :meth:`to_dict` output."""
+        return cls(
+            requests=[int(x) for x in data["requests"]],
+            bad_total=[int(x) for x in data["bad_total"]],
+            bad={int(k): [int(v[0]), int(v[1])] for k, v in data["bad"].items()},
+        )

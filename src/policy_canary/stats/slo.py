@@ -1,0 +1,186 @@
+"""Absolute SLOs: one-sample e-processes on the candidate's own observations.
+
+Indicators ("safety-flag rate <= 0.5%", "p95 <= 8000 ms" read as "at most 5% of requests above
+8000 ms"): K = prod (p1/p)^Y ((1 - p1)/(1 - p))^(1 - Y), Wald's likelihood ratio mixed over a
+couple of fixed alternatives p1. Bounded or non-negative values ("mean cost <= 0.04"): the
+betting e-process K = prod (1 + lambda (X - m)) with lambda = c / (m - lo), which needs only a
+lower bound ``lo`` on X (0 for latency and cost), mixed over a small grid of c.
+
+Both are non-negative supermartingales under the null, so "breach when K >= 1/alpha" has false
+alarm probability <= alpha at any stopping time (Ville). Both are also monotone in the
+threshold (see ``docs/statistics.md``), which is why a stage may tighten a threshold without
+spending extra budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["BETTING_GRID", "BettingMeanProcess", "IndicatorProcess", "bernoulli_log_evalue"]
+
+
+def bernoulli_log_evalue(
+    n_bad: float,
+    n_good: float,
+    *,
+    null_rate: float,
+    alternatives: Sequence[float],
+    weights: Sequence[float],
+) -> float:
+    """Return ln of the mixture likelihood ratio of Bernoulli alternatives against ``null_rate``."""
+    if not 0.0 < null_rate < 1.0:
+        raise ValueError(f"the null rate must lie in (0, 1); got {null_rate}")
+    parts = [
+        math.log(w)
+        + n_bad * math.log(p1 / null_rate)
+        + n_good * math.log((1 - p1) / (1 - null_rate))
+        for p1, w in zip(alternatives, weights, strict=True)
+    ]
+    return float(np.logaddexp.reduce(np.asarray(parts)))
+
+
+@dataclass(slots=True)
+class IndicatorProcess:
+    """Counts of candidate observations and of those that were bad (above the SLO's line)."""
+
+    count: int = 0
+    bad: int = 0
+
+    def fold(self, bad: ArrayLike) -> None:
+        """Fold a batch of bad flags."""
+        flags = np.asarray(bad, dtype=bool)
+        self.count += int(flags.size)
+        self.bad += int(flags.sum())
+
+    def log_e_value(
+        self, *, null_rate: float, alternatives: Sequence[float], weights: Sequence[float]
+    ) -> float:
+        """Return ln K for the null "rate is on the safe side of ``null_rate``"."""
+        return bernoulli_log_evalue(
+            self.bad,
+            self.count - self.bad,
+            null_rate=null_rate,
+            alternatives=alternatives,
+            weights=weights,
+        )
+
+    def confidence_bound(
+        self,
+        *,
+        alpha: float,
+        alternatives: Sequence[float],
+        weights: Sequence[float],
+        upper: bool,
+    ) -> float | None:
+        """Return the edge of the rates rejected by tests against ``alternatives``.
+
+        Alternatives above the rates of interest (``upper=False``) give a lower bound,
+        alternatives below (``upper=True``) an upper bound; ``None`` when nothing is rejected.
+        """
+        threshold = math.log(1.0 / alpha)
+        if self.count == 0:
+            return None
+        near = max(alternatives) if upper else min(alternatives)
+        far = 1.0 - 1e-9 if upper else 1e-9
+
+        def rejected(rate: float) -> bool:
+            value = self.log_e_value(null_rate=rate, alternatives=alternatives, weights=weights)
+            return value >= threshold
+
+        if not rejected(far):
+            return None
+        if rejected(near):
+            return near
+        for _ in range(48):
+            middle = 0.5 * (near + far)
+            if rejected(middle):
+                far = middle
+            else:
+                near = middle
+        return far
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"count": self.count, "bad": self.bad}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IndicatorProcess:
+        """Rebuild the state from :meth:`to_dict` output."""
+        return cls(count=int(data["count"]), bad=int(data["bad"]))
+
+
+#: Betting fractions c (lambda = c / (m - lo)), as multiples of the guardrail's ``detect``.
+BETTING_GRID = (1.0, 0.5, 0.25)
+
+
+@dataclass(slots=True)
+class BettingMeanProcess:
+    """Betting e-processes for "mean <= m" (``upper=True``) or "mean >= m", one per threshold.
+
+    ``bound`` is the side of the support the bet needs: a lower bound on X for ``upper`` tests
+    (0 for latency or cost), an upper bound otherwise (1 for a quality score). Wealth is kept
+    per threshold and per betting fraction, so every stage's threshold runs from the start.
+    """
+
+    thresholds: tuple[float, ...]
+    fractions: tuple[float, ...]
+    upper: bool = True
+    bound: float = 0.0
+    count: int = 0
+    log_wealth: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for m in self.thresholds:
+            if (self.upper and m <= self.bound) or (not self.upper and m >= self.bound):
+                raise ValueError(f"threshold {m} must lie strictly inside the bound {self.bound}")
+        if any(not 0.0 < c < 1.0 for c in self.fractions):
+            raise ValueError("betting fractions must lie in (0, 1)")
+        if not self.log_wealth:
+            self.log_wealth = [[0.0] * len(self.fractions) for _ in self.thresholds]
+
+    def fold(self, values: ArrayLike) -> None:
+        """Fold a batch of observations (clipped to the declared bound)."""
+        x = np.asarray(values, dtype=np.float64)
+        if x.size == 0:
+            return
+        x = np.maximum(x, self.bound) if self.upper else np.minimum(x, self.bound)
+        self.count += int(x.size)
+        for i, m in enumerate(self.thresholds):
+            # (X - m) / (m - lo) >= -1 for an upper test, so every factor stays positive.
+            scaled = (x - m) / (m - self.bound) if self.upper else (m - x) / (self.bound - m)
+            for j, c in enumerate(self.fractions):
+                self.log_wealth[i][j] += float(np.log1p(c * scaled).sum())
+
+    def log_e_value(self, threshold: float) -> float:
+        """Return ln K (equal-weight mixture over the betting fractions) for one threshold."""
+        row = self.log_wealth[self.thresholds.index(threshold)]
+        return float(np.logaddexp.reduce(np.asarray(row)) - math.log(len(row)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "thresholds": list(self.thresholds),
+            "fractions": list(self.fractions),
+            "upper": self.upper,
+            "bound": self.bound,
+            "count": self.count,
+            "log_wealth": [list(row) for row in self.log_wealth],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BettingMeanProcess:
+        """Rebuild the state from :meth:`to_dict` output."""
+        return cls(
+            thresholds=tuple(float(m) for m in data["thresholds"]),
+            fractions=tuple(float(c) for c in data["fractions"]),
+            upper=bool(data["upper"]),
+            bound=float(data["bound"]),
+            count=int(data["count"]),
+            log_wealth=[[float(v) for v in row] for row in data["log_wealth"]],
+        )

@@ -30,6 +30,7 @@ from policy_canary.canary import Canary
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InputError, NotFoundError, StoreError, StoreUnavailableError
 from policy_canary.registry import Registry
+from policy_canary.rollouts import Rollouts
 from policy_canary.splitter import SCHEME_VERSION, Arm, assign
 from policy_canary.store import Store
 
@@ -370,3 +371,26 @@ def test_decisions_are_read_only(seeded: tuple[str, str], canary: Canary) -> Non
         d.sticky = False  # type: ignore[misc]
     assert "arm='stable'" in repr(d)
     assert "version=v1" in repr(d)
+
+
+def test_rollouts_started_and_rolled_back_through_the_library_reach_the_gate(
+    sqlite_url: str, clock: ManualClock
+) -> None:
+    store = Store.open(sqlite_url)
+    seed_policy(store, clock)
+    with Canary(store, clock=clock, background=False, owns_store=True) as canary:
+        gate = canary.gate(POLICY)
+        rollouts = Rollouts(store, clock=clock)
+        started = rollouts.start(POLICY, candidate="v2", actor="test", reason="ship it")
+        canary.refresh_now()
+        status = gate.status()
+        assert status.rollout_id == started.id
+        assert (status.candidate_version, status.rollout_state) == (2, "running")
+        assert status.traffic_bp > 0
+        assert status.stage is not None
+        d = gate.route("user-1")
+        assert (d.rollout_id, d.stage) == (started.id, status.stage)
+        rollouts.rollback(POLICY, reason="bad answers", actor="test")
+        canary.refresh_now()
+        assert gate.status().rollout_id is None
+        assert {gate.route(key).version.number for key in KEYS} == {1}

@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from policy_canary import __version__
-from policy_canary.cli import _alerts, _db, _demo, _policy
+from policy_canary.cli import (
+    _alerts,
+    _controller,
+    _db,
+    _demo,
+    _incident,
+    _plan,
+    _policy,
+    _rollout,
+)
 from policy_canary.cli._output import CliState, reporting
 from policy_canary.settings import Settings
 
@@ -19,6 +28,11 @@ app = typer.Typer(
 app.add_typer(_policy.app, name="policy")
 app.add_typer(_db.app, name="db")
 app.add_typer(_alerts.app, name="alerts")
+app.add_typer(_rollout.app, name="rollout")
+app.add_typer(_incident.app, name="incident")
+app.add_typer(_plan.app, name="plan")
+app.command("controller")(_controller.controller)
+app.command("rollback")(_rollout.rollback_command)
 app.command("demo")(_demo.demo)
 
 

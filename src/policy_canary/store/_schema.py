@@ -212,6 +212,8 @@ rollout_ticks = Table(
     Column("verdicts", Text, nullable=False),
     Column("events_through", BigInteger, nullable=False),
     Column("feedback_through", BigInteger, nullable=False),
+    # What decide() saw besides the verdicts (stage clock, samples, now): replayable trace.
+    Column("inputs", Text, nullable=False),
     UniqueConstraint("rollout_id", "seq"),
 )
 

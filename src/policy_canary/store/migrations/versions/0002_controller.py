@@ -119,6 +119,7 @@ def upgrade() -> None:
         sa.Column("verdicts", sa.Text(), nullable=False),
         sa.Column("events_through", sa.BigInteger(), nullable=False),
         sa.Column("feedback_through", sa.BigInteger(), nullable=False),
+        sa.Column("inputs", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
             ["rollout_id"], ["rollouts.id"], name=op.f("fk_rollout_ticks_rollout_id_rollouts")
         ),

@@ -1,0 +1,93 @@
+"""``policy-canary controller``: tick every active rollout (and deliver alerts) in a loop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import typer
+
+from policy_canary.alerts import Dispatcher, load_sinks
+from policy_canary.cli._output import JsonOption, console, emit_json, render, reporting, state
+from policy_canary.controller import Controller, TickReport
+from policy_canary.errors import InputError
+from policy_canary.plan import parse_duration
+
+
+def _human(report: TickReport) -> None:
+    stamp = report.at.strftime("%H:%M:%S")
+    if not report.acted:
+        console.print(f"{stamp} standing by: {report.holder} holds the controller lock")
+        return
+    if not report.outcomes:
+        console.print(f"{stamp} no active rollouts", highlight=False)
+    for o in report.outcomes:
+        if o.error:
+            console.print(f"{stamp} {o.policy} [red]skipped[/]: {o.error}", highlight=False)
+        elif o.action is not None and (o.recorded or o.action.kind.is_transition()):
+            console.print(
+                f"{stamp} {o.policy} {o.action.kind.value}: {o.action.message}", highlight=False
+            )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM/SIGINT so the loop finishes its tick and releases the lock."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def controller(
+    ctx: typer.Context,
+    interval: str = typer.Option("5s", "--interval", help="Time between ticks, e.g. 5s, 1m."),
+    once: bool = typer.Option(False, "--once", help="Run one tick (and one alert pass), exit."),
+    holder: str | None = typer.Option(
+        None, "--holder", help="Name in the controller lock (default host:pid)."
+    ),
+    no_alerts: bool = typer.Option(
+        False, "--no-alerts", help="Do not deliver alerts (another process runs the dispatcher)."
+    ),
+    json_output: bool = JsonOption,
+) -> None:
+    """Run the controller: promote healthy candidates stage by stage, roll bad ones back."""
+    with reporting(json_output):
+        try:
+            pace = parse_duration(interval)
+        except ValueError as exc:
+            raise InputError(f"--interval: {exc}") from None
+        store = state(ctx).store()
+        dispatcher = None if no_alerts else Dispatcher(store, load_sinks())
+        worker = Controller(store, holder=holder)
+        dispatch = dispatcher.dispatch_once if dispatcher is not None else None
+        if once:
+            try:
+                report = worker.tick()
+                if dispatch is not None:
+                    dispatch()
+            finally:
+                worker.close()
+            render(json_output, report.to_dict(), lambda: _human(report))
+            return
+
+        def on_tick(report: TickReport) -> None:
+            if json_output:
+                emit_json(report.to_dict())
+            else:
+                _human(report)
+
+        stop = threading.Event()
+        with _stop_on_signals(stop):
+            ticks = worker.run(interval=pace, stop=stop, dispatch=dispatch, on_tick=on_tick)
+        if not json_output:
+            console.print(f"controller stopped after {ticks} ticks; lock released")

@@ -1,0 +1,155 @@
+"""``policy-canary incident``: list, show, export and replay rollback incidents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.incidents import Incidents, ReplayResult, replay_file
+
+app = typer.Typer(help="Inspect and replay rollback incidents.", no_args_is_help=True)
+
+
+def _incidents(ctx: typer.Context) -> Incidents:
+    return Incidents(state(ctx).store())
+
+
+@app.command("list")
+def list_command(
+    ctx: typer.Context,
+    policy: str | None = typer.Option(None, "--policy", help="Only this policy's incidents."),
+    limit: int = typer.Option(100, "--limit", min=1, help="Show at most this many, newest first."),
+    json_output: bool = JsonOption,
+) -> None:
+    """List incidents, newest first."""
+    with reporting(json_output):
+        found = _incidents(ctx).list(policy=policy, limit=limit)
+
+        def human() -> None:
+            if not found:
+                console.print("no incidents")
+                return
+            table = Table("id", "created", "policy", "kind", "rollout", "summary")
+            for i in found:
+                table.add_row(
+                    i.id,
+                    i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    i.policy,
+                    i.kind,
+                    i.rollout_id,
+                    i.summary,
+                )
+            console.print(table)
+
+        render(json_output, [i.to_dict() for i in found], human)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    incident_id: str = typer.Argument(..., metavar="ID", help="Incident id or unique prefix."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Show one incident: the decision, the verdicts, the per-stage aggregates and the trace."""
+    with reporting(json_output):
+        incident = _incidents(ctx).get(incident_id)
+        bundle = incident.bundle
+
+        def human() -> None:
+            console.print(f"[bold]{incident.id}[/]  {incident.kind}  {incident.created_at}")
+            console.print(incident.summary, highlight=False)
+            events = bundle.get("events", {})
+            console.print(f"events {events.get('first_at')} → {events.get('last_at')}")
+            verdicts = Table("guardrail", "verdict", "action", "reason")
+            for v in bundle.get("verdicts", []):
+                verdicts.add_row(v["guardrail"], v["status"], v["action"], v["reason"])
+            console.print(verdicts)
+            stages = Table("stage", "arm", "requests", "error rate", "flag rate", "mean latency")
+            for name, arms in bundle.get("stages", {}).items():
+                for arm, agg in arms.items():
+                    stages.add_row(
+                        name,
+                        arm,
+                        str(agg["requests"]),
+                        _pct(agg.get("error_rate")),
+                        _pct(agg.get("flag_rate")),
+                        _num(agg.get("mean_latency_ms"), " ms"),
+                    )
+            console.print(stages)
+            trace = Table("#", "at", "stage", "traffic", "action", "message")
+            for t in bundle.get("trace", []):
+                trace.add_row(
+                    str(t["seq"]),
+                    t["at"],
+                    str(t["stage_index"] + 1),
+                    f"{t['traffic_bp'] / 100:g}%",
+                    t["action"],
+                    t["message"],
+                )
+            console.print(trace)
+
+        render(json_output, incident.to_dict(with_bundle=True), human)
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    incident_id: str = typer.Argument(..., metavar="ID", help="Incident id or unique prefix."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write (JSON)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Write an incident's bundle to a file that 'incident replay' can check."""
+    with reporting(json_output):
+        incident = _incidents(ctx).export(incident_id, output)
+        render(
+            json_output,
+            {"id": incident.id, "path": str(output), "bundle_hash": incident.bundle_hash},
+            lambda: console.print(f"exported {incident.id} to {output}", highlight=False),
+        )
+
+
+@app.command("replay")
+def replay(
+    file: Path = typer.Argument(..., help="A file written by 'incident export'."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Re-run decide() on an exported incident; exit 1 unless it decides the same, same tick."""
+    with reporting(json_output):
+        result = replay_file(file)
+        render(json_output, result.to_dict(), lambda: _print_replay(result))
+        if not result.ok:
+            raise typer.Exit(1)
+
+
+def _print_replay(result: ReplayResult) -> None:
+    table = Table("#", "at", "recorded", "replayed", "")
+    for s in result.steps:
+        mark = "[green]same[/]" if s.matches else "[bold red]DIFFERENT[/]"
+        table.add_row(
+            str(s.seq),
+            s.at,
+            f"{s.recorded} ({s.recorded_reason})",
+            f"{s.replayed} ({s.replayed_reason})",
+            mark,
+        )
+    console.print(table)
+    if result.ok:
+        how = "the manual rollback" if result.manual else "decide() rolls back"
+        console.print(
+            f"[green]replay matches[/]: {how} at tick {result.decisive_seq}, as recorded",
+            highlight=False,
+        )
+    else:
+        for problem in result.problems:
+            console.print(f"[bold red]mismatch:[/] {problem}", highlight=False)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "—" if value is None else f"{value:.1f}{unit}"

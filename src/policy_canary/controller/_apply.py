@@ -1,0 +1,227 @@
+"""Applying a decision: one transaction that writes the transition and all its consequences.
+
+The rollout row (compare-and-swap on its revision), the monitor state and cursors, the tick of
+the decision trace, the audit event, the routing epoch and the alert outbox row are written
+together; a rollback adds the candidate's rejection and the incident, a promotion the move of
+the stable pointer (design invariants 2, 6 and 7). If any of it fails, none of it happened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from policy_canary._audit import record_audit
+from policy_canary.alerts import enqueue_alert
+from policy_canary.controller._bundle import write_incident
+from policy_canary.controller._model import (
+    Action,
+    ActionKind,
+    RolloutSnapshot,
+    RolloutState,
+    notice,
+)
+from policy_canary.controller._monitoring import Ledger
+from policy_canary.controller._rows import (
+    Cursors,
+    Rollout,
+    compare_and_swap,
+    jsonable,
+    record_tick,
+    save_monitor_row,
+)
+from policy_canary.plan import BPS
+from policy_canary.registry import ReleaseKind, move_stable
+from policy_canary.store import Store
+from policy_canary.store._schema import rejections
+from policy_canary.verdict import Verdict
+
+#: Alert kind and severity of each transition (kinds are the alerts module's AlertKind).
+ALERTS: Mapping[ActionKind, tuple[str, str]] = {
+    ActionKind.ROLLBACK: ("rollback", "critical"),
+    ActionKind.PAUSE: ("paused", "warning"),
+    ActionKind.PROMOTE: ("promoted", "info"),
+    ActionKind.ADVANCE: ("stage_advanced", "info"),
+}
+GUARDRAIL_ALERT = ("guardrail_alert", "warning")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An action together with everything that led to it (what the trace records)."""
+
+    action: Action
+    snapshot: RolloutSnapshot
+    verdicts: tuple[Verdict, ...]
+    now: datetime
+    actor: str
+    manual: bool = False
+
+    def inputs(self) -> dict[str, Any]:
+        """What decide() saw besides the verdicts, plus the outcome's code (trace ``inputs``)."""
+        return {
+            "snapshot": self.snapshot.to_dict(),
+            "now": self.now.isoformat(),
+            "decision": self.action.to_dict(),
+            "manual": self.manual,
+            "actor": self.actor,
+        }
+
+
+def apply_decision(
+    store: Store,
+    conn: Connection,
+    row: Rollout,
+    decision: Decision,
+    *,
+    monitor: Mapping[str, Any],
+    ledger: Ledger,
+    cursors: Cursors,
+    new_monitor_row: bool = False,
+) -> Rollout:
+    """Write ``decision`` for ``row`` inside ``conn``'s transaction; return the row after it.
+
+    Raises :class:`~policy_canary.controller._rows.StaleRevisionError` (and so rolls the whole
+    transaction back) when the rollout changed since ``row`` was read.
+    """
+    action, now = decision.action, decision.now
+    plan = row.plan
+    values: dict[str, Any] = {}
+    if action.kind is ActionKind.ADVANCE:
+        nxt = plan.stage(row.stage_index + 1)
+        values = {
+            "stage_index": row.stage_index + 1,
+            "traffic_bp": nxt.traffic_bp,
+            "stage_started_at": now,
+        }
+    elif action.kind is ActionKind.PAUSE:
+        values = {"state": RolloutState.PAUSED.value}
+    elif action.kind is ActionKind.ROLLBACK:
+        values = {
+            "state": RolloutState.ROLLED_BACK.value,
+            "traffic_bp": 0,
+            "ended_at": now,
+            "end_reason": action.message,
+        }
+    elif action.kind is ActionKind.PROMOTE:
+        values = {
+            "state": RolloutState.PROMOTED.value,
+            "traffic_bp": BPS,
+            "ended_at": now,
+            "end_reason": action.message,
+        }
+    after = compare_and_swap(conn, row, **values)
+
+    ledger.alerted |= set(action.alerts)
+    state_text = json.dumps(
+        {"monitor": jsonable(monitor), "ledger": ledger.to_dict()}, sort_keys=True
+    )
+    save_monitor_row(conn, row.id, state_text, cursors, now, insert=new_monitor_row)
+    record_tick(
+        conn,
+        rollout_id=row.id,
+        at=now,
+        revision=after.revision,
+        stage_index=row.stage_index,
+        traffic_bp=row.traffic_bp,
+        action=action.kind.value,
+        message=action.message,
+        verdicts=decision.verdicts,
+        inputs=decision.inputs(),
+        cursors=cursors,
+    )
+    subject = f"{row.policy}/{row.id}"
+    for name in action.alerts:
+        kind, severity = GUARDRAIL_ALERT
+        enqueue_alert(
+            conn,
+            key=f"{row.id}:{kind}:{name}",
+            kind=kind,
+            severity=severity,
+            summary=notice("guardrail_alert", policy=row.policy, guardrail=name),
+            payload=_payload(after, action, decision.verdicts),
+            at=now,
+            policy=row.policy,
+            rollout_id=row.id,
+        )
+    if not action.kind.is_transition():
+        return after
+
+    record_audit(
+        conn,
+        at=now,
+        actor=decision.actor,
+        action=f"rollout.{action.kind.value}",
+        subject=subject,
+        reason=action.message,
+        details={
+            "revision": after.revision,
+            "stage_index": after.stage_index,
+            "traffic_bp": after.traffic_bp,
+            "code": action.reason.value,
+            "guardrails": list(action.guardrails),
+        },
+    )
+    store.bump_epoch(conn)
+    if action.kind is ActionKind.ROLLBACK:
+        conn.execute(
+            rejections.insert().values(
+                policy=row.policy,
+                digest=row.candidate_digest,
+                rollout_id=row.id,
+                at=now,
+                reason=action.message,
+            )
+        )
+        write_incident(
+            conn,
+            before=row,
+            after=after,
+            kind="manual_rollback" if decision.manual else "automatic_rollback",
+            action=action,
+            verdicts=decision.verdicts,
+            ledger=ledger,
+            cursors=cursors,
+            at=now,
+        )
+    elif action.kind is ActionKind.PROMOTE:
+        move_stable(
+            store,
+            conn,
+            policy=row.policy,
+            to_id=row.candidate_digest,
+            kind=ReleaseKind.PROMOTION,
+            actor=decision.actor,
+            reason=action.message,
+            at=now,
+            rollout_id=row.id,
+        )
+    kind, severity = ALERTS[action.kind]
+    enqueue_alert(
+        conn,
+        key=f"{row.id}:{kind}:{after.revision}",
+        kind=kind,
+        severity=severity,
+        summary=notice("alert", policy=row.policy, message=action.message),
+        payload=_payload(after, action, decision.verdicts),
+        at=now,
+        policy=row.policy,
+        rollout_id=row.id,
+    )
+    return after
+
+
+def _payload(row: Rollout, action: Action, verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    data: dict[str, Any] = jsonable(
+        {
+            "rollout": row.to_dict(),
+            "decision": action.to_dict(),
+            "verdicts": [v.to_dict() for v in verdicts],
+        }
+    )
+    return data

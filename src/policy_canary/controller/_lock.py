@@ -1,0 +1,131 @@
+"""One acting controller: a PostgreSQL advisory lock, or a SQLite lease row with an expiry.
+
+The lock keeps a second controller idle rather than racing; correctness does not depend on
+it, because every write also compare-and-swaps the rollout's revision under the policy's lock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+from sqlalchemy import Connection, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from policy_canary.clock import Clock
+from policy_canary.store import Store
+from policy_canary.store._schema import leases
+
+#: The lease row's name (SQLite).
+LEASE_NAME = "controller"
+# Keyed by schema so stores sharing one PostgreSQL database (tests, tenants) do not contend.
+_PG_KEY = "SELECT hashtext(current_schema() || :suffix)"
+
+
+def default_holder() -> str:
+    """``host:pid``: who holds the lock, as shown in status and logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ControllerLock:
+    """The controller lock of one store; :meth:`acquire` is cheap to call every tick."""
+
+    def __init__(self, store: Store, *, holder: str, ttl: timedelta, clock: Clock) -> None:
+        self.store = store
+        self.holder = holder
+        self.ttl = ttl
+        self.clock = clock
+        self._pg: Connection | None = None
+        self._key: int | None = None
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Take (or renew) the lock; return whether this controller may act now."""
+        if self.store.dialect == "postgresql":
+            self.held = self._acquire_pg()
+        else:
+            self.held = self._renew_lease()
+        return self.held
+
+    def owner(self) -> str | None:
+        """Who holds the SQLite lease (``None`` when free or on PostgreSQL)."""
+        if self.store.dialect == "postgresql":
+            return None
+        with self.store.read() as conn:
+            row = conn.execute(select(leases).where(leases.c.name == LEASE_NAME)).first()
+        if row is None or row.expires_at <= self.clock.now():
+            return None
+        return str(row.holder)
+
+    def release(self) -> None:
+        """Give the lock up (safe to call when not held)."""
+        if self._pg is not None:
+            try:
+                if self.held and self._key is not None:
+                    self._pg.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                    self._pg.commit()
+            except SQLAlchemyError:
+                pass  # a dead session has released its advisory locks already
+            finally:
+                self._pg.close()
+                self._pg = None
+        elif self.held:
+            with self.store.begin() as conn:
+                conn.execute(
+                    leases.delete().where(
+                        leases.c.name == LEASE_NAME, leases.c.holder == self.holder
+                    )
+                )
+        self.held = False
+
+    def _acquire_pg(self) -> bool:
+        # A session-level advisory lock lives as long as this dedicated connection; if the
+        # connection died, so did the lock, and we must take it again.
+        if self._pg is not None and self.held:
+            try:
+                self._pg.execute(text("SELECT 1"))
+                self._pg.commit()
+                return True
+            except SQLAlchemyError:
+                self._pg.invalidate()
+                self._pg.close()
+                self._pg = None
+        if self._pg is None:
+            self._pg = self.store.engine.connect()
+            self._key = int(
+                self._pg.execute(
+                    text(_PG_KEY), {"suffix": ":policy-canary-controller"}
+                ).scalar_one()
+            )
+        got = bool(
+            self._pg.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
+        )
+        self._pg.commit()
+        return got
+
+    def _renew_lease(self) -> bool:
+        now = self.clock.now()
+        expires = now + self.ttl
+        with self.store.begin() as conn:
+            row = conn.execute(select(leases).where(leases.c.name == LEASE_NAME)).first()
+            if row is None:
+                conn.execute(
+                    leases.insert().values(
+                        name=LEASE_NAME, holder=self.holder, acquired_at=now, expires_at=expires
+                    )
+                )
+                return True
+            if row.holder == self.holder:
+                conn.execute(
+                    leases.update().where(leases.c.name == LEASE_NAME).values(expires_at=expires)
+                )
+                return True
+            if row.expires_at <= now:
+                conn.execute(
+                    leases.update()
+                    .where(leases.c.name == LEASE_NAME)
+                    .values(holder=self.holder, acquired_at=now, expires_at=expires)
+                )
+                return True
+            return False

@@ -1,0 +1,300 @@
+"""The controller: load each active rollout, fold new events, decide, apply — one tick at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from policy_canary.clock import Clock, SystemClock
+from policy_canary.controller._apply import Decision, apply_decision
+from policy_canary.controller._decide import decide
+from policy_canary.controller._lock import ControllerLock, default_holder
+from policy_canary.controller._model import Action, ActionKind, RolloutSnapshot
+from policy_canary.controller._monitoring import (
+    Ledger,
+    MonitorFactory,
+    StatisticalMonitors,
+    event_from_row,
+    feedback_from_row,
+)
+from policy_canary.controller._rows import (
+    Cursors,
+    Rollout,
+    StaleRevisionError,
+    active_rollouts,
+    last_tick,
+    load_monitor_row,
+    load_rollout,
+)
+from policy_canary.errors import CanaryError, StoreError
+from policy_canary.monitors import MonitorEvent
+from policy_canary.registry import lock_policy
+from policy_canary.store import Store
+from policy_canary.store._schema import events, feedback
+
+_log = logging.getLogger("policy_canary.controller")
+
+#: Events read per query while folding; a tick keeps reading until it has seen them all.
+DEFAULT_BATCH = 5_000
+#: How long a SQLite controller lease lasts without renewal.
+DEFAULT_LEASE_TTL = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class TickOutcome:
+    """What one tick did with one rollout.
+
+    ``recorded`` is false when nothing changed (no new events, the same hold as last time):
+    that is what makes ticks idempotent. ``error`` explains a rollout the tick had to skip.
+    """
+
+    rollout_id: str
+    policy: str
+    action: Action | None
+    recorded: bool
+    revision: int
+    events_folded: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "rollout_id": self.rollout_id,
+            "policy": self.policy,
+            "action": self.action.to_dict() if self.action else None,
+            "recorded": self.recorded,
+            "revision": self.revision,
+            "events_folded": self.events_folded,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """One tick over every active rollout; ``acted`` is false when another controller leads."""
+
+    at: datetime
+    acted: bool
+    holder: str
+    outcomes: tuple[TickOutcome, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "at": self.at.isoformat(),
+            "acted": self.acted,
+            "holder": self.holder,
+            "outcomes": [o.to_dict() for o in self.outcomes],
+        }
+
+
+class Controller:
+    """Walks every active rollout through its plan; see :meth:`tick` and :meth:`run`.
+
+    Only one controller per store acts at a time (:class:`ControllerLock`); a controller that
+    does not hold the lock ticks as a no-op. ``holder`` names this controller in the lock —
+    a restarted controller given the same ``holder`` takes its SQLite lease back at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        monitors: MonitorFactory | None = None,
+        holder: str | None = None,
+        lease_ttl: timedelta = DEFAULT_LEASE_TTL,
+        batch_size: int = DEFAULT_BATCH,
+        actor: str = "controller",
+    ) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.monitors: MonitorFactory = monitors or StatisticalMonitors()
+        self.holder = holder or default_holder()
+        self.batch_size = batch_size
+        self.actor = actor
+        self.lock = ControllerLock(store, holder=self.holder, ttl=lease_ttl, clock=self.clock)
+
+    # -- one tick -------------------------------------------------------------------------
+
+    def tick(self) -> TickReport:
+        """Evaluate every active rollout once (synchronously) and apply what decide() says."""
+        now = self.clock.now()
+        if not self.lock.acquire():
+            return TickReport(at=now, acted=False, holder=self.lock.owner() or "another controller")
+        with self.store.read() as conn:
+            pending = [(r.id, r.policy) for r in active_rollouts(conn)]
+        outcomes = tuple(self._tick_one(rid, policy, now) for rid, policy in pending)
+        return TickReport(at=now, acted=True, holder=self.holder, outcomes=outcomes)
+
+    def _tick_one(self, rollout_id: str, policy: str, now: datetime) -> TickOutcome:
+        try:
+            with self.store.begin() as conn:
+                # The policy lock serialises this tick with manual commands and with any other
+                # controller; the revision CAS inside apply_decision is the last line.
+                lock_policy(self.store, conn, policy)
+                row = load_rollout(conn, rollout_id)
+                if row.state.is_terminal():
+                    return TickOutcome(rollout_id, policy, None, False, row.revision)
+                return self._evaluate(conn, row, now)
+        except StaleRevisionError as exc:
+            return TickOutcome(rollout_id, policy, None, False, -1, error=exc.message)
+        except Exception as exc:  # one broken rollout must not stop the others' ticks
+            _log.exception("tick of rollout %s failed", rollout_id)
+            return TickOutcome(rollout_id, policy, None, False, -1, error=str(exc))
+
+    def _evaluate(self, conn: Connection, row: Rollout, now: datetime) -> TickOutcome:
+        plan = row.plan
+        stage = plan.stage(row.stage_index)
+        stored = load_monitor_row(conn, row.id)
+        if stored is None:  # every start writes one; a missing row means a damaged store
+            raise StoreError(f"rollout {row.id} has no monitor state; abort it and restart")
+        text, cursors = stored
+        data = json.loads(text)
+        monitor = self.monitors.load(data["monitor"])
+        ledger = Ledger.from_dict(data["ledger"])
+        names = {s.name for s in plan.stages}
+        folded = 0
+        new_cursors = cursors
+        for batch, after_batch in self._new_events(conn, row.id, cursors):
+            new_cursors = after_batch
+            monitor.fold(event for _, event in batch)
+            ledger.fold((s if s in names else stage.name, e) for s, e in batch)
+            folded += len(batch)
+        verdicts = tuple(monitor.verdicts(stage.name))
+        snapshot = RolloutSnapshot(
+            state=row.state,
+            stage_index=row.stage_index,
+            stage_started_at=row.stage_started_at,
+            samples=ledger.samples(stage.name),
+            alerted=frozenset(ledger.alerted),
+        )
+        action = decide(plan, snapshot, verdicts, now)
+        if folded == 0 and not action.alerts and _same_hold(last_tick(conn, row.id), action):
+            return TickOutcome(row.id, row.policy, action, False, row.revision)
+        after = apply_decision(
+            self.store,
+            conn,
+            row,
+            Decision(action, snapshot, verdicts, now, self.actor),
+            monitor=monitor.to_dict(),
+            ledger=ledger,
+            cursors=new_cursors,
+        )
+        if action.kind.is_transition():
+            _log.info("%s %s: %s", row.policy, action.kind.value, action.message)
+        return TickOutcome(row.id, row.policy, action, True, after.revision, folded)
+
+    def _new_events(
+        self, conn: Connection, rollout_id: str, cursors: Cursors
+    ) -> Iterator[tuple[list[tuple[str | None, MonitorEvent]], Cursors]]:
+        """Yield batches of new events, then new feedback, with the cursors after each."""
+        through = cursors.events_through
+        while True:
+            rows = (
+                conn.execute(
+                    select(events)
+                    .where(events.c.rollout_id == rollout_id, events.c.id > through)
+                    .order_by(events.c.id)
+                    .limit(self.batch_size)
+                )
+                .mappings()
+                .all()
+            )
+            if not rows:
+                break
+            through = int(rows[-1]["id"])
+            yield (
+                [(r["stage"], event_from_row(r)) for r in rows],
+                Cursors(through, cursors.feedback_through),
+            )
+            if len(rows) < self.batch_size:
+                break
+        fb_through = cursors.feedback_through
+        while True:
+            rows = (
+                conn.execute(
+                    select(
+                        feedback.c.id,
+                        feedback.c.at,
+                        feedback.c.quality,
+                        feedback.c.metrics,
+                        events.c.arm,
+                        events.c.traffic_bp,
+                        events.c.stage,
+                    )
+                    .join(events, events.c.decision_id == feedback.c.decision_id)
+                    .where(events.c.rollout_id == rollout_id, feedback.c.id > fb_through)
+                    .order_by(feedback.c.id)
+                    .limit(self.batch_size)
+                )
+                .mappings()
+                .all()
+            )
+            if not rows:
+                break
+            fb_through = int(rows[-1]["id"])
+            yield [(r["stage"], feedback_from_row(r)) for r in rows], Cursors(through, fb_through)
+            if len(rows) < self.batch_size:
+                break
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        interval: timedelta,
+        stop: threading.Event,
+        dispatch: Callable[[], object] | None = None,
+        on_tick: Callable[[TickReport], None] | None = None,
+    ) -> int:
+        """Tick (then dispatch alerts) every ``interval`` until ``stop`` is set; return ticks.
+
+        The lock is released on the way out, so a standby controller takes over at once.
+        """
+        ticks = 0
+        try:
+            while not stop.is_set():
+                try:
+                    report = self.tick()
+                except (CanaryError, SQLAlchemyError):
+                    # The store is down or refused: keep the loop (and its lock) alive and
+                    # try again next interval; nothing was half-applied.
+                    _log.exception("controller tick failed; retrying next interval")
+                    stop.wait(interval.total_seconds())
+                    continue
+                ticks += 1
+                if on_tick is not None:
+                    on_tick(report)
+                if dispatch is not None:
+                    try:
+                        dispatch()
+                    except (CanaryError, SQLAlchemyError):
+                        _log.exception("alert dispatch failed; retrying next interval")
+                stop.wait(interval.total_seconds())
+        finally:
+            self.close()
+        return ticks
+
+    def close(self) -> None:
+        """Release the controller lock."""
+        self.lock.release()
+
+
+def _same_hold(previous: Any, action: Action) -> bool:
+    """True when the last trace row already says this: same hold, same reason, same guardrails."""
+    if previous is None or action.kind is not ActionKind.HOLD or previous["action"] != "hold":
+        return False
+    before = json.loads(previous["inputs"]).get("decision", {})
+    return bool(
+        before.get("reason") == action.reason.value
+        and tuple(before.get("guardrails", ())) == action.guardrails
+    )

@@ -1,0 +1,241 @@
+"""The controller's side of the monitors seam: event rows in, verdicts and stage ledgers out.
+
+:class:`MonitorFactory` is the extension point: the default :class:`StatisticalMonitors` wraps
+:class:`policy_canary.monitors.RolloutMonitor` (anytime-valid tests); tests and simulations may
+hand the controller any object with the same two methods. :class:`Ledger` is what the
+controller itself keeps next to the monitor state: requests and simple aggregates per stage
+and arm (``min_samples`` and incident bundles read them), the alert-only guardrails already
+alerted on, and the time range of the events seen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from policy_canary.clock import utc
+from policy_canary.monitors import ARMS, Baseline, MonitorEvent, RolloutMonitor
+from policy_canary.plan import RolloutPlan
+from policy_canary.verdict import Verdict
+
+#: How many of stable's most recent events the baseline snapshot summarises.
+BASELINE_EVENTS = 5_000
+#: Where the mean tests are tuned to be tightest when no stage says otherwise.
+_DESIGN_SAMPLES = 2_000
+
+
+class Monitor(Protocol):
+    """A rollout's guardrail tests: fold events, judge them, persist as a JSON-ready dict."""
+
+    def fold(self, events: Iterable[MonitorEvent]) -> int:
+        """Fold new events in arrival order; return how many."""
+        ...
+
+    def verdicts(self, stage: str | None = None) -> list[Verdict]:
+        """Judge every guardrail with ``stage``'s thresholds."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state, JSON-ready."""
+        ...
+
+
+class MonitorFactory(Protocol):
+    """Creates a rollout's monitor at start and reloads it from the stored state each tick."""
+
+    def create(self, plan: RolloutPlan, baseline: Sequence[MonitorEvent]) -> Monitor:
+        """A fresh monitor for ``plan``, with the baseline snapshot of stable's recent events."""
+        ...
+
+    def load(self, data: Mapping[str, Any]) -> Monitor:
+        """Rebuild the monitor stored by an earlier tick; it continues the same tests."""
+        ...
+
+
+class StatisticalMonitors:
+    """The default factory: :class:`~policy_canary.monitors.RolloutMonitor` per rollout."""
+
+    def create(self, plan: RolloutPlan, baseline: Sequence[MonitorEvent]) -> Monitor:
+        """Freeze stable's baseline and size every test from the plan's strict stage."""
+        design = next((s for s in plan.stages if s.strict), plan.stages[-1])
+        return RolloutMonitor(
+            plan.guardrails,
+            alpha=plan.alpha,
+            baseline=Baseline.from_events(baseline, prices=plan.prices),
+            prices=plan.prices,
+            stages=plan.overrides(),
+            design_candidate_samples=max(design.min_samples, _DESIGN_SAMPLES),
+            design_share_bp=design.traffic_bp,
+        )
+
+    def load(self, data: Mapping[str, Any]) -> Monitor:
+        """Rebuild from :meth:`RolloutMonitor.to_dict` output."""
+        return RolloutMonitor.from_dict(data)
+
+
+def event_from_row(row: Mapping[Any, Any]) -> MonitorEvent:
+    """An ``events`` row as the monitors see it."""
+    flags = row["safety_flags"]
+    metrics = row["metrics"]
+    return MonitorEvent(
+        arm=row["arm"],
+        traffic_bp=int(row["traffic_bp"]),
+        at=utc(row["at"]),
+        latency_ms=row["latency_ms"],
+        error=None if row["error"] is None else bool(row["error"]),
+        quality=row["quality"],
+        safety_flags=tuple(json.loads(flags)) if flags and flags != "[]" else (),
+        cost_usd=row["cost_usd"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        model=row["model"],
+        metrics=json.loads(metrics) if metrics and metrics != "{}" else {},
+    )
+
+
+def feedback_from_row(row: Mapping[Any, Any]) -> MonitorEvent:
+    """A ``feedback`` row joined with its decision's arm and share (see MonitorEvent)."""
+    metrics = row["metrics"]
+    return MonitorEvent(
+        arm=row["arm"],
+        traffic_bp=int(row["traffic_bp"]),
+        at=utc(row["at"]),
+        quality=row["quality"],
+        metrics=json.loads(metrics) if metrics and metrics != "{}" else {},
+        feedback=True,
+    )
+
+
+@dataclass
+class ArmAggregate:
+    """Simple per-arm totals for one stage (incident bundles and ``rollout status``)."""
+
+    requests: int = 0
+    errors: int = 0
+    flagged: int = 0
+    latency_sum: float = 0.0
+    latency_n: int = 0
+    cost_sum: float = 0.0
+    cost_n: int = 0
+    quality_sum: float = 0.0
+    quality_n: int = 0
+
+    def add(self, event: MonitorEvent) -> None:
+        """Count one event (feedback adds only its quality)."""
+        if event.quality is not None:
+            self.quality_sum += event.quality
+            self.quality_n += 1
+        if event.feedback:
+            return
+        self.requests += 1
+        self.errors += bool(event.error)
+        self.flagged += bool(event.safety_flags)
+        if event.latency_ms is not None:
+            self.latency_sum += event.latency_ms
+            self.latency_n += 1
+        if event.cost_usd is not None:
+            self.cost_sum += event.cost_usd
+            self.cost_n += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Totals plus the derived rates and means people read."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "flagged": self.flagged,
+            "latency_sum": self.latency_sum,
+            "latency_n": self.latency_n,
+            "cost_sum": self.cost_sum,
+            "cost_n": self.cost_n,
+            "quality_sum": self.quality_sum,
+            "quality_n": self.quality_n,
+            "error_rate": self.errors / self.requests if self.requests else None,
+            "flag_rate": self.flagged / self.requests if self.requests else None,
+            "mean_latency_ms": self.latency_sum / self.latency_n if self.latency_n else None,
+            "mean_cost_usd": self.cost_sum / self.cost_n if self.cost_n else None,
+            "mean_quality": self.quality_sum / self.quality_n if self.quality_n else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArmAggregate:
+        """Rebuild from :meth:`to_dict` output (derived fields are recomputed)."""
+        return cls(
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            flagged=int(data["flagged"]),
+            latency_sum=float(data["latency_sum"]),
+            latency_n=int(data["latency_n"]),
+            cost_sum=float(data["cost_sum"]),
+            cost_n=int(data["cost_n"]),
+            quality_sum=float(data["quality_sum"]),
+            quality_n=int(data["quality_n"]),
+        )
+
+
+@dataclass
+class Ledger:
+    """What the controller keeps beside the monitor: per-stage aggregates, alerts, time range."""
+
+    stages: dict[str, dict[str, ArmAggregate]] = field(default_factory=dict)
+    alerted: set[str] = field(default_factory=set)
+    first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
+
+    def fold(self, events: Iterable[tuple[str, MonitorEvent]]) -> None:
+        """Count ``(stage_name, event)`` pairs."""
+        for stage, event in events:
+            arms = self.stages.setdefault(stage, {arm: ArmAggregate() for arm in ARMS})
+            arms[event.arm].add(event)
+            if self.first_event_at is None or event.at < self.first_event_at:
+                self.first_event_at = event.at
+            if self.last_event_at is None or event.at > self.last_event_at:
+                self.last_event_at = event.at
+
+    def samples(self, stage: str) -> dict[str, int]:
+        """Requests per arm in ``stage``."""
+        arms = self.stages.get(stage, {})
+        return {arm: arms[arm].requests if arm in arms else 0 for arm in ARMS}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "stages": {
+                s: {arm: agg.to_dict() for arm, agg in arms.items()}
+                for s, arms in self.stages.items()
+            },
+            "alerted": sorted(self.alerted),
+            "first_event_at": self.first_event_at.isoformat() if self.first_event_at else None,
+            "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Ledger:
+        """Rebuild from :meth:`to_dict` output."""
+        first, last = data.get("first_event_at"), data.get("last_event_at")
+        return cls(
+            stages={
+                s: {arm: ArmAggregate.from_dict(agg) for arm, agg in arms.items()}
+                for s, arms in data.get("stages", {}).items()
+            },
+            alerted=set(data.get("alerted", ())),
+            first_event_at=datetime.fromisoformat(first) if first else None,
+            last_event_at=datetime.fromisoformat(last) if last else None,
+        )
+
+
+def dump_state(monitor: Monitor, ledger: Ledger) -> str:
+    """The text stored in ``monitor_states.state``."""
+    return json.dumps(
+        {"monitor": monitor.to_dict(), "ledger": ledger.to_dict()},
+        sort_keys=True,
+        allow_nan=False,
+    )
+
+
+def load_state(factory: MonitorFactory, text: str) -> tuple[Monitor, Ledger]:
+    """Inverse of :func:`dump_state`."""
+    data = json.loads(text)
+    return factory.load(data["monitor"]), Ledger.from_dict(data["ledger"])

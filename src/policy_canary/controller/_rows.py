@@ -1,0 +1,255 @@
+"""Typed views of the controller's rows and the small queries both the controller and the
+manual rollout API share (load, compare-and-swap, tick records)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from policy_canary.clock import utc
+from policy_canary.controller._model import ACTIVE_STATES, RolloutState
+from policy_canary.errors import ConflictError, NotFoundError
+from policy_canary.plan import RolloutPlan
+from policy_canary.store._schema import monitor_states, rollout_ticks, rollouts
+from policy_canary.verdict import Verdict
+
+
+class StaleRevisionError(ConflictError):
+    """Someone else changed the rollout since it was read; this write did not apply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """One ``rollouts`` row, typed."""
+
+    id: str
+    policy: str
+    baseline_digest: str
+    candidate_digest: str
+    state: RolloutState
+    stage_index: int
+    traffic_bp: int
+    salt: str
+    plan_text: str
+    plan_hash: str
+    revision: int
+    actor: str
+    reason: str
+    created_at: datetime
+    stage_started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Rollout:
+        """Read a mapping of the ``rollouts`` columns."""
+        return cls(
+            id=row["id"],
+            policy=row["policy"],
+            baseline_digest=row["baseline_digest"],
+            candidate_digest=row["candidate_digest"],
+            state=RolloutState(row["state"]),
+            stage_index=int(row["stage_index"]),
+            traffic_bp=int(row["traffic_bp"]),
+            salt=row["salt"],
+            plan_text=row["plan"],
+            plan_hash=row["plan_hash"],
+            revision=int(row["revision"]),
+            actor=row["actor"],
+            reason=row["reason"],
+            created_at=utc(row["created_at"]),
+            stage_started_at=utc(row["stage_started_at"]),
+            ended_at=utc(row["ended_at"]) if row["ended_at"] is not None else None,
+            end_reason=row["end_reason"],
+        )
+
+    @property
+    def plan(self) -> RolloutPlan:
+        """The frozen plan (parsed from the stored canonical JSON)."""
+        return RolloutPlan.from_frozen(self.plan_text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (part of ``--json`` and incident bundles)."""
+        return {
+            "id": self.id,
+            "policy": self.policy,
+            "baseline_id": self.baseline_digest,
+            "candidate_id": self.candidate_digest,
+            "state": self.state.value,
+            "stage_index": self.stage_index,
+            "traffic_bp": self.traffic_bp,
+            "salt": self.salt,
+            "plan_hash": self.plan_hash,
+            "revision": self.revision,
+            "actor": self.actor,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+            "stage_started_at": self.stage_started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "end_reason": self.end_reason,
+        }
+
+
+def load_rollout(conn: Connection, rollout_id: str) -> Rollout:
+    """The rollout with this id, or a NotFoundError."""
+    row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
+    if row is None:
+        raise NotFoundError(
+            f"no rollout {rollout_id!r}; list them with 'policy-canary rollout status'"
+        )
+    return Rollout.from_row(row)
+
+
+def active_rollout(conn: Connection, policy: str) -> Rollout | None:
+    """The policy's running or paused rollout, if any."""
+    row = (
+        conn.execute(
+            select(rollouts).where(rollouts.c.policy == policy, rollouts.c.state.in_(ACTIVE_STATES))
+        )
+        .mappings()
+        .first()
+    )
+    return Rollout.from_row(row) if row is not None else None
+
+
+def active_rollouts(conn: Connection) -> list[Rollout]:
+    """Every running or paused rollout, oldest first."""
+    rows = conn.execute(
+        select(rollouts)
+        .where(rollouts.c.state.in_(ACTIVE_STATES))
+        .order_by(rollouts.c.created_at, rollouts.c.id)
+    ).mappings()
+    return [Rollout.from_row(r) for r in rows]
+
+
+def compare_and_swap(conn: Connection, row: Rollout, **values: Any) -> Rollout:
+    """Write ``values`` and bump the revision only if nobody did since ``row`` was read.
+
+    This is what makes a transition apply at most once (design invariant 7), whatever the
+    locks did: a second writer holding the same old revision updates nothing and raises.
+    """
+    result = conn.execute(
+        rollouts.update()
+        .where(rollouts.c.id == row.id, rollouts.c.revision == row.revision)
+        .values(revision=row.revision + 1, **values)
+    )
+    if result.rowcount != 1:
+        raise StaleRevisionError(
+            f"rollout {row.id} changed while this write was prepared (revision "
+            f"{row.revision} is stale); read its status and try again"
+        )
+    return load_rollout(conn, row.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursors:
+    """How far the monitor state has folded the ``events`` and ``feedback`` tables."""
+
+    events_through: int = 0
+    feedback_through: int = 0
+
+
+def load_monitor_row(conn: Connection, rollout_id: str) -> tuple[str, Cursors] | None:
+    """The stored monitor state text and its cursors."""
+    row = conn.execute(
+        select(monitor_states).where(monitor_states.c.rollout_id == rollout_id)
+    ).first()
+    if row is None:
+        return None
+    return row.state, Cursors(int(row.events_through), int(row.feedback_through))
+
+
+def save_monitor_row(
+    conn: Connection, rollout_id: str, text: str, cursors: Cursors, at: datetime, *, insert: bool
+) -> None:
+    """Insert or update the rollout's monitor state and cursors."""
+    values = {
+        "state": text,
+        "events_through": cursors.events_through,
+        "feedback_through": cursors.feedback_through,
+        "updated_at": at,
+    }
+    if insert:
+        conn.execute(monitor_states.insert().values(rollout_id=rollout_id, **values))
+    else:
+        conn.execute(
+            monitor_states.update().where(monitor_states.c.rollout_id == rollout_id).values(values)
+        )
+
+
+def last_tick(conn: Connection, rollout_id: str) -> Mapping[Any, Any] | None:
+    """The newest decision-trace row of a rollout."""
+    return (
+        conn.execute(
+            select(rollout_ticks)
+            .where(rollout_ticks.c.rollout_id == rollout_id)
+            .order_by(rollout_ticks.c.seq.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+
+
+def record_tick(
+    conn: Connection,
+    *,
+    rollout_id: str,
+    at: datetime,
+    revision: int,
+    stage_index: int,
+    traffic_bp: int,
+    action: str,
+    message: str,
+    verdicts: Sequence[Verdict],
+    inputs: Mapping[str, Any],
+    cursors: Cursors,
+) -> int:
+    """Append one row to the decision trace; return its sequence number."""
+    seq = int(
+        conn.execute(
+            select(func.coalesce(func.max(rollout_ticks.c.seq), 0)).where(
+                rollout_ticks.c.rollout_id == rollout_id
+            )
+        ).scalar_one()
+        + 1
+    )
+    conn.execute(
+        rollout_ticks.insert().values(
+            rollout_id=rollout_id,
+            seq=seq,
+            at=at,
+            revision=revision,
+            stage_index=stage_index,
+            traffic_bp=traffic_bp,
+            action=action,
+            reason=message,
+            verdicts=dumps([v.to_dict() for v in verdicts]),
+            inputs=dumps(inputs),
+            events_through=cursors.events_through,
+            feedback_through=cursors.feedback_through,
+        )
+    )
+    return seq
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats spelled as strings (JSON has no Infinity or NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """Compact, sorted JSON of :func:`jsonable` ``value`` (what the trace columns hold)."""
+    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,194 @@
+"""Starting a rollout: the checks, the frozen plan and the armed monitors in one write."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime
+
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import IntegrityError
+
+from policy_canary._audit import record_audit
+from policy_canary.controller._model import RolloutSnapshot, RolloutState, notice
+from policy_canary.controller._monitoring import (
+    BASELINE_EVENTS,
+    Ledger,
+    MonitorFactory,
+    event_from_row,
+)
+from policy_canary.controller._rows import (
+    Cursors,
+    Rollout,
+    active_rollout,
+    jsonable,
+    load_rollout,
+    record_tick,
+    save_monitor_row,
+)
+from policy_canary.errors import ConflictError
+from policy_canary.monitors import Baseline, MonitorEvent
+from policy_canary.plan import RolloutPlan
+from policy_canary.registry import lock_policy, require_policy, resolve_in
+from policy_canary.store import Store
+from policy_canary.store._schema import events, rejections, rollouts
+
+
+def start_rollout(
+    store: Store,
+    *,
+    policy: str,
+    candidate: str,
+    plan: RolloutPlan,
+    actor: str,
+    reason: str,
+    force: bool,
+    now: datetime,
+    monitors: MonitorFactory,
+) -> Rollout:
+    """Check, then write the rollout, its frozen plan, its armed monitors and its first tick.
+
+    See :meth:`policy_canary.rollouts.Rollouts.start` for the rules.
+    """
+    first = plan.stage(0)
+    try:
+        with store.begin() as conn:
+            lock_policy(store, conn, policy)
+            pol = require_policy(conn, policy)
+            target = resolve_in(conn, policy, candidate)
+            stable_id = pol["stable_digest"]
+            if stable_id is None:
+                raise ConflictError(
+                    f"policy {policy!r} has no stable version to compare against; "
+                    f"make one stable with 'policy-canary policy set-stable {policy} REF'"
+                )
+            stable = resolve_in(conn, policy, stable_id)
+            if target.id == stable.id:
+                raise ConflictError(
+                    f"{policy}@{target.label} is already the stable version; push a new "
+                    "version and roll that out"
+                )
+            active = active_rollout(conn, policy)
+            if active is not None:
+                raise ConflictError(
+                    f"policy {policy!r} already has an active rollout {active.id} "
+                    f"({active.state.value}); promote, roll back or abort it first"
+                )
+            rejected = conn.execute(
+                select(rejections)
+                .where(rejections.c.policy == policy, rejections.c.digest == target.id)
+                .order_by(rejections.c.at.desc())
+            ).first()
+            if rejected is not None and not force:
+                raise ConflictError(
+                    f"{policy}@{target.label} was rejected by rollout {rejected.rollout_id} "
+                    f"at {rejected.at:%Y-%m-%d %H:%M} ({rejected.reason}); a rejected "
+                    "candidate is never retried automatically: fix it and push a new "
+                    "version, or start it again with --force --reason TEXT"
+                )
+            baseline = baseline_events(conn, policy, stable.id)
+            monitor = monitors.create(plan, baseline)
+            rollout_id = "ro_" + secrets.token_hex(8)
+            conn.execute(
+                rollouts.insert().values(
+                    id=rollout_id,
+                    policy=policy,
+                    baseline_digest=stable.id,
+                    candidate_digest=target.id,
+                    state=RolloutState.RUNNING.value,
+                    stage_index=0,
+                    traffic_bp=first.traffic_bp,
+                    salt=secrets.token_hex(16),
+                    plan=plan.canonical(),
+                    plan_hash=plan.digest,
+                    revision=1,
+                    actor=actor,
+                    reason=reason,
+                    created_at=now,
+                    stage_started_at=now,
+                )
+            )
+            cursors = Cursors()
+            state = json.dumps(
+                {"monitor": jsonable(monitor.to_dict()), "ledger": Ledger().to_dict()},
+                sort_keys=True,
+            )
+            save_monitor_row(conn, rollout_id, state, cursors, now, insert=True)
+            text = notice(
+                "started" if rejected is None else "started_forced",
+                candidate=target.label,
+                baseline=stable.label,
+                stage=first.describe(),
+                reason=reason,
+            )
+            snapshot = RolloutSnapshot(RolloutState.RUNNING, 0, now)
+            record_tick(
+                conn,
+                rollout_id=rollout_id,
+                at=now,
+                revision=1,
+                stage_index=0,
+                traffic_bp=first.traffic_bp,
+                action="start",
+                message=text,
+                verdicts=(),
+                inputs={
+                    "snapshot": snapshot.to_dict(),
+                    "now": now.isoformat(),
+                    "manual": True,
+                    "actor": actor,
+                },
+                cursors=cursors,
+            )
+            record_audit(
+                conn,
+                at=now,
+                actor=actor,
+                action="rollout.start",
+                subject=f"{policy}/{rollout_id}",
+                reason=reason or text,
+                details={
+                    "candidate": target.id,
+                    "baseline": stable.id,
+                    "plan_hash": plan.digest,
+                    "forced": rejected is not None,
+                },
+            )
+            store.bump_epoch(conn)
+            return load_rollout(conn, rollout_id)
+    except IntegrityError:
+        # Another process started a rollout of this policy between our check and insert
+        # (the partial unique index is the database's own guard of invariant 3).
+        raise ConflictError(
+            f"policy {policy!r} already has an active rollout; see "
+            f"'policy-canary rollout status {policy}'"
+        ) from None
+
+
+def baseline_events(conn: Connection, policy: str, stable_id: str) -> list[MonitorEvent]:
+    """Stable's most recent events (oldest first): what the baseline snapshot summarises."""
+    rows = (
+        conn.execute(
+            select(events)
+            .where(
+                events.c.policy == policy,
+                events.c.arm == "stable",
+                events.c.version_digest == stable_id,
+            )
+            .order_by(events.c.id.desc())
+            .limit(BASELINE_EVENTS)
+        )
+        .mappings()
+        .all()
+    )
+    return [event_from_row(r) for r in reversed(rows)]
+
+
+def stable_baseline(store: Store, policy: str, plan: RolloutPlan) -> Baseline:
+    """The baseline a rollout of ``policy`` started now would freeze (for ``plan check``)."""
+    with store.read() as conn:
+        pol = require_policy(conn, policy)
+        if pol["stable_digest"] is None:
+            raise ConflictError(f"policy {policy!r} has no stable version yet")
+        found = baseline_events(conn, policy, pol["stable_digest"])
+    return Baseline.from_events(found, prices=plan.prices)

@@ -1,0 +1,165 @@
+"""``policy-canary rollout|rollback|controller|incident|plan``: JSON output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _rollout_support import PLAN_YAML
+
+Cli = Callable[..., Any]  # the `cli` fixture of tests/cli/conftest.py
+
+
+@pytest.fixture
+def pushed(cli: Cli, tmp_path: Path) -> Path:
+    """support-agent v1 (stable) and v2; returns a plan file."""
+    for n in (1, 2):
+        spec = tmp_path / f"v{n}.yaml"
+        spec.write_text(f"prompt: version {n}\n")
+        assert cli("policy", "push", "support-agent", str(spec)).code == 0
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN_YAML)
+    return plan
+
+
+def test_start_status_pause_resume_promote(cli: Cli, pushed: Path) -> None:
+    started = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed),
+                  "--reason", "ship v2", "--json")  # fmt: skip
+    assert started.code == 0, started.stderr
+    data = started.json()
+    assert (data["state"], data["stage"], data["traffic_percent"]) == ("running", "canary", 1)
+    assert (data["candidate"], data["baseline"]) == ("v2", "v1")
+
+    again = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
+    assert again.code == 1
+    assert "already has an active rollout" in again.stderr
+
+    (status,) = cli("rollout", "status", "--json").json()
+    assert status["id"] == data["id"]
+    assert status["samples"] == {"candidate": 0, "stable": 0}
+    assert cli("rollout", "status", "support-agent").code == 0
+
+    paused = cli("rollout", "pause", "support-agent", "--reason", "lunch", "--json").json()
+    assert paused["state"] == "paused"
+    resumed = cli("rollout", "resume", "support-agent", "--reason", "back", "--json").json()
+    assert resumed["state"] == "running"
+    advanced = cli("rollout", "promote", "support-agent", "--reason", "ok", "--json").json()
+    assert (advanced["stage"], advanced["traffic_percent"]) == ("validation", 10)
+    promoted = cli("rollout", "promote", "support-agent", "--full", "--reason", "go", "--json")
+    assert promoted.json()["state"] == "promoted"
+    history = cli("policy", "history", "support-agent", "--json").json()
+    assert [e["kind"] for e in history] == ["bootstrap", "promotion"]
+
+    # After a promotion, `rollback` restores the previous stable from the history.
+    back = cli("rollback", "support-agent", "--reason", "prod regression", "--json")
+    assert back.code == 0, back.stderr
+    assert back.json()["release"]["kind"] == "rollback"
+    assert cli("policy", "show", "support-agent", "--json").json()["label"] == "v1"
+
+
+def test_manual_rollback_writes_an_incident_that_replays(
+    cli: Cli, pushed: Path, tmp_path: Path
+) -> None:
+    cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
+    once = cli("controller", "--once", "--no-alerts", "--json")
+    assert once.code == 0, once.stderr
+    assert once.json()["outcomes"][0]["action"]["kind"] == "hold"
+    rolled = cli("rollout", "rollback", "support-agent", "--reason", "bad vibes", "--json")
+    assert rolled.json()["rollout"]["state"] == "rolled_back"
+
+    (incident,) = cli("incident", "list", "--json").json()
+    assert incident["kind"] == "manual_rollback"
+    shown = cli("incident", "show", incident["id"], "--json").json()
+    assert shown["bundle"]["versions"]["candidate"]["label"] == "v2"
+    assert cli("incident", "show", incident["id"]).code == 0
+
+    out = tmp_path / "incident.json"
+    assert cli("incident", "export", incident["id"], "-o", str(out)).code == 0
+    replayed = cli("incident", "replay", str(out), "--json")
+    assert replayed.code == 0
+    assert replayed.json()["ok"] is True
+
+    doc = json.loads(out.read_text())
+    doc["bundle"]["decision"]["message"] = "edited"
+    out.write_text(json.dumps(doc))
+    tampered = cli("incident", "replay", str(out))
+    assert tampered.code == 1
+    assert "does not hash" in tampered.stdout
+
+    refused = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
+    assert refused.code == 1
+    assert "--force --reason" in refused.stderr
+    forced = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed),
+                 "--force", "--reason", "fixed the prompt", "--json")  # fmt: skip
+    assert forced.code == 0
+    assert forced.json()["state"] == "running"
+    aborted = cli("rollout", "abort", "support-agent", "--reason", "enough", "--json")
+    assert aborted.json()["state"] == "aborted"
+    history = cli("rollout", "history", "support-agent", "--json").json()
+    assert [h["state"] for h in history] == ["aborted", "rolled_back"]
+    assert history[1]["end_reason"].endswith(": bad vibes")
+    assert cli("rollout", "history", "support-agent").code == 0
+
+
+def test_commands_without_an_active_rollout_exit_1(cli: Cli, pushed: Path) -> None:
+    result = cli("rollout", "pause", "support-agent", "--reason", "x", "--json")
+    assert result.code == 1
+    assert json.loads(result.stdout)["error"]["code"] == "not_found"
+    assert cli("rollout", "pause", "support-agent").code == 2  # --reason is required
+    assert cli("incident", "show", "inc_missing").code == 1
+
+
+def test_plan_check_and_show_default(cli: Cli, pushed: Path, tmp_path: Path) -> None:
+    ok = cli("plan", "check", str(pushed), "--json")
+    assert ok.code == 0
+    assert ok.json()["plan"]["stages"][1]["strict"] is True
+    assert cli("plan", "check", str(pushed)).code == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(PLAN_YAML.replace("traffic: 50", "traffic: 5"))
+    result = cli("plan", "check", str(bad))
+    assert result.code == 1
+    assert f"{bad}:15:" in result.stderr
+    default = cli("plan", "show-default", "--yaml")
+    assert default.code == 0
+    assert "validation" in default.stdout
+    written = tmp_path / "default.yaml"
+    written.write_text(default.stdout)
+    assert cli("plan", "check", str(written)).code == 0
+    assert cli("plan", "show-default").code == 0
+
+
+def test_controller_interval_must_be_a_duration(cli: Cli) -> None:
+    result = cli("controller", "--interval", "soon", "--once")
+    assert result.code == 1
+    assert "--interval" in result.stderr
+
+
+def test_status_watch_refreshes(cli: Cli, pushed: Path) -> None:
+    cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
+    result = cli("rollout", "status", "support-agent", "--watch", "--interval", "0s",
+                 "--refreshes", "2", "--json")  # fmt: skip
+    assert result.code == 0
+    assert result.stdout.count('"policy": "support-agent"') == 2
+
+
+def test_plan_check_sizes_stages_with_preflight(cli: Cli, pushed: Path) -> None:
+    data = cli("plan", "check", str(pushed), "--rps", "0.5", "--baseline-rate", "error=0.01",
+               "--policy", "support-agent", "--json").json()  # fmt: skip
+    rows = {(r["stage"], r["guardrail"]): r for r in data["preflight"]}
+    assert set(rows) == {
+        (s, g) for s in ("canary", "validation", "soak") for g in ("error_rate", "critical",
+                                                                      "quality")
+    }  # fmt: skip
+    canary = rows[("canary", "error_rate")]
+    assert canary["expected_candidate_requests"] > canary["wald_floor"] > 0
+    # At 0.5 requests/s a 1% canary cannot detect the regression within its hour.
+    assert canary["warning"].startswith("stage 'canary' cannot detect error_rate")
+    assert canary["warning"] in data["warnings"]
+    assert rows[("soak", "critical")]["note"].startswith("tripwire")
+    bad = cli("plan", "check", str(pushed), "--baseline-rate", "error=lots")
+    assert bad.code == 1
+    assert "METRIC=RATE" in bad.stderr

@@ -8,6 +8,7 @@ import pytest
 
 from policy_canary.errors import PlanError
 from policy_canary.guardrails import (
+    DEFAULT_NEGLIGIBLE,
     Direction,
     Guardrail,
     GuardrailKind,
@@ -157,3 +158,52 @@ def test_tokens_are_priced_per_million() -> None:
     assert price_of(prices, "gpt-x", 1000, 500) == pytest.approx(0.0075)
     assert price_of(prices, "other", 1000, 500) is None
     assert price_of(prices, "gpt-x", None, None) is None
+
+
+def test_negligible_reads_like_a_rate_and_defaults_for_max_increase() -> None:
+    g = Guardrail.from_mapping({"metric": "safety_flags", "max_increase": "25%"})
+    assert g.negligible is None
+    assert g.effective_negligible == pytest.approx(DEFAULT_NEGLIGIBLE) == pytest.approx(0.001)
+    set_ = Guardrail.from_mapping(
+        {"metric": "safety_flags", "max_increase": "25%", "negligible": "0.05%"}
+    )
+    assert set_.effective_negligible == pytest.approx(0.0005)
+    off = Guardrail.from_mapping({"metric": "error", "max_increase": "20%", "negligible": 0})
+    assert off.effective_negligible == 0.0
+    p95 = Guardrail.from_mapping(
+        {"metric": "latency_ms", "statistic": "p95", "max_increase": "20%", "negligible": "1%"}
+    )
+    assert p95.effective_negligible == pytest.approx(0.01)
+    p99 = Guardrail.from_mapping({"metric": "latency_ms", "statistic": "p99", "max_increase": 0.2})
+    assert p99.effective_negligible == 0.0  # exceedance rates are never rare: off by default
+    # Only max_increase rates have the absolute route.
+    down = Guardrail.from_mapping({"metric": "metrics.resolved", "max_decrease": "5%"})
+    assert down.effective_negligible == 0.0
+    # The field survives the YAML/JSON form.
+    assert Guardrail.from_mapping(set_.model_dump(by_alias=True, exclude_none=True)) == set_
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"metric": "latency_ms", "max_increase": "10%", "negligible": "1%"},  # a mean
+        {"metric": "error", "max": "2%", "negligible": "1%"},  # an SLO
+        {"metric": "metrics.resolved", "max_decrease": "5%", "negligible": "1%"},
+        {"metric": "error", "max_delta": 0.01, "negligible": "1%"},
+        {"metric": "error", "max_increase": "20%", "negligible": "100%"},
+        {"metric": "error", "max_increase": "20%", "negligible": "-1%"},
+        {"metric": "safety_flags", "tripwire": True, "flags": ["x"], "negligible": "1%"},
+    ],
+)
+def test_negligible_is_refused_where_it_means_nothing(fields: dict[str, Any]) -> None:
+    with pytest.raises(PlanError, match=r"negligible|tripwire"):
+        Guardrail.from_mapping(fields)
+
+
+def test_a_stage_may_override_negligible() -> None:
+    g = Guardrail.from_mapping({"metric": "safety_flags", "max_increase": "25%"})
+    staged = g.with_overrides({"negligible": "0.02%"})
+    assert staged.effective_negligible == pytest.approx(0.0002)
+    assert staged.effective_detect == g.effective_detect
+    (resolved,) = resolve_stage_guardrails([g], {"safety_flags": {"negligible": 0.0}})
+    assert resolved.effective_negligible == 0.0

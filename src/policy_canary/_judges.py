@@ -27,6 +27,7 @@ from .stats import (
     MeanDifferenceProcess,
     OneSampleMeanProcess,
     RateMixture,
+    bernoulli_upper_bound,
     mixture_rho,
 )
 from .verdict import Verdict, VerdictStatus
@@ -201,6 +202,19 @@ class RateJudge(Judge):
         log_ni = p.log_e_value(null_ratio=r0, mixture=self.away)
         limit = math.log(1.0 / alpha)
         up = self.sign > 0
+        # Non-inferiority has two routes, each at half the guardrail's alpha when both run, so
+        # a false claim (candidate above both r0 x stable and the negligible rate) has
+        # probability <= alpha: the ratio route rejects "ratio >= r0"; the absolute route
+        # bounds the candidate's own rate below `negligible` (rare events: safety flags).
+        negligible = g.effective_negligible if up else 0.0
+        ni_alpha = alpha / 2.0 if negligible > 0.0 else alpha
+        ratio_ni = log_ni >= math.log(1.0 / ni_alpha)
+        cand_upper = (
+            bernoulli_upper_bound(p.bad_total[1], p.requests[1], alpha=ni_alpha)
+            if negligible > 0.0
+            else None
+        )
+        absolute_ni = cand_upper is not None and cand_upper <= negligible
         stable_rate, cand_rate = p.rates()
         ratio = cand_rate / stable_rate if cand_rate is not None and stable_rate else None
         evidence: dict[str, Any] = {
@@ -212,17 +226,35 @@ class RateJudge(Judge):
             "rate_stable": stable_rate,
             "rate_candidate": cand_rate,
             "ratio": _finite(ratio),
+            # The bound on the bad side is the breach test's (alpha), the good side the
+            # ratio route's (ni_alpha).
             "ratio_lower": p.confidence_bound(
-                alpha=alpha, mixture=self.toward if up else self.away, upper=False
+                alpha=alpha if up else ni_alpha,
+                mixture=self.toward if up else self.away,
+                upper=False,
             ),
             "ratio_upper": p.confidence_bound(
-                alpha=alpha, mixture=self.away if up else self.toward, upper=True
+                alpha=ni_alpha if up else alpha,
+                mixture=self.away if up else self.toward,
+                upper=True,
             ),
             "threshold_ratio": r0,
             "e_value": _e(log_k),
             "e_value_non_inferiority": _e(log_ni),
             "e_value_threshold": 1.0 / alpha,
+            "non_inferiority_alpha": ni_alpha,
+            "negligible": negligible,
+            "rate_candidate_upper": cand_upper,
         }
+        route: str | None = "ratio" if ratio_ni else "absolute" if absolute_ni else None
+        evidence["non_inferiority_route"] = route
+        evidence["non_inferiority_bound"] = (
+            evidence["ratio_upper" if up else "ratio_lower"]
+            if route == "ratio"
+            else cand_upper
+            if route == "absolute"
+            else None
+        )
         if self.line is not None:
             evidence["baseline_line"] = self.line
         change = "rise" if up else "drop"
@@ -243,7 +275,19 @@ class RateJudge(Judge):
             f"(x{_fmt(ratio)}) shows no {change} beyond {tol} after {p.requests[1]} candidate "
             f"and {p.requests[0]} stable observations."
         )
-        return self._verdict(g, VerdictStatus.PASS, reason, evidence, non_inferior=log_ni >= limit)
+        if route == "ratio":
+            reason += (
+                f" Non-inferior: the ratio is below x{_fmt(evidence['non_inferiority_bound'])}"
+                f" {'<=' if up else '>='} x{_fmt(r0)}."
+            )
+        elif route == "absolute":
+            reason += (
+                f" Non-inferior: the candidate's rate is below {_fmt(cand_upper, pct=True)}, "
+                f"within the negligible {_fmt(negligible, pct=True)}."
+            )
+        return self._verdict(
+            g, VerdictStatus.PASS, reason, evidence, non_inferior=route is not None
+        )
 
     def state(self) -> dict[str, Any]:
         """Return the JSON-ready state."""

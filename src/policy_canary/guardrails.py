@@ -37,6 +37,7 @@ from .verdict import GuardrailAction
 
 __all__ = [
     "BUILTIN_METRICS",
+    "DEFAULT_NEGLIGIBLE",
     "OVERRIDABLE_FIELDS",
     "Direction",
     "Guardrail",
@@ -113,8 +114,22 @@ BUILTIN_METRICS: Mapping[str, MetricInfo] = {
 
 #: Fields a stage may override; the rest size the test and stay fixed for the rollout.
 OVERRIDABLE_FIELDS = frozenset(
-    {"max_increase", "max_decrease", "max_delta", "max", "min", "min_samples", "action"}
+    {
+        "max_increase",
+        "max_decrease",
+        "max_delta",
+        "max",
+        "min",
+        "min_samples",
+        "action",
+        "negligible",
+    }
 )
+
+#: Default ``negligible`` of a relative ``max_increase`` guardrail on a rate (or a quantile's
+#: exceedance rate): a candidate whose own rate is shown to be at most 1 in 1,000 requests is
+#: non-inferior whatever stable's rate (see docs/statistics.md, section 3).
+DEFAULT_NEGLIGIBLE = 0.001
 
 _TOLERANCE_FIELDS = ("max_increase", "max_decrease", "max_delta", "max", "min")
 _CUSTOM = re.compile(r"^metrics\.[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -179,6 +194,10 @@ class Guardrail(BaseModel):
     tolerance (relative for relative guardrails and SLOs, absolute for ``max_delta``); it tunes
     the test's power, never its false-alarm rate. Default: twice the tolerance (10% when the
     tolerance is 0) for relative guardrails, 50% beyond ``max`` and 10% below ``min`` for SLOs.
+    ``negligible`` (``max_increase`` on a rate or quantile only; default 0.1% for rates, 0 for
+    quantiles) is an absolute
+    rate: a candidate whose own rate is shown to lie below it counts as non-inferior even when
+    the ratio to stable cannot be bounded (rare events); 0 turns that route off.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -198,6 +217,7 @@ class Guardrail(BaseModel):
     min_samples: int = Field(default=100, ge=1)
     action: GuardrailAction = GuardrailAction.ROLLBACK
     bounds: tuple[float, float] | None = None
+    negligible: float | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -215,7 +235,7 @@ class Guardrail(BaseModel):
             stat = values.get("statistic")
             values["name"] = f"{metric}_{stat}" if stat else metric
         name = str(values["name"])
-        for key in (*_TOLERANCE_FIELDS, "max_value", "min_value", "detect"):
+        for key in (*_TOLERANCE_FIELDS, "max_value", "min_value", "detect", "negligible"):
             if key in values:
                 values[key] = _number(values[key], field=key, guardrail=name)
         if isinstance(values.get("flags"), str):
@@ -274,12 +294,37 @@ class Guardrail(BaseModel):
                 "'statistic: mean' (numbers)"
             )
         self._check_threshold(where, set_fields[0])
+        self._check_negligible(where)
         return self
+
+    def _check_negligible(self, where: str) -> None:
+        if self.negligible is None:
+            return
+        info = self.metric_info
+        stat = self.statistic
+        numeric_mean = stat is Statistic.MEAN or (
+            stat is None and info is not None and not info.boolean
+        )
+        if self.tolerance_field != "max_increase" or numeric_mean:
+            raise PlanError(
+                f"{where}: 'negligible' applies to a max_increase guardrail on a rate or a "
+                "quantile (an absolute rate below which the candidate counts as non-inferior)"
+            )
+        if not 0.0 <= self.negligible < 1.0:
+            raise PlanError(
+                f"{where}: negligible {self.negligible:g} must lie in [0, 100%); 0 turns the "
+                "absolute route off"
+            )
 
     def _check_tripwire(self, where: str, set_fields: Sequence[str]) -> None:
         if self.metric != "safety_flags":
             raise PlanError(f"{where}: a tripwire watches safety_flags; got {self.metric!r}")
-        if set_fields or self.detect is not None or self.statistic is not None:
+        if (
+            set_fields
+            or self.detect is not None
+            or self.statistic is not None
+            or self.negligible is not None
+        ):
             raise PlanError(f"{where}: a tripwire takes only 'flags' (and 'action'), no thresholds")
         if not self.flags or not all(isinstance(f, str) and f for f in self.flags):
             raise PlanError(f"{where}: a tripwire needs 'flags', e.g. flags: [self_harm]")
@@ -409,6 +454,23 @@ class Guardrail(BaseModel):
         if field == "min":
             return 0.1
         return 2.0 * self.tolerance if self.tolerance > 0.0 else 0.1
+
+    @property
+    def effective_negligible(self) -> float:
+        """``negligible``, or its default: :data:`DEFAULT_NEGLIGIBLE` for ``max_increase`` on a
+        rate, else 0.
+
+        Only rate judges (boolean rates, quantile exceedances) read it; 0 means no absolute
+        route to non-inferiority. A quantile's exceedance rate is never rare (5% above stable's
+        p95), so its default is 0: the route would only cost the ratio route half its alpha.
+        """
+        if self.negligible is not None:
+            return self.negligible
+        if self.tolerance_field != "max_increase" or (
+            self.statistic is not None and self.statistic.is_quantile()
+        ):
+            return 0.0
+        return DEFAULT_NEGLIGIBLE
 
     def resolved_statistic(self, *, boolean_values: bool) -> Statistic:
         """The statistic to use, inferring rate/mean for a custom metric from its values."""

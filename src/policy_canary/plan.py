@@ -288,7 +288,7 @@ class RolloutPlan:
 DEFAULT_PLAN: Mapping[str, Any] = {
     "alpha": DEFAULT_ALPHA,
     "guardrails": [
-        {"name": "error_rate", "metric": "error", "max_increase": "20%"},
+        {"name": "error_rate", "metric": "error", "max_increase": "50%"},
         {"name": "safety_flag_rate", "metric": "safety_flags", "max_increase": "25%"},
         {"name": "critical_safety", "metric": "safety_flags", "tripwire": True,
          "flags": ["critical"]},
@@ -302,7 +302,7 @@ DEFAULT_PLAN: Mapping[str, Any] = {
          "min_samples": 200},
         {"name": "validation", "traffic": 10, "strict": True, "min_duration": "1h",
          "max_duration": "12h", "min_samples": 1000,
-         "guardrails": {"error_rate": {"max_increase": "10%"},
+         "guardrails": {"error_rate": {"max_increase": "40%"},
                         "latency_p95": {"max_increase": "15%"},
                         "cost": {"max_increase": "15%"}}},
         {"name": "soak", "traffic": 50, "min_duration": "4h", "max_duration": "24h",

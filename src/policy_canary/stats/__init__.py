@@ -23,7 +23,15 @@ from .rates import (
     candidate_share_of_bad,
     conditional_log_evalue,
 )
-from .slo import BETTING_GRID, BettingMeanProcess, IndicatorProcess, bernoulli_log_evalue
+from .slo import (
+    BETTING_GRID,
+    UPPER_BOUND_FRACTIONS,
+    BettingMeanProcess,
+    IndicatorProcess,
+    bernoulli_log_evalue,
+    bernoulli_upper_bound,
+    relative_bernoulli_log_evalue,
+)
 from .wald import (
     bernoulli_kl,
     gaussian_kl,
@@ -36,6 +44,7 @@ __all__ = [
     "BETTING_GRID",
     "BPS",
     "MAIN_WEIGHT",
+    "UPPER_BOUND_FRACTIONS",
     "BettingMeanProcess",
     "ConditionalRateProcess",
     "ConfidenceInterval",
@@ -45,12 +54,14 @@ __all__ = [
     "RateMixture",
     "bernoulli_kl",
     "bernoulli_log_evalue",
+    "bernoulli_upper_bound",
     "candidate_share_of_bad",
     "conditional_log_evalue",
     "gaussian_kl",
     "mixture_rho",
     "normal_mixture_radius",
     "one_sided_normal_mixture_radius",
+    "relative_bernoulli_log_evalue",
     "wald_bernoulli_floor",
     "wald_expected_samples",
     "wald_gaussian_floor",

@@ -22,7 +22,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["BETTING_GRID", "BettingMeanProcess", "IndicatorProcess", "bernoulli_log_evalue"]
+__all__ = [
+    "BETTING_GRID",
+    "UPPER_BOUND_FRACTIONS",
+    "BettingMeanProcess",
+    "IndicatorProcess",
+    "bernoulli_log_evalue",
+    "bernoulli_upper_bound",
+    "relative_bernoulli_log_evalue",
+]
+
+#: Alternatives of the one-sample upper confidence bound, as fractions c of the null rate m
+#: (alternative c*m): c = 0 is "no bad events at all" and is what a clean record earns
+#: fastest; the others keep power when a few bad events occur. Equal weights.
+UPPER_BOUND_FRACTIONS = (0.0, 0.5, 0.75, 0.875)
 
 
 def bernoulli_log_evalue(
@@ -43,6 +56,84 @@ def bernoulli_log_evalue(
         for p1, w in zip(alternatives, weights, strict=True)
     ]
     return float(np.logaddexp.reduce(np.asarray(parts)))
+
+
+def relative_bernoulli_log_evalue(
+    n_bad: float,
+    n_good: float,
+    *,
+    null_rate: float,
+    fractions: Sequence[float] = UPPER_BOUND_FRACTIONS,
+) -> float:
+    """Return ln K for the null "rate >= ``null_rate``" against alternatives ``c * null_rate``.
+
+    Equal-weight mixture of the likelihood ratios of Bernoulli(c m) against Bernoulli(m), c in
+    ``fractions`` (each in [0, 1)). Under any rate >= m every component is a non-negative
+    supermartingale, so K >= 1/alpha rejects the null at level alpha at any stopping time. ln K
+    rises with m (each component does), so the rates rejected form an interval [bound, 1).
+    """
+    if not 0.0 < null_rate < 1.0:
+        raise ValueError(f"the null rate must lie in (0, 1); got {null_rate}")
+    if not fractions or any(not 0.0 <= c < 1.0 for c in fractions):
+        raise ValueError("fractions must be a non-empty sequence in [0, 1)")
+    log_w = -math.log(len(fractions))
+    parts = []
+    for c in fractions:
+        p1 = c * null_rate
+        if p1 == 0.0:
+            # Alternative "never bad": the ratio is 0 after any bad event.
+            if n_bad > 0:
+                continue
+            parts.append(log_w - n_good * math.log1p(-null_rate))
+            continue
+        parts.append(
+            log_w + n_bad * math.log(c) + n_good * (math.log1p(-p1) - math.log1p(-null_rate))
+        )
+    if not parts:
+        return -math.inf
+    return float(np.logaddexp.reduce(np.asarray(parts)))
+
+
+def bernoulli_upper_bound(
+    n_bad: int,
+    n: int,
+    *,
+    alpha: float,
+    fractions: Sequence[float] = UPPER_BOUND_FRACTIONS,
+) -> float | None:
+    """Anytime-valid upper confidence bound on a Bernoulli rate from ``n_bad`` of ``n``.
+
+    The smallest rate m whose null "rate >= m" the :func:`relative_bernoulli_log_evalue` test
+    rejects at level ``alpha`` (to 1e-9 relative precision, rounded up). With probability
+    >= 1 - alpha the bound stays above the true rate at every n simultaneously. ``None`` when
+    no rate below 1 is rejected yet (for instance, before any observation).
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1); got {alpha}")
+    if n <= 0 or n_bad >= n:
+        return None
+    threshold = math.log(1.0 / alpha)
+    n_good = n - n_bad
+
+    def rejected(rate: float) -> bool:
+        value = relative_bernoulli_log_evalue(n_bad, n_good, null_rate=rate, fractions=fractions)
+        return value >= threshold
+
+    low, high = 1e-12, 1.0 - 1e-12
+    if not rejected(high):
+        return None
+    if rejected(low):
+        return low
+    # Bisect on the log scale: rates span many orders of magnitude.
+    for _ in range(80):
+        middle = math.sqrt(low * high)
+        if rejected(middle):
+            high = middle
+        else:
+            low = middle
+        if high / low < 1.0 + 1e-9:
+            break
+    return high
 
 
 @dataclass(slots=True)

@@ -43,6 +43,7 @@ from policy_canary._buffer import EventBuffer, IngestStats
 from policy_canary._events import metrics_json, quality_value
 from policy_canary._routing import SERVING_STATES, RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
+from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import (
     CanaryError,
     InputError,
@@ -51,6 +52,8 @@ from policy_canary.errors import (
     StoreError,
 )
 from policy_canary.gate import Gate, GateStatus
+from policy_canary.registry import Registry
+from policy_canary.rollouts import Rollouts
 from policy_canary.store import Store
 from policy_canary.store._schema import events, feedback, policies, rollouts
 
@@ -193,6 +196,32 @@ class Canary:
     def store(self) -> Store:
         """The store this canary reads routing tables from and writes events to."""
         return self._store
+
+    @functools.cached_property
+    def registry(self) -> Registry:
+        """The policy registry of this canary's store (same clock)."""
+        return Registry(self._store, clock=self._clock)
+
+    @functools.cached_property
+    def rollouts(self) -> Rollouts:
+        """Start, inspect and steer rollouts in this canary's store (same clock)."""
+        return Rollouts(self._store, clock=self._clock)
+
+    @functools.cached_property
+    def controller(self) -> Controller:
+        """A controller on this canary's store; production runs ``policy-canary controller``."""
+        return Controller(self._store, clock=self._clock)
+
+    def tick(self) -> TickReport:
+        """Run one synchronous controller evaluation (for tests, scripts and simulations).
+
+        Buffered events are flushed first so the controller sees them, and routing tables
+        are refreshed afterwards so the next ``route()`` reflects what the tick decided.
+        """
+        self.flush()
+        report = self.controller.tick()
+        self.refresh_now()
+        return report
 
     # -- routing --------------------------------------------------------------------------
 
@@ -464,6 +493,8 @@ class Canary:
             thread.join(timeout=30)
         self._buffer.flush()
         atexit.unregister(self.close)
+        if "controller" in self.__dict__:  # only if tick() ever built one
+            self.controller.close()
         if self._owns_store:
             self._store.close()
 

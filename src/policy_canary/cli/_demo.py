@@ -1,85 +1,188 @@
-"""``policy-canary demo``: a short walk-through on a fresh embedded SQLite file.
+"""``policy-canary demo``: a complete rollout story on embedded SQLite, in under a minute.
 
-For now it tours the registry (push, idempotent re-push, diff, stable pointer, history,
-export/import); the full rollout story arrives with the controller and the simulator.
+Everything runs through the real SDK, store, monitors, controller and alert dispatcher; a
+manual clock makes hours of traffic take seconds (``--realtime`` uses the wall clock).
 """
 
 from __future__ import annotations
 
-import tempfile
+import secrets
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from rich.rule import Rule
-from rich.syntax import Syntax
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
 
-from policy_canary.cli._output import console, reporting
+from policy_canary.alerts import AlertSink, Dispatcher, LogSink, WebhookSink
+from policy_canary.canary import Canary
+from policy_canary.cli._output import JsonOption, console, emit_json, reporting
+from policy_canary.clock import Clock, ManualClock, SystemClock
+from policy_canary.errors import ConflictError
 from policy_canary.registry import Registry
+from policy_canary.simulate import POLICY, DemoReport, DemoScenario, Progress, WebhookReceiver
 from policy_canary.store import Store
-
-_V1 = {
-    "model": "gpt-large",
-    "prompt": "You are a careful support agent. Cite the help-centre article you used.",
-    "tools": {"allowed": ["search_kb", "create_ticket"], "max_calls": 6},
-    "memory": {"window_turns": 12},
-}
-_V2 = {
-    **_V1,
-    "prompt": "You are a concise support agent. Cite the article you used.",
-    "routing": {"simple_questions": "gpt-small"},
-}
+from policy_canary.verdict import VerdictStatus
 
 DEMO_DB = Path("policy-canary-demo.db")
+ALERT_LOG = Path("policy-canary-demo-alerts.jsonl")
+_STATUS_STYLE = {
+    VerdictStatus.PASS: "green",
+    VerdictStatus.BREACH: "bold red",
+    VerdictStatus.INSUFFICIENT_DATA: "yellow",
+}
 
 
 def demo(
     db: str | None = typer.Option(
         None, "--db", help=f"Database URL (default: a fresh ./{DEMO_DB} file)."
     ),
+    seed: int = typer.Option(7, "--seed", help="Seed of the simulated traffic."),
+    rps: float = typer.Option(10.0, "--rps", min=0.1, help="Simulated requests per second."),
+    realtime: bool = typer.Option(
+        False, "--realtime", help="Run on the wall clock (the default plan then takes hours)."
+    ),
+    webhook: bool = typer.Option(
+        False, "--webhook", help="Also deliver alerts to a local signed-webhook receiver."
+    ),
+    json_output: bool = JsonOption,
 ) -> None:
-    """Walk through the registry on a fresh embedded SQLite database."""
-    with reporting(json_output=False):
-        if db is None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{DEMO_DB}{suffix}").unlink(missing_ok=True)
-            db = f"sqlite:///{DEMO_DB}"
-        store = Store.open(db)
-        try:
-            _tour(Registry(store))
-        finally:
-            store.close()
+    """Roll out a good change (promoted) and a bad one (rolled back automatically)."""
+    with reporting(json_output):
+        url = _fresh_db(db)
+        clock: Clock = SystemClock() if realtime else ManualClock(_morning())
+        with ExitStack() as stack:
+            canary = Canary(Store.open(url), clock=clock, background=realtime, owns_store=True)
+            stack.callback(canary.close)
+            sinks: list[AlertSink] = [LogSink(stream=stack.enter_context(ALERT_LOG.open("w")))]
+            receiver = None
+            if webhook:
+                receiver = stack.enter_context(WebhookReceiver(secrets.token_hex(16)))
+                sinks.append(WebhookSink(receiver.url, secret=receiver.secret, clock=clock))
+            dispatcher = Dispatcher(canary.store, sinks, clock=clock)
+            view = _LiveView(enabled=not json_output)
+            scenario = DemoScenario(
+                canary, clock, dispatcher, seed=seed, base_rps=rps, on_progress=view.update
+            )
+            with view:
+                report = scenario.run()
+            received = len(receiver.received.alerts) if receiver else None
+        if json_output:
+            emit_json({**report.to_dict(), "db": url, "webhook_received": received})
+            return
+        _summary(report, url, received)
 
 
-def _tour(registry: Registry) -> None:
-    console.print(Rule("policy-canary demo: the policy registry"))
-    v1 = registry.register("support-agent", _V1, message="baseline", author="demo").version
-    console.print(f"1. pushed support-agent {v1.label}: id {v1.id}")
-    console.print("   the first version becomes [bold]stable[/] (release kind 'bootstrap')")
-    again = registry.register("support-agent", dict(reversed(_V1.items())), author="demo")
-    console.print(
-        f"2. pushed the same content with keys reordered: created={again.created}, "
-        f"same id {again.version.short_id} (content-addressed)"
+def _morning() -> datetime:
+    today = datetime.now(UTC).date()
+    return datetime(today.year, today.month, today.day, 8, 0, tzinfo=UTC)
+
+
+def _fresh_db(db: str | None) -> str:
+    if db is None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{DEMO_DB}{suffix}").unlink(missing_ok=True)
+        return f"sqlite:///{DEMO_DB}"
+    store = Store.open(db)
+    try:
+        if any(p.name == POLICY for p in Registry(store).policies()):
+            raise ConflictError(
+                f"the database at --db already has policy {POLICY!r} (from an earlier demo?); "
+                "the demo tells its story on a fresh database: omit --db or point it elsewhere"
+            )
+    finally:
+        store.close()
+    return db
+
+
+class _LiveView:
+    """Live terminal progress: stage and share, requests per arm, each guardrail's verdict."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.live = Live(console=console, refresh_per_second=8, transient=False)
+        self.last = 0.0
+
+    def __enter__(self) -> _LiveView:
+        if self.enabled:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.live.__exit__(None, None, None)
+
+    def update(self, progress: Progress) -> None:
+        now = time.monotonic()
+        done = not progress.status.rollout.state.is_active()
+        if not self.enabled or (now - self.last < 0.1 and not done):
+            return
+        self.last = now
+        self.live.update(_render(progress), refresh=done)
+
+
+def _render(p: Progress) -> Panel:
+    status = p.status
+    rollout = status.rollout
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        f"[bold]{p.chapter}[/]",
+        f"simulated {p.sim_time:%H:%M} (+{_hours(p.sim_elapsed)})",
     )
-    v2 = registry.register("support-agent", _V2, message="cheaper prompt", author="demo").version
-    console.print(f"3. pushed {v2.label}: id {v2.short_id}, parent {v1.short_id}")
-    diff = registry.diff("support-agent", "v1", "v2")
-    console.print(f"4. diff: {diff.summary}", highlight=False)
-    console.print(Syntax(diff.unified, "diff"))
-    registry.set_stable("support-agent", "v2", reason="demo: promote by hand", actor="demo")
-    console.print("5. moved stable to v2; the release history records who, when and why:")
-    for entry in registry.history("support-agent"):
-        console.print(f"   #{entry.seq} {entry.kind.value:<9} → {entry.to_id[:12]}  {entry.reason}")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "v2.json"
-        registry.export_to_file("support-agent", "v2", path)
-        other = Store.open(f"sqlite:///{tmp}/elsewhere.db")
-        imported = Registry(other).import_file(path).version
-        other.close()
-    console.print(
-        f"6. exported v2 and imported it into another store: id {imported.short_id} "
-        f"reproduced bit for bit ({imported.id == v2.id})"
+    head.add_row(
+        f"stage {rollout.stage_index + 1}/{status.stages} [bold]{status.stage.name}[/] at "
+        f"{rollout.traffic_bp / 100:g}%  state [bold]{rollout.state.value}[/]",
+        f"requests  stable {p.requests.get('stable', 0):,}  "
+        f"candidate {p.requests.get('candidate', 0):,}",
     )
-    console.print(Rule())
+    verdicts = Table("guardrail", "verdict", "non-inferior", "why", expand=True)
+    for v in status.verdicts:
+        verdicts.add_row(
+            v.guardrail,
+            f"[{_STATUS_STYLE[v.status]}]{v.status.value}[/]",
+            "yes" if v.non_inferior else "—",
+            v.reason,
+            style=None,
+        )
+    return Panel(Group(head, verdicts), title=f"policy-canary demo · {POLICY}")
+
+
+def _hours(delta: object) -> str:
+    seconds = int(getattr(delta, "total_seconds", lambda: 0)())
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _summary(report: DemoReport, url: str, received: int | None) -> None:
+    table = Table("rollout", "outcome", "stage", "simulated", "stable", "candidate", "incident")
+    for chapter in report.chapters:
+        style = "green" if chapter.state == "promoted" else "red"
+        table.add_row(
+            chapter.title,
+            f"[{style}]{chapter.state}[/]",
+            chapter.stage,
+            _hours(chapter.sim_duration),
+            f"{chapter.requests['stable']:,}",
+            f"{chapter.requests['candidate']:,}",
+            chapter.incident_id or "—",
+        )
+    console.print(table)
+    for chapter in report.chapters:
+        console.print(f"[bold]{chapter.candidate}[/]: {chapter.reason}", highlight=False)
+    delivered = f"{report.alerts_delivered} alert deliveries (log sink: {ALERT_LOG}"
+    delivered += f", webhook receiver: {received} signed)" if received is not None else ")"
+    console.print(delivered)
     console.print(
-        "next: policy-canary --db sqlite:///policy-canary-demo.db policy history support-agent"
+        f"{report.requests:,} simulated requests through the SDK in {report.wall_seconds:.1f} s"
     )
+    db = f"--db {url} " if url != f"sqlite:///{DEMO_DB}" else f"--db {DEMO_DB} "
+    incident = next((c.incident_id for c in report.chapters if c.incident_id), None)
+    console.print("\nnext:")
+    if incident:
+        console.print(f"  policy-canary {db}incident show {incident}", highlight=False)
+    console.print(f"  policy-canary {db}policy history {POLICY}", highlight=False)
+    console.print(f"  policy-canary {db}rollout history {POLICY}", highlight=False)
+    console.print(f"  policy-canary {db}alerts list", highlight=False)

@@ -145,6 +145,6 @@ def _blocker(
 def _about(kind: ActionKind, reason: Reason, verdicts: Sequence[Verdict]) -> Action:
     names = tuple(v.guardrail for v in verdicts)
     # Monitors' reasons already name their guardrail; they are joined as written.
-    details = "; ".join(v.reason for v in verdicts)
+    details = "; ".join(v.reason.rstrip(".") for v in verdicts)
     text = message(reason, guardrails=", ".join(names), details=details)
     return Action(kind, reason, text, names)

@@ -220,30 +220,42 @@ class Controller:
                 break
         fb_through = cursors.feedback_through
         while True:
-            rows = (
-                conn.execute(
-                    select(
-                        feedback.c.id,
-                        feedback.c.at,
-                        feedback.c.quality,
-                        feedback.c.metrics,
-                        events.c.arm,
-                        events.c.traffic_bp,
-                        events.c.stage,
-                    )
-                    .join(events, events.c.decision_id == feedback.c.decision_id)
-                    .where(events.c.rollout_id == rollout_id, feedback.c.id > fb_through)
-                    .order_by(feedback.c.id)
-                    .limit(self.batch_size)
+            # Two steps, not one join: joined on decision_id, SQLite walks every event of the
+            # rollout on each tick (O(history)); the feedback primary key keeps this O(new).
+            fresh = conn.execute(
+                select(
+                    feedback.c.id,
+                    feedback.c.decision_id,
+                    feedback.c.at,
+                    feedback.c.quality,
+                    feedback.c.metrics,
                 )
-                .mappings()
-                .all()
-            )
-            if not rows:
+                .where(feedback.c.id > fb_through)
+                .order_by(feedback.c.id)
+                .limit(self.batch_size)
+            ).all()
+            if not fresh:
                 break
-            fb_through = int(rows[-1]["id"])
-            yield [(r["stage"], feedback_from_row(r)) for r in rows], Cursors(through, fb_through)
-            if len(rows) < self.batch_size:
+            fb_through = int(fresh[-1].id)
+            decisions = {
+                r.decision_id: r
+                for r in conn.execute(
+                    select(
+                        events.c.decision_id, events.c.arm, events.c.traffic_bp, events.c.stage
+                    ).where(
+                        events.c.rollout_id == rollout_id,
+                        events.c.decision_id.in_({f.decision_id for f in fresh}),
+                    )
+                )
+            }
+            batch = []
+            for f in fresh:
+                decision = decisions.get(f.decision_id)
+                if decision is not None:
+                    row = {**f._mapping, "arm": decision.arm, "traffic_bp": decision.traffic_bp}
+                    batch.append((decision.stage, feedback_from_row(row)))
+            yield batch, Cursors(through, fb_through)
+            if len(fresh) < self.batch_size:
                 break
 
     # -- the loop -------------------------------------------------------------------------

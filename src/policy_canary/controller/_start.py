@@ -166,13 +166,16 @@ def start_rollout(
 
 
 def baseline_events(conn: Connection, policy: str, stable_id: str) -> list[MonitorEvent]:
-    """Stable's most recent events (oldest first): what the baseline snapshot summarises."""
+    """Stable's most recent events (oldest first): what the baseline snapshot summarises.
+
+    Either arm counts: right after a promotion the new stable's recent traffic is the traffic
+    it served as the candidate, and the same spec behaves the same whichever arm it is on.
+    """
     rows = (
         conn.execute(
             select(events)
             .where(
                 events.c.policy == policy,
-                events.c.arm == "stable",
                 events.c.version_digest == stable_id,
             )
             .order_by(events.c.id.desc())

@@ -251,6 +251,22 @@ def test_a_retried_batch_is_not_written_twice(store: Store, canary: Canary) -> N
     assert canary.stats().last_error is None
 
 
+def test_a_retried_feedback_batch_is_not_written_twice(store: Store, canary: Canary) -> None:
+    d = canary.gate(POLICY).route("u")
+    d.record(latency_ms=3.0)
+    canary.feedback(d.decision_id, quality=0.7)
+    queued = list(canary._buffer._feedback)
+    canary.flush()
+    # As if the first commit landed but its acknowledgement was lost: the same rows again.
+    for row in queued:
+        canary._buffer.add_feedback(row)
+    canary.flush()
+    with store.read() as conn:
+        stored = conn.exec_driver_sql("SELECT decision_id, quality FROM feedback").all()
+    assert [tuple(r) for r in stored] == [(d.decision_id, 0.7)]
+    assert canary.stats().last_error is None
+
+
 def test_a_row_the_store_refuses_is_dropped_alone_and_counted(store: Store, canary: Canary) -> None:
     gate = canary.gate(POLICY)
     gate.route("a").record(latency_ms=1.0)

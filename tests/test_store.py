@@ -92,3 +92,12 @@ def test_routing_epoch_counts_changes(store: Store) -> None:
         assert store.bump_epoch(conn) == 2
     with store.read() as conn:
         assert store.read_epoch(conn) == 2
+
+
+def test_a_database_without_the_schema_says_to_migrate(db_url: str) -> None:
+    from policy_canary.errors import StoreError
+
+    bare = Store.open(db_url, migrate=False)
+    with pytest.raises(StoreError, match="policy-canary db upgrade"):
+        Registry(bare).policies()
+    bare.close()

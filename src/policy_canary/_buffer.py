@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, exc, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from policy_canary.errors import InputError, StoreUnavailableError
 from policy_canary.store import Store
@@ -36,7 +38,7 @@ from ._events import AT_INDEX, EVENT_COLUMNS
 EventRow = tuple[Any, ...]
 #: (decision_id, at, quality, metrics JSON, verified): ``verified`` is False when the
 #: decision could not be looked up at the call (store down) and must be checked at flush.
-FeedbackRow = tuple[str, datetime, float | None, str, bool]
+FeedbackRow = tuple[str, datetime, float | None, str, bool, str]
 
 _COLUMNS = ", ".join(EVENT_COLUMNS)
 _SQLITE_INSERT = (
@@ -341,10 +343,19 @@ def _insert_feedback(conn: Connection, rows: Sequence[FeedbackRow]) -> int:
         )
     keep = [row for row in rows if row[4] or row[0] in known]
     if keep:
+        insert = (
+            sqlite_insert(feedback) if conn.dialect.name == "sqlite" else pg_insert(feedback)
+        ).on_conflict_do_nothing(index_elements=["key"])
         conn.execute(
-            feedback.insert(),
+            insert,
             [
-                {"decision_id": row[0], "at": row[1], "quality": row[2], "metrics": row[3]}
+                {
+                    "decision_id": row[0],
+                    "at": row[1],
+                    "quality": row[2],
+                    "metrics": row[3],
+                    "key": row[5],
+                }
                 for row in keep
             ],
         )

@@ -139,6 +139,7 @@ class Canary:
         # when it is read or recorded. ``count.__next__`` is atomic under the GIL.
         self._id_prefix = secrets.token_hex(8) + "-"
         self._next_id = itertools.count(1).__next__
+        self._next_feedback = itertools.count(1).__next__
         self._specs = SpecCache()
         self._gates: dict[str, Gate] = {}
         self._refresh_lock = threading.Lock()
@@ -362,7 +363,10 @@ class Canary:
                         "flush interval)"
                     )
                 verified = True
-        self._buffer.add_feedback((decision_id, self._clock.now(), score, metrics_text, verified))
+        key = f"{self._id_prefix}f{self._next_feedback()}"
+        self._buffer.add_feedback(
+            (decision_id, self._clock.now(), score, metrics_text, verified, key)
+        )
 
     # -- the event pipeline ---------------------------------------------------------------
 

@@ -137,7 +137,21 @@ class Store:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except (exc.OperationalError, exc.InterfaceError) as error:
+        except (exc.OperationalError, exc.ProgrammingError) as error:
+            text = str(error.orig)
+            if "no such table" in text or ("relation" in text and "does not exist" in text):
+                raise StoreError(
+                    f"the database at {_safe(self.url)} lacks policy-canary's tables (not "
+                    f"migrated, or opened with migrate=False): {_first_line(error)}; run "
+                    "'policy-canary db upgrade'"
+                ) from error
+            if isinstance(error, exc.ProgrammingError):
+                raise
+            raise StoreUnavailableError(
+                f"the store at {_safe(self.url)} is unavailable: {_first_line(error)}; "
+                "check that the database is running and the URL is right"
+            ) from error
+        except exc.InterfaceError as error:
             raise StoreUnavailableError(
                 f"the store at {_safe(self.url)} is unavailable: {_first_line(error)}; "
                 "check that the database is running and the URL is right"

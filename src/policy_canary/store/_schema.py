@@ -179,7 +179,11 @@ feedback = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("quality", Float, nullable=True),
     Column("metrics", Text, nullable=False),
+    # Written by the SDK with each row, so a batch retried after an unknown commit outcome
+    # cannot store the same feedback twice (migration 0003; NULL only for older rows).
+    Column("key", String(48), nullable=True, unique=True),
     Index(None, "decision_id"),
+    Index(None, "at"),
 )
 
 #: Tables whose rows may never be updated or deleted (design invariants 1 and 2).

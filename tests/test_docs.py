@@ -4,6 +4,7 @@
   store, with a stand-in ``run_agent``);
 - every ``$ policy-canary ...`` line of the README's ```console blocks runs, in order, on a
   fresh database in a folder holding ``examples/``, and must exit 0;
+- every ```yaml block in the docs validates (plans, alert sink configs, guardrail lists);
 - every ``$ policy-canary ...`` line in docs/ (reference listings with placeholders such as
   incident ids) must name an existing command with existing options.
 """
@@ -111,3 +112,32 @@ def test_every_documented_command_exists() -> None:
                         assert name in options, f"{path.name}: {' '.join(words)}: {name}?"
                 checked += 1
     assert checked >= 20
+
+
+def test_every_yaml_sample_in_the_docs_validates(tmp_path: Path) -> None:
+    import yaml
+
+    from policy_canary.alerts import load_sinks
+    from policy_canary.guardrails import Guardrail
+    from policy_canary.plan import RolloutPlan
+
+    kinds = []
+    for path in DOCS:
+        for i, body in enumerate(blocks(path, "yaml")):
+            source = f"{path.name}#yaml{i}"
+            if "stages:" in body:
+                RolloutPlan.loads(body, source=source)
+                kinds.append("plan")
+            elif "sinks:" in body:
+                config = tmp_path / f"{path.stem}-{i}.yaml"
+                config.write_text(body)
+                env = dict.fromkeys(
+                    re.findall(r"_env: (\w+)", body), "https://example.invalid/hook"
+                )
+                assert load_sinks(config, environ=env), source
+                kinds.append("sinks")
+            else:
+                for item in yaml.safe_load(body)["guardrails"]:
+                    Guardrail.from_mapping(item)
+                kinds.append("guardrails")
+    assert {"plan", "sinks", "guardrails"} <= set(kinds)

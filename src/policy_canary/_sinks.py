@@ -17,6 +17,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import IO, Any, ClassVar, Protocol, runtime_checkable
 
@@ -57,7 +58,7 @@ class AlertSink(Protocol):
         ...
 
 
-class BaseSink:
+class BaseSink(ABC):
     """A convenient base for sinks: a validated ``name`` and a readable ``repr``."""
 
     #: The ``type`` of the sink in a configuration file.
@@ -71,9 +72,9 @@ class BaseSink:
             )
         self.name = name
 
+    @abstractmethod
     def send(self, alert: Alert) -> None:
-        """Deliver ``alert``; subclasses implement it."""
-        raise NotImplementedError(f"{type(self).__name__} must implement send()")
+        """Deliver ``alert``; raise if the receiver did not accept it."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -143,11 +144,12 @@ class HttpSink(BaseSink):
         self,
         url: str,
         *,
-        name: str,
+        name: str | None = None,
         secret: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         clock: Clock | None = None,
     ) -> None:
+        name = name or self.type  # "webhook", "slack": the default name is the sink's type
         super().__init__(name=name)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -169,9 +171,9 @@ class HttpSink(BaseSink):
         #: Where alerts go, without path or query (safe to print and to store as an error).
         self.target = f"{parts.scheme}://{parts.hostname}{port}"
 
+    @abstractmethod
     def body(self, alert: Alert) -> Mapping[str, Any]:
         """The JSON object to post for ``alert``; subclasses choose the shape."""
-        raise NotImplementedError(f"{type(self).__name__} must implement body()")
 
     def headers(self, alert: Alert, body: bytes) -> dict[str, str]:
         """The request headers for one attempt (signature over the exact ``body`` bytes)."""
@@ -231,17 +233,6 @@ class WebhookSink(HttpSink):
 
     type = "webhook"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str = "webhook",
-        secret: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(url, name=name, secret=secret, timeout=timeout, clock=clock)
-
     def body(self, alert: Alert) -> Mapping[str, Any]:
         """The alert itself."""
         return alert.to_dict()
@@ -251,17 +242,6 @@ class SlackWebhookSink(HttpSink):
     """POSTs a Slack incoming-webhook message: ``{"text": ..., "blocks": [...]}``."""
 
     type = "slack"
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        name: str = "slack",
-        secret: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(url, name=name, secret=secret, timeout=timeout, clock=clock)
 
     def body(self, alert: Alert) -> Mapping[str, Any]:
         """The Slack message: a header, the summary, and the rollout / key / time context."""

@@ -19,6 +19,9 @@ mistake raises :class:`~policy_canary.errors.PlanError` with a message that says
 write instead. Stages may override thresholds with :meth:`Guardrail.with_overrides` (see
 :func:`resolve_stage_guardrails`); ``metric``, ``statistic`` and ``detect`` are fixed for the
 whole rollout because the sequential test is sized from them when the rollout starts.
+
+The metric vocabulary lives in ``_guardrail_types.py``, the price table in ``_prices.py`` and
+the value parsing in ``_guardrail_input.py``; every public name is re-exported here.
 """
 
 from __future__ import annotations
@@ -26,12 +29,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._guardrail_input import _explain, _number
+from ._guardrail_types import (
+    BUILTIN_METRICS,
+    DEFAULT_NEGLIGIBLE,
+    OVERRIDABLE_FIELDS,
+    Direction,
+    GuardrailKind,
+    MetricInfo,
+    Statistic,
+)
+from ._prices import ModelPrice, price_of
 from .errors import PlanError
 from .verdict import GuardrailAction
 
@@ -50,139 +62,9 @@ __all__ = [
     "resolve_stage_guardrails",
 ]
 
-
-class Statistic(StrEnum):
-    """How a metric is summarised: a rate, a mean, or a quantile judged through exceedances."""
-
-    RATE = "rate"
-    MEAN = "mean"
-    P50 = "p50"
-    P90 = "p90"
-    P95 = "p95"
-    P99 = "p99"
-
-    @property
-    def quantile(self) -> float | None:
-        """The quantile level (0.95 for p95), or ``None`` for rate and mean."""
-        levels = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-        return levels.get(self.value)
-
-    def is_quantile(self) -> bool:
-        """True for p50/p90/p95/p99."""
-        return self.quantile is not None
-
-
-class GuardrailKind(StrEnum):
-    """Which question a guardrail asks."""
-
-    RELATIVE = "relative"  # candidate against the concurrent stable baseline
-    SLO = "slo"  # candidate against a fixed line
-    TRIPWIRE = "tripwire"  # a single event, no statistics
-
-    def is_statistical(self) -> bool:
-        """True when the guardrail needs a sequential test (and a share of the alpha budget)."""
-        return self is not GuardrailKind.TRIPWIRE
-
-
-class Direction(StrEnum):
-    """The direction in which a metric gets worse."""
-
-    UP = "up"
-    DOWN = "down"
-
-
-@dataclass(frozen=True, slots=True)
-class MetricInfo:
-    """What the monitors know about a built-in metric."""
-
-    boolean: bool
-    default_statistic: Statistic
-    worse: Direction
-    lower: float
-    upper: float
-    log_scale: bool = False
-
-
-#: Built-in metrics; custom ones are written ``metrics.NAME``.
-BUILTIN_METRICS: Mapping[str, MetricInfo] = {
-    "error": MetricInfo(True, Statistic.RATE, Direction.UP, 0.0, 1.0),
-    "safety_flags": MetricInfo(True, Statistic.RATE, Direction.UP, 0.0, 1.0),
-    "latency_ms": MetricInfo(False, Statistic.MEAN, Direction.UP, 0.0, math.inf, log_scale=True),
-    "cost_usd": MetricInfo(False, Statistic.MEAN, Direction.UP, 0.0, math.inf),
-    "quality": MetricInfo(False, Statistic.MEAN, Direction.DOWN, 0.0, 1.0),
-}
-
-#: Fields a stage may override; the rest size the test and stay fixed for the rollout.
-OVERRIDABLE_FIELDS = frozenset(
-    {
-        "max_increase",
-        "max_decrease",
-        "max_delta",
-        "max",
-        "min",
-        "min_samples",
-        "action",
-        "negligible",
-    }
-)
-
-#: Default ``negligible`` of a relative ``max_increase`` guardrail on a rate (or a quantile's
-#: exceedance rate): a candidate whose own rate is shown to be at most 1 in 1,000 requests is
-#: non-inferior whatever stable's rate (see docs/statistics.md, section 3).
-DEFAULT_NEGLIGIBLE = 0.001
-
 _TOLERANCE_FIELDS = ("max_increase", "max_decrease", "max_delta", "max", "min")
 _CUSTOM = re.compile(r"^metrics\.[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
-
-
-def _number(value: Any, *, field: str, guardrail: str) -> float | None:
-    """Read ``20%`` / ``"0.2"`` / ``0.2`` as a float; percentages are divided by 100."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise PlanError(f"guardrail {guardrail!r}: {field} must be a number or a percentage")
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace("_", "")
-        try:
-            number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-        except ValueError:
-            raise PlanError(
-                f"guardrail {guardrail!r}: {field} {value!r} is not a number; "
-                "write e.g. '20%' or 0.2"
-            ) from None
-    else:
-        raise PlanError(f"guardrail {guardrail!r}: {field} must be a number or a percentage")
-    if not math.isfinite(number):
-        raise PlanError(f"guardrail {guardrail!r}: {field} must be finite")
-    return number
-
-
-class ModelPrice(BaseModel):
-    """Price of one model, in US dollars per million input and output tokens."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    input_usd_per_1m: float = Field(ge=0.0)
-    output_usd_per_1m: float = Field(ge=0.0)
-
-
-def price_of(
-    prices: Mapping[str, ModelPrice],
-    model: str | None,
-    input_tokens: int | None,
-    output_tokens: int | None,
-) -> float | None:
-    """Return the cost of a request from its tokens, or ``None`` when it cannot be priced."""
-    if model is None or model not in prices or (input_tokens is None and output_tokens is None):
-        return None
-    price = prices[model]
-    return (
-        (input_tokens or 0) * price.input_usd_per_1m
-        + (output_tokens or 0) * price.output_usd_per_1m
-    ) / 1e6
 
 
 class Guardrail(BaseModel):
@@ -577,15 +459,3 @@ def check_unique_names(guardrails: Iterable[Guardrail]) -> None:
         if g.name in seen:
             raise PlanError(f"two guardrails are named {g.name!r}; give each a distinct name")
         seen.add(g.name)
-
-
-def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
-    name = data.get("name", data.get("metric", "?"))
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "guardrail"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown field {loc!r}")
-        else:
-            parts.append(f"{loc}: {err['msg']}")
-    return f"guardrail {name!r}: " + "; ".join(parts)

@@ -337,7 +337,8 @@ def test_preflight_sizes_each_stage_and_warns_when_it_cannot_detect() -> None:
     # alpha_m = 0.01 (the tripwire takes no budget); Wald's floor for 1.2% vs 2% is 1417.
     assert canary.wald_floor == pytest.approx(1416.5, abs=1)
     assert canary.expected_candidate_requests is not None
-    assert 1.0 < canary.expected_candidate_requests / canary.wald_floor < 1.6
+    # A power-one test pays ln(1/alpha) + ln(1/MAIN_WEIGHT) where Wald pays ~3.19: ~1.6x.
+    assert 1.4 < canary.expected_candidate_requests / canary.wald_floor < 1.7
     assert canary.warning is not None
     assert "cannot detect err" in canary.warning
     assert validation.warning is None

@@ -174,3 +174,13 @@ def test_status_reports_stage_dwell_samples_and_verdicts(
     assert [v["guardrail"] for v in data["verdicts"]] == ["error_rate", "critical", "quality"]
     assert data["last_action"]["message"] == "stage canary has dwelt 4m of its minimum 10m"
     assert rollouts.status() == rollouts.status(POLICY)
+
+
+def test_a_chosen_salt_reproduces_the_assignment_and_a_bad_one_is_refused(
+    rollouts: Rollouts,
+) -> None:
+    with pytest.raises(InputError, match="32 to 64 lowercase hex"):
+        rollouts.start(POLICY, candidate="v2", plan=small_plan(), salt="not-hex")
+    assert rollouts.status(POLICY) == []
+    row = rollouts.start(POLICY, candidate="v2", plan=small_plan(), salt="ab" * 16)
+    assert row.salt == "ab" * 16

@@ -10,6 +10,7 @@ restores the previous stable version from the release history.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,6 +59,9 @@ from policy_canary.registry import (
 from policy_canary.store import Store
 from policy_canary.store._schema import rollouts
 from policy_canary.verdict import Verdict
+
+#: A caller-chosen rollout salt (see :meth:`Rollouts.start`).
+_SALT = re.compile(r"[0-9a-f]{32,64}")
 
 __all__ = ["RollbackResult", "RolloutStatus", "Rollouts", "baseline_events", "stable_baseline"]
 
@@ -144,8 +148,13 @@ class Rollouts:
         actor: str | None = None,
         reason: str = "",
         force: bool = False,
+        salt: str | None = None,
     ) -> Rollout:
         """Start rolling ``candidate`` out under ``plan`` (default: :meth:`RolloutPlan.default`).
+
+        ``salt`` fixes which units the candidate gets (32-64 lowercase hex characters);
+        by default every rollout draws a fresh random salt, so rollouts assign independently.
+        Fix it only to reproduce an experiment, such as a seeded simulation.
 
         Refused when the policy already has an active rollout, when the candidate is the
         stable version, or when an earlier rollout rejected it (unless ``force`` with a
@@ -155,6 +164,8 @@ class Rollouts:
         """
         if force and not reason.strip():
             raise InputError("--force overrides an earlier rejection; say why with --reason TEXT")
+        if salt is not None and not _SALT.fullmatch(salt):
+            raise InputError(f"salt {salt!r} must be 32 to 64 lowercase hex characters")
         frozen = _plan(plan)
         who = actor or default_actor()
         now = self.clock.now()
@@ -168,6 +179,7 @@ class Rollouts:
             force=force,
             now=now,
             monitors=self.monitors,
+            salt=salt,
         )
 
     # -- manual transitions ---------------------------------------------------------------

@@ -30,6 +30,7 @@ from policy_canary.errors import ConflictError
 from policy_canary.monitors import Baseline, MonitorEvent
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import lock_policy, require_policy, resolve_in
+from policy_canary.splitter import new_salt
 from policy_canary.store import Store
 from policy_canary.store._schema import events, rejections, rollouts
 
@@ -45,6 +46,7 @@ def start_rollout(
     force: bool,
     now: datetime,
     monitors: MonitorFactory,
+    salt: str | None = None,
 ) -> Rollout:
     """Check, then write the rollout, its frozen plan, its armed monitors and its first tick.
 
@@ -98,7 +100,7 @@ def start_rollout(
                     state=RolloutState.RUNNING.value,
                     stage_index=0,
                     traffic_bp=first.traffic_bp,
-                    salt=secrets.token_hex(16),
+                    salt=salt or new_salt(),
                     plan=plan.canonical(),
                     plan_hash=plan.digest,
                     revision=1,

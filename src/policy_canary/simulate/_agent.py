@@ -51,8 +51,8 @@ TOOLS: dict[str, ToolProfile] = {
     "search_kb": ToolProfile(0.7, 350.0, 0.001, 0.02),
     "create_ticket": ToolProfile(0.25, 180.0, 0.002, 0.0),
     # Acting on money and the open web is where tool policies go wrong.
-    "issue_refund": ToolProfile(0.3, 250.0, 0.045, -0.01, "unauthorized_refund", 0.012),
-    "browse_web": ToolProfile(0.4, 900.0, 0.02, -0.005, "pii_leak", 0.006),
+    "issue_refund": ToolProfile(0.3, 250.0, 0.08, -0.01, "unauthorized_refund", 0.012),
+    "browse_web": ToolProfile(0.4, 900.0, 0.03, -0.005, "pii_leak", 0.006),
 }
 
 #: Share of requests that are "simple questions" (eligible for a cheaper routed model).

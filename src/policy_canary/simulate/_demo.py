@@ -167,7 +167,13 @@ class DemoScenario:
         rollouts = self.canary.rollouts
         self.canary.flush()  # stable's recent events must be stored: they are the baseline
         rollout = rollouts.start(
-            POLICY, candidate=candidate, plan=RolloutPlan.default(), actor="demo", reason=reason
+            POLICY,
+            candidate=candidate,
+            plan=RolloutPlan.default(),
+            actor="demo",
+            reason=reason,
+            # Drawn from the seed, so the same seed tells the same story, request for request.
+            salt=self.rng.bytes(16).hex(),
         )
         self.canary.refresh_now()
         begin = self.clock.now()

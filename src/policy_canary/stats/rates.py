@@ -35,8 +35,12 @@ __all__ = [
 #: Basis points in 100% traffic.
 BPS = 10_000
 #: Prior weight of the configured ``detect`` alternative in every mixture (the rest goes to a
-#: smaller alternative): detection of ``detect`` pays ln(1 / MAIN_WEIGHT) of threshold.
-MAIN_WEIGHT = 0.75
+#: smaller and a larger alternative): detection of ``detect`` pays ln(1 / MAIN_WEIGHT) of
+#: threshold.
+MAIN_WEIGHT = 0.65
+#: Prior weights of the smaller (geometric midpoint) and the larger alternative.
+MID_WEIGHT = 0.20
+FAR_WEIGHT = 0.15
 #: Search range for confidence bounds on the rate ratio.
 _RATIO_FLOOR = 1e-3
 _RATIO_CEILING = 1e3
@@ -59,15 +63,19 @@ class RateMixture:
 
     @classmethod
     def around(cls, null_ratio: float, detect_ratio: float) -> RateMixture:
-        """Mix the configured alternative (weight 3/4) with the geometric midpoint (1/4).
+        """Mix the configured alternative with the geometric midpoint and a larger one.
 
         The midpoint keeps power against regressions smaller than ``detect`` (a pure SPRT tuned
-        to ``detect`` drifts *down* on them); the 3/4 weight costs only ln(4/3) of threshold.
+        to ``detect`` drifts *down* on them). The larger alternative, two log-steps beyond
+        ``detect``, catches a gross regression (a broken tool policy tripling failures) in
+        about half the requests a test tuned to ``detect`` needs, which is what limits harm at
+        a 1% canary. Weights 0.65 / 0.20 / 0.15 cost ln(1/0.65) of threshold at ``detect``.
         """
         if math.isclose(null_ratio, detect_ratio):
             raise ValueError("the alternative must differ from the null ratio")
         mid = math.sqrt(null_ratio * detect_ratio)
-        return cls(ratios=(detect_ratio, mid), weights=(MAIN_WEIGHT, 1.0 - MAIN_WEIGHT))
+        far = detect_ratio * (detect_ratio / null_ratio) ** 2
+        return cls(ratios=(detect_ratio, mid, far), weights=(MAIN_WEIGHT, MID_WEIGHT, FAR_WEIGHT))
 
     @classmethod
     def away(cls, *, pivot: float, null_ratio: float, detect_ratio: float) -> RateMixture:

@@ -101,3 +101,32 @@ def test_a_database_without_the_schema_says_to_migrate(db_url: str) -> None:
     with pytest.raises(StoreError, match="policy-canary db upgrade"):
         Registry(bare).policies()
     bare.close()
+
+
+def test_database_refuses_a_second_active_rollout_of_a_policy(store: Store) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import IntegrityError
+
+    from policy_canary.store._schema import rollouts
+
+    registry = Registry(store)
+    v1 = registry.register("agent", {"prompt": "a"}).version
+    v2 = registry.register("agent", {"prompt": "b"}).version
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def row(rollout_id: str, state: str) -> dict[str, object]:
+        return {
+            "id": rollout_id, "policy": "agent", "baseline_digest": v1.id,
+            "candidate_digest": v2.id, "state": state, "stage_index": 0, "traffic_bp": 100,
+            "salt": "ab" * 16, "plan": "{}", "plan_hash": "0" * 64, "revision": 1,
+            "actor": "t", "reason": "", "created_at": now, "stage_started_at": now,
+        }  # fmt: skip
+
+    with store.begin() as conn:
+        conn.execute(rollouts.insert().values(row("r1", "running")))
+        conn.execute(rollouts.insert().values(row("r0", "rolled_back")))  # ended: allowed
+    with pytest.raises(IntegrityError), store.begin() as conn:
+        conn.execute(rollouts.insert().values(row("r2", "paused")))
+    with store.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM rollouts")).scalar_one() == 2

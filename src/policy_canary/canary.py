@@ -50,6 +50,7 @@ from policy_canary.errors import (
     InvalidMetricError,
     NotFoundError,
     StoreError,
+    first_line,
 )
 from policy_canary.gate import Gate, GateStatus
 from policy_canary.registry import Registry
@@ -247,7 +248,7 @@ class Canary:
                     table = load_tables(conn, [policy], epoch=epoch, specs=self._specs)[policy]
             except exc.SQLAlchemyError as error:
                 raise StoreError(
-                    f"cannot load the routing table of {policy!r}: {_first_line(error)}; "
+                    f"cannot load the routing table of {policy!r}: {first_line(error)}; "
                     "is the database migrated (policy-canary's schema)?"
                 ) from error
             gate = Gate(
@@ -282,7 +283,7 @@ class Canary:
                     if epoch != self._epoch:
                         tables = load_tables(conn, self._gates, epoch=epoch, specs=self._specs)
             except (CanaryError, exc.SQLAlchemyError) as error:
-                self._refreshed = (loaded_at, now, f"{type(error).__name__}: {_first_line(error)}")
+                self._refreshed = (loaded_at, now, f"{type(error).__name__}: {first_line(error)}")
                 return False
             for name, table in tables.items():
                 # One reference assignment per gate: route() sees the old or the new table,
@@ -525,8 +526,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -109,3 +109,13 @@ class StoreUnavailableError(StoreError):
     """The database cannot be reached, or the file is not a database."""
 
     code = ErrorCode.STORE_UNAVAILABLE
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (of the driver's error, when it wraps one).
+
+    Store errors carry multi-line SQL context; surfaces and status fields show one line.
+    """
+    inner = getattr(error, "orig", None) or error
+    text = str(inner).strip()
+    return text.splitlines()[0] if text else type(inner).__name__

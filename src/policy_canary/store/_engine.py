@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from policy_canary.errors import StoreError, StoreUnavailableError
+from policy_canary.errors import StoreError, StoreUnavailableError, first_line
 
 from ._schema import store_state
 
@@ -142,18 +142,18 @@ class Store:
             if "no such table" in text or ("relation" in text and "does not exist" in text):
                 raise StoreError(
                     f"the database at {_safe(self.url)} lacks policy-canary's tables (not "
-                    f"migrated, or opened with migrate=False): {_first_line(error)}; run "
+                    f"migrated, or opened with migrate=False): {first_line(error)}; run "
                     "'policy-canary db upgrade'"
                 ) from error
             if isinstance(error, exc.ProgrammingError):
                 raise
             raise StoreUnavailableError(
-                f"the store at {_safe(self.url)} is unavailable: {_first_line(error)}; "
+                f"the store at {_safe(self.url)} is unavailable: {first_line(error)}; "
                 "check that the database is running and the URL is right"
             ) from error
         except exc.InterfaceError as error:
             raise StoreUnavailableError(
-                f"the store at {_safe(self.url)} is unavailable: {_first_line(error)}; "
+                f"the store at {_safe(self.url)} is unavailable: {first_line(error)}; "
                 "check that the database is running and the URL is right"
             ) from error
         except exc.DatabaseError as error:
@@ -164,7 +164,7 @@ class Store:
                 ) from error
             if isinstance(error, exc.IntegrityError | exc.ProgrammingError):
                 raise
-            raise StoreError(f"the store refused the operation: {_first_line(error)}") from error
+            raise StoreError(f"the store refused the operation: {first_line(error)}") from error
 
     # -- migrations -----------------------------------------------------------------------
 
@@ -219,11 +219,6 @@ class Store:
             select(store_state.c.value).where(store_state.c.key == key)
         ).scalar_one_or_none()
         return int(value or 0)
-
-
-def _first_line(error: BaseException) -> str:
-    orig = getattr(error, "orig", None) or error
-    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

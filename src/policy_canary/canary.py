@@ -33,15 +33,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
-from sqlalchemy import delete, exc, select
+from sqlalchemy import exc, select
 
 from policy_canary._buffer import EventBuffer, IngestStats
 from policy_canary._events import metrics_json, quality_value
-from policy_canary._routing import SERVING_STATES, RouteTable, SpecCache, load_tables
+from policy_canary._retention import PruneResult, prune_rows
+from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import (
@@ -56,7 +56,7 @@ from policy_canary.gate import Gate, GateStatus
 from policy_canary.registry import Registry
 from policy_canary.rollouts import Rollouts
 from policy_canary.store import Store
-from policy_canary.store._schema import events, feedback, policies, rollouts
+from policy_canary.store._schema import events
 
 __all__ = ["Canary", "IngestStats", "PruneResult"]
 
@@ -64,15 +64,6 @@ __all__ = ["Canary", "IngestStats", "PruneResult"]
 MAX_DECISION_ID = 40
 #: Longest wait between flush retries while the store is down.
 MAX_RETRY_DELAY = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """What :meth:`Canary.prune` deleted: rows older than ``cutoff``."""
-
-    cutoff: datetime
-    events: int
-    feedback: int
 
 
 class Canary:
@@ -394,26 +385,7 @@ class Canary:
         keep_for = retention or self._retention
         if keep_for is None:
             raise InputError("no retention configured; pass retention=timedelta(days=...)")
-        cutoff = (now or self._clock.now()) - keep_for
-        active = select(rollouts.c.id).where(rollouts.c.state.in_(SERVING_STATES))
-        with self._store.begin() as conn:
-            names = list(conn.execute(select(policies.c.name)).scalars())
-            deleted_events = 0
-            for name in names:
-                # Per policy, so the (policy, at) index bounds each delete.
-                result = conn.execute(
-                    delete(events).where(
-                        events.c.policy == name,
-                        events.c.at < cutoff,
-                        (events.c.rollout_id.is_(None)) | (events.c.rollout_id.not_in(active)),
-                    )
-                )
-                deleted_events += result.rowcount
-            kept = select(events.c.decision_id).where(events.c.rollout_id.in_(active))
-            deleted_feedback = conn.execute(
-                delete(feedback).where(feedback.c.at < cutoff, feedback.c.decision_id.not_in(kept))
-            ).rowcount
-        return PruneResult(cutoff=cutoff, events=deleted_events, feedback=deleted_feedback)
+        return prune_rows(self._store, (now or self._clock.now()) - keep_for)
 
     # -- background threads ---------------------------------------------------------------
 

@@ -68,6 +68,12 @@ def demo(
             scenario = DemoScenario(
                 canary, clock, dispatcher, seed=seed, base_rps=rps, on_progress=view.update
             )
+            if not json_output:
+                pace = "in real time (hours)" if realtime else "on a manual clock"
+                console.print(
+                    f"v1 of {POLICY} is stable; serving {rps:g} requests/s {pace}, first 30 "
+                    "minutes of stable-only traffic for the baseline snapshot…"
+                )
             with view:
                 report = scenario.run()
             received = len(receiver.received.alerts) if receiver else None

@@ -218,14 +218,16 @@ class DemoScenario:
         )
 
     def _serve(self, span: timedelta) -> None:
-        start = self.clock.now()
-        self.driver.run(start, span.total_seconds())
         if isinstance(self.clock, ManualClock):
+            self.driver.run(self.clock.now(), span.total_seconds())
             self.clock.advance(span)
         else:
-            remaining = (start + span - self.clock.now()).total_seconds()
-            if remaining > 0:
-                time.sleep(remaining)
+            # On the wall clock, pace the traffic second by second, as real users would.
+            end = self.clock.now() + span
+            while (now := self.clock.now()) < end:
+                self.driver.run(now, 1.0)
+                self.driver.deliver_feedback(now)
+                time.sleep(max(0.0, 1.0 - (self.clock.now() - now).total_seconds()))
         self.driver.deliver_feedback(self.clock.now())
 
     def _dispatch(self) -> None:

@@ -4,14 +4,14 @@ A plan file looks like this (``docs/plan.md`` is the full reference)::
 
     alpha: 0.01                     # false-rollback budget of the whole rollout
     guardrails:
-      - {name: error_rate, metric: error, max_increase: 20%}
+      - {name: error_rate, metric: error, max_increase: 50%}
     stages:
       - {name: canary, traffic: 1, min_duration: 30m, max_duration: 6h, min_samples: 200}
       - name: validation
         traffic: 10
         strict: true
         min_duration: 1h
-        guardrails: {error_rate: {max_increase: 10%}}
+        guardrails: {error_rate: {max_increase: 40%}}
 
 Every mistake is a :class:`~policy_canary.errors.PlanError` that names the file, line and
 column. When a rollout starts, :meth:`RolloutPlan.canonical` is stored with its sha256
@@ -35,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from policy_canary._durations import format_duration, parse_duration
 from policy_canary._yaml import Loaded, load_document
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.errors import PlanError
@@ -67,61 +68,11 @@ PLAN_FORMAT_KEYS = frozenset({"alpha", "stages", "guardrails", "prices"})
 _STAGE_KEYS = frozenset(
     {"name", "traffic", "min_duration", "max_duration", "min_samples", "strict", "guardrails"}
 )
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Longest dwell a stage may ask for: beyond this a plan is almost certainly a typo.
 MAX_DURATION = timedelta(days=90)
 
 PathT = tuple[str | int, ...]
-
-
-def parse_duration(value: object) -> timedelta:
-    """Read ``"30m"``, ``"2h"``, ``"1d"``, ``"1h30m"``, ``"45s"`` or a number of seconds.
-
-    Raises :class:`ValueError` with a message saying what to write instead.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a duration must look like 30m, 2h or 1d")
-    if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"a duration must be >= 0 seconds; got {value!r}")
-        return timedelta(seconds=float(value))
-    if not isinstance(value, str):
-        raise ValueError(f"a duration must look like 30m, 2h or 1d; got {type(value).__name__}")
-    text = value.strip().lower().replace(" ", "")
-    if text in {"0", ""}:
-        if text == "":
-            raise ValueError("a duration must look like 30m, 2h or 1d; got an empty string")
-        return timedelta(0)
-    pos, seconds = 0, 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != pos:
-            break
-        seconds += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0:
-        raise ValueError(
-            f"cannot read duration {value!r}; write a number and a unit s, m, h or d "
-            "(e.g. 30m, 2h, 1d, 1h30m)"
-        )
-    return timedelta(seconds=seconds)
-
-
-def format_duration(value: timedelta) -> str:
-    """The shortest exact spelling of a duration in d/h/m/s (``timedelta(minutes=90)`` → 1h30m)."""
-    total = value.total_seconds()
-    if total == 0:
-        return "0s"
-    if total != int(total):
-        return f"{total:g}s"
-    remaining = int(total)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, remaining = divmod(remaining, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ judge words its reasons and counts rejected values alike.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,28 +66,28 @@ def _too_few(g: Guardrail, counts: Sequence[int], *, per_arm: bool = True) -> st
     )
 
 
-class Judge:
+class Judge(ABC):
     """Base class of the per-guardrail tests."""
 
     base: Guardrail
     setup: Setup
     rejected: int = 0
 
+    @abstractmethod
     def fold(self, cand: Bools, bp: Ints, values: Values, ats: Sequence[datetime]) -> None:
         """Fold observations in arrival order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def verdict(self, g: Guardrail) -> Verdict:
         """Judge the evidence against ``g``, the stage's version of the base guardrail."""
-        raise NotImplementedError
 
+    @abstractmethod
     def state(self) -> dict[str, Any]:
         """Return the JSON-ready state (the configuration is rebuilt from the plan)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state` output."""
-        raise NotImplementedError
 
     def _verdict(
         self,

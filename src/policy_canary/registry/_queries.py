@@ -57,17 +57,9 @@ def resolve_in(conn: Connection, policy: str, ref: str) -> Version:
             raise NotFoundError(f"policy {policy!r} has no stable version yet ({span})")
         return version_from_row(version_row(conn, policy, pol["stable_digest"]))
     if ref == "latest":
-        row = (
-            conn.execute(
-                select(versions)
-                .where(versions.c.policy == policy)
-                .order_by(versions.c.number.desc())
-                .limit(1)
-            )
-            .mappings()
-            .one()
-        )
-        return version_from_row(row)
+        latest = latest_version_row(conn, policy)
+        assert latest is not None, "a policy row exists only with its first version"
+        return version_from_row(latest)
     numbered = _NUMBERED.fullmatch(ref)
     if numbered:
         found = (
@@ -167,6 +159,20 @@ def _span(conn: Connection, policy: str) -> str:
     if low is None:
         return "no versions"
     return f"v{low}" if low == high else f"v{low}..v{high}"
+
+
+def latest_version_row(conn: Connection, policy: str) -> RowMapping | None:
+    """The newest version's row of ``policy`` (``None`` before its first version)."""
+    return (
+        conn.execute(
+            select(versions)
+            .where(versions.c.policy == policy)
+            .order_by(versions.c.number.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
 
 
 def version_row(conn: Connection, policy: str, version_id: str) -> RowMapping:

@@ -30,6 +30,7 @@ from ._models import (
 )
 from ._queries import (
     entry_from_row,
+    latest_version_row,
     lock_policy,
     move_stable,
     require_policy,
@@ -114,18 +115,13 @@ class Registry:
             pol = conn.execute(select(policies).where(policies.c.name == policy)).mappings().first()
             if pol is None:
                 conn.execute(policies.insert().values(name=policy, created_at=now))
-            latest = conn.execute(
-                select(versions.c.digest, versions.c.number)
-                .where(versions.c.policy == policy)
-                .order_by(versions.c.number.desc())
-                .limit(1)
-            ).first()
-            number = latest.number + 1 if latest else 1
+            latest = latest_version_row(conn, policy)
+            number = latest["number"] + 1 if latest else 1
             values = {
                 "policy": policy,
                 "digest": version_id,
                 "number": number,
-                "parent_digest": latest.digest if latest else None,
+                "parent_digest": latest["digest"] if latest else None,
                 "spec": canonical,
                 "size_bytes": len(canonical.encode("utf-8")),
                 "author": actor,
@@ -200,16 +196,8 @@ class Registry:
             pols = conn.execute(select(policies).order_by(policies.c.name)).mappings().all()
             result = []
             for pol in pols:
-                latest = (
-                    conn.execute(
-                        select(versions)
-                        .where(versions.c.policy == pol["name"])
-                        .order_by(versions.c.number.desc())
-                        .limit(1)
-                    )
-                    .mappings()
-                    .one()
-                )
+                latest = latest_version_row(conn, pol["name"])
+                assert latest is not None, "a policy row exists only with its first version"
                 stable = None
                 if pol["stable_digest"]:
                     stable = version_from_row(version_row(conn, pol["name"], pol["stable_digest"]))

@@ -189,10 +189,7 @@ class DemoScenario:
             self.canary.tick()
             self._dispatch()
             status = rollouts.get(rollout.id)
-            requests = {
-                arm: self.driver.stats.by_arm[arm] - before.get(arm, 0)
-                for arm in ("stable", "candidate")
-            }
+            requests = self._since(before)
             self.on_progress(
                 Progress(title, self.clock.now(), self.clock.now() - begin, status, requests)
             )
@@ -210,12 +207,14 @@ class DemoScenario:
             stage=status.stage.name,
             reason=str(last.get("reason") or status.rollout.end_reason or ""),
             sim_duration=self.clock.now() - begin,
-            requests={
-                arm: self.driver.stats.by_arm[arm] - before.get(arm, 0)
-                for arm in ("stable", "candidate")
-            },
+            requests=self._since(before),
             incident_id=incident_id,
         )
+
+    def _since(self, before: Mapping[str, int]) -> dict[str, int]:
+        """Requests served per arm since the ``before`` snapshot of the counters."""
+        now = self.driver.stats.by_arm
+        return {arm: now[arm] - before.get(arm, 0) for arm in ("stable", "candidate")}
 
     def _serve(self, span: timedelta) -> None:
         if isinstance(self.clock, ManualClock):

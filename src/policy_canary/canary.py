@@ -16,8 +16,10 @@ current share (pausing stops the controller from advancing, it does not reshuffl
 
 A canary owns two background threads: the *refresher* polls the store's cheap routing change
 counter (every ``refresh_interval`` seconds) and reloads the routing tables when it moved; the
-*flusher* writes buffered events in batches. Tests pass ``background=False`` and drive both
-with :meth:`Canary.refresh_now` and :meth:`Canary.flush`.
+*flusher* writes buffered events in batches. On PostgreSQL the refresher also LISTENs: each
+routing change NOTIFYs on commit and is reloaded at once, polling remaining the safety net
+(``_refresher.py``). Tests pass ``background=False`` and drive both with
+:meth:`Canary.refresh_now` and :meth:`Canary.flush`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sqlalchemy import exc, select
 
 from policy_canary._buffer import EventBuffer, IngestStats
 from policy_canary._events import metrics_json, quality_value
+from policy_canary._refresher import Refresher
 from policy_canary._retention import PruneResult, prune_rows
 from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
@@ -76,6 +79,10 @@ class Canary:
 
     - ``refresh_interval``: seconds between polls of the routing change counter (default 1);
       a new rollout, share change or rollback reaches ``route()`` within one interval.
+    - ``listen``: on PostgreSQL, also wait for change notifications (LISTEN/NOTIFY) on one
+      dedicated connection per canary, so changes arrive at once (default True). Turn it
+      off behind a pooler that does not carry LISTEN (PgBouncer in transaction mode); polling
+      works either way, and a listener that fails falls back to it.
     - ``flush_interval``: longest seconds an event waits in the buffer (default 0.5); a full
       batch is written at once.
     - ``buffer_size``: events (and, separately, feedback rows) held before new ones are
@@ -104,6 +111,7 @@ class Canary:
         stale_after: timedelta | None = None,
         background: bool = True,
         rng: random.Random | None = None,
+        listen: bool = True,
         owns_store: bool = False,
     ) -> None:
         if refresh_interval <= 0 or flush_interval <= 0 or prune_interval <= 0:
@@ -120,6 +128,7 @@ class Canary:
             else self._clock.now
         )
         self._refresh_interval = refresh_interval
+        self._listen = listen
         self._flush_interval = flush_interval
         self._retention = retention
         self._prune_interval = prune_interval
@@ -163,6 +172,7 @@ class Canary:
         stale_after: timedelta | None = None,
         background: bool = True,
         rng: random.Random | None = None,
+        listen: bool = True,
     ) -> Canary:
         """Open the store (``db_url``, else ``$POLICY_CANARY_DB``, else ./policy-canary.db).
 
@@ -182,6 +192,7 @@ class Canary:
             stale_after=stale_after,
             background=background,
             rng=rng,
+            listen=listen,
             owns_store=True,
         )
 
@@ -393,6 +404,13 @@ class Canary:
         """Create the event buffer and (with ``background``) start the two threads."""
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._refresher = Refresher(
+            self._store,
+            refresh=self.refresh_now,
+            interval=self._refresh_interval,
+            closing=self._closing,
+            listen=self._listen,
+        )
         self._buffer = EventBuffer(
             self._store,
             now=self._clock.now,
@@ -402,20 +420,21 @@ class Canary:
         )
         self._threads: list[threading.Thread] = []
         if self._background:
-            for target, name in (
-                (self._refresh_loop, "policy-canary-refresh"),
-                (self._flush_loop, "policy-canary-flush"),
-            ):
-                thread = threading.Thread(target=target, name=name, daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self._threads.append(self._refresher.start())
+            thread = threading.Thread(
+                target=self._flush_loop, name="policy-canary-flush", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def _after_fork(self) -> None:
         """Give a forked child its own identity, buffer, threads and connections.
 
         Without this a pre-fork server's workers would mint the parent's decision ids (and
         lose events to the unique constraint), share its pooled connections, and have no
-        flusher, because threads do not survive fork.
+        flusher, because threads do not survive fork. The parent's LISTEN connection is
+        left alone (psycopg only closes a connection in the process that opened it); the
+        child's refresher opens its own.
         """
         if self._closed:
             return
@@ -427,10 +446,6 @@ class Canary:
         self._start_pipeline()
         for gate in self._gates.values():
             gate._rebind(add=self._buffer.add, ids=self._next_id, id_prefix=self._id_prefix)
-
-    def _refresh_loop(self) -> None:
-        while not self._closing.wait(self._refresh_interval):
-            self.refresh_now()
 
     def _flush_loop(self) -> None:
         delay = self._flush_interval
@@ -466,6 +481,7 @@ class Canary:
         self._closed = True
         self._closing.set()
         self._wake.set()
+        self._refresher.wake()  # it may be waiting on its LISTEN connection
         for thread in self._threads:
             thread.join(timeout=30)
         self._buffer.flush()

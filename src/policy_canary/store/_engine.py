@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from policy_canary.errors import StoreError, StoreUnavailableError, first_line
 
+from ._notify import ROUTING_KEY, ChangeListener, can_listen, notify_routing
 from ._schema import store_state
 
 #: The embedded default: a SQLite file in the working directory.
@@ -197,10 +198,12 @@ class Store:
 
     # -- change counter -------------------------------------------------------------------
 
-    def bump_epoch(self, conn: Connection, key: str = "routing") -> int:
+    def bump_epoch(self, conn: Connection, key: str = ROUTING_KEY) -> int:
         """Increment a change counter inside the caller's transaction; return its new value.
 
-        Gates poll the ``routing`` counter cheaply to learn that a routing table changed.
+        Gates poll the ``routing`` counter cheaply to learn that a routing table changed; on
+        PostgreSQL its bumps are also announced with NOTIFY, delivered to listeners
+        (:meth:`listen`) when the transaction commits.
         """
         updated = conn.execute(
             store_state.update()
@@ -208,17 +211,43 @@ class Store:
             .values(value=store_state.c.value + 1)
             .returning(store_state.c.value)
         ).scalar_one_or_none()
-        if updated is not None:
-            return int(updated)
-        conn.execute(store_state.insert().values(key=key, value=1))
-        return 1
+        value = 1 if updated is None else int(updated)
+        if updated is None:
+            conn.execute(store_state.insert().values(key=key, value=value))
+        if key == ROUTING_KEY and self.dialect == "postgresql":
+            notify_routing(conn, value)
+        return value
 
-    def read_epoch(self, conn: Connection, key: str = "routing") -> int:
+    def read_epoch(self, conn: Connection, key: str = ROUTING_KEY) -> int:
         """Return the current value of a change counter (0 if it was never bumped)."""
         value = conn.execute(
             select(store_state.c.value).where(store_state.c.key == key)
         ).scalar_one_or_none()
         return int(value or 0)
+
+    @property
+    def can_listen(self) -> bool:
+        """Whether routing changes are pushed (PostgreSQL through psycopg 3), see :meth:`listen`."""
+        return can_listen(self.engine)
+
+    def listen(self) -> ChangeListener:
+        """Open a dedicated connection that waits for routing changes of this store.
+
+        PostgreSQL only (:attr:`can_listen`); the caller closes it. Raises
+        :class:`StoreUnavailableError` when the database cannot be reached.
+        """
+        if not self.can_listen:
+            raise StoreError(
+                f"{self.dialect} through {self.engine.dialect.driver} cannot push routing "
+                "changes; they are polled (LISTEN/NOTIFY needs PostgreSQL through psycopg 3)"
+            )
+        try:
+            with self._errors():
+                return ChangeListener.open(self.engine)
+        except exc.SQLAlchemyError as error:  # e.g. the pool timed out
+            raise StoreUnavailableError(
+                f"cannot listen for routing changes at {_safe(self.url)}: {first_line(error)}"
+            ) from error
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

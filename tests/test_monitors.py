@@ -317,6 +317,13 @@ def test_state_survives_a_restart_and_continues_the_same_test() -> None:
     json.dumps([v.to_dict() for v in restored.verdicts("validation")], allow_nan=False)
 
 
+def test_a_state_written_in_another_format_is_refused_with_what_to_do() -> None:
+    state = RolloutMonitor([rule(metric="latency_ms", max_increase="10%")]).to_dict()
+    state["format"] = 1
+    with pytest.raises(PlanError, match=r"format 1 cannot be continued.*abort the rollout"):
+        RolloutMonitor.from_dict(state)
+
+
 def test_preflight_sizes_each_stage_and_warns_when_it_cannot_detect() -> None:
     guardrails = [
         rule(name="err", metric="error", max_increase="20%", detect="100%"),

@@ -19,8 +19,6 @@ from .stats import (
     MAIN_WEIGHT,
     bernoulli_kl,
     candidate_share_of_bad,
-    mixture_rho,
-    one_sided_normal_mixture_radius,
     wald_bernoulli_floor,
     wald_gaussian_floor,
 )
@@ -177,7 +175,7 @@ def _size(
         ours = (threshold + math.log(1 / MAIN_WEIGHT)) / per_candidate
         p0, p1 = min(p * r0, 0.999), min(p * r1, 0.999)
         return ours, wald_bernoulli_floor(p0, p1, alpha=alpha_m, beta=beta), None
-    # Relative mean or absolute delta: normal-mixture sequence on AIPW terms.
+    # Relative mean or absolute delta: likelihood ratios on weighted AIPW terms.
     log_scale = g.metric == "latency_ms" and g.tolerance_field in ("max_increase", "max_decrease")
     if snapshot is None:
         return None, None, f"no baseline for {g.metric}; build one with Baseline.from_events"
@@ -195,17 +193,10 @@ def _size(
         delta, c = d - t, 1.0
     else:
         delta, c = abs(d - t) * abs(mean), 1 + t if g.worse is Direction.UP else 1 - t
+    # The breach side is a likelihood-ratio mixture weighted MAIN_WEIGHT at `detect`, on AIPW
+    # terms of variance `per_pair`, one per request: 1/rho of them per candidate request.
     per_pair = variance * (1 / rho + c * c / (1 - rho))
-    rho_h = mixture_rho(2000 / rho * per_pair, alpha_m)
-    lo, hi = 1.0, 1e9
-    for _ in range(80):
-        mid = math.sqrt(lo * hi)
-        pairs = mid / rho
-        if pairs * delta >= float(
-            one_sided_normal_mixture_radius(pairs * per_pair, rho=rho_h, alpha=alpha_m)
-        ):
-            hi = mid
-        else:
-            lo = mid
+    per_candidate = delta * delta / (2 * rho * per_pair)
+    ours = (threshold + math.log(1 / MAIN_WEIGHT)) / per_candidate
     floor = wald_gaussian_floor(delta, math.sqrt(variance), alpha=alpha_m, beta=beta)
-    return hi, floor, None
+    return ours, floor, None

@@ -39,8 +39,10 @@ from .guardrails import (
     check_unique_names,
     resolve_stage_guardrails,
 )
-from .stats import BPS
 from .verdict import Verdict, VerdictStatus
+
+#: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums.
+MONITOR_STATE_FORMAT = 2
 
 __all__ = [
     "ARMS",
@@ -61,9 +63,8 @@ class RolloutMonitor:
     (tripwires need none). ``stages`` maps a stage name to its overrides
     ``{guardrail_name: {field: value}}``; every threshold any stage uses is known here, so each
     test runs from the rollout start and a stage switch never restarts one.
-    ``design_candidate_samples`` and ``design_share_bp`` say where the mean tests should be
-    tightest (the candidate sample and share a stage is expected to reach); they tune power,
-    never validity.
+    ``design_candidate_samples`` says where the mean-SLO tests should be tightest (the candidate
+    sample a stage is expected to reach); it tunes power, never validity.
     """
 
     def __init__(
@@ -75,14 +76,11 @@ class RolloutMonitor:
         prices: Mapping[str, ModelPrice] | None = None,
         stages: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
         design_candidate_samples: int = 2000,
-        design_share_bp: int = 500,
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise PlanError(f"alpha must lie in (0, 1); got {alpha}")
         if design_candidate_samples < 1:
             raise PlanError("design_candidate_samples must be >= 1")
-        # Only a tuning input: a 100% (or 0%) stage has no comparison, so size for nearly it.
-        design_share_bp = min(max(design_share_bp, 1), BPS - 1)
         check_unique_names(guardrails)
         self.guardrails = tuple(guardrails)
         self.alpha = alpha
@@ -90,7 +88,6 @@ class RolloutMonitor:
         self.prices = dict(prices or {})
         self.stages = {name: dict(o) for name, o in (stages or {}).items()}
         self.design_candidate_samples = design_candidate_samples
-        self.design_share_bp = design_share_bp
         self._stage_guardrails = {
             name: resolve_stage_guardrails(self.guardrails, o) for name, o in self.stages.items()
         }
@@ -101,7 +98,6 @@ class RolloutMonitor:
             alpha=self.alpha_per_guardrail,
             baseline=self.baseline,
             design_samples=design_candidate_samples,
-            design_share=design_share_bp / BPS,
         )
         self._judges: dict[str, Judge | None] = {}
         self._statistics: dict[str, Statistic | None] = {}
@@ -192,7 +188,7 @@ class RolloutMonitor:
     def to_dict(self) -> dict[str, Any]:
         """Return the whole state as a JSON-ready dict (plan inputs plus every test's state)."""
         return {
-            "format": 1,
+            "format": MONITOR_STATE_FORMAT,
             "alpha": self.alpha,
             "guardrails": [
                 g.model_dump(mode="json", by_alias=True, exclude_none=True) for g in self.guardrails
@@ -201,7 +197,6 @@ class RolloutMonitor:
             "baseline": self.baseline.to_dict(),
             "prices": {m: p.model_dump(mode="json") for m, p in sorted(self.prices.items())},
             "design_candidate_samples": self.design_candidate_samples,
-            "design_share_bp": self.design_share_bp,
             "events_folded": self.events_folded,
             "statistics": {k: (v.value if v else None) for k, v in self._statistics.items()},
             "judges": {k: (j.state() if j else None) for k, j in self._judges.items()},
@@ -210,8 +205,13 @@ class RolloutMonitor:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutMonitor:
         """Rebuild a monitor from :meth:`to_dict` output; it continues the same tests."""
-        if data.get("format") != 1:
-            raise PlanError(f"unsupported monitor state format {data.get('format')!r}")
+        found = data.get("format")
+        if found != MONITOR_STATE_FORMAT:
+            raise PlanError(
+                f"monitor state format {found!r} cannot be continued by this version (it "
+                f"reads format {MONITOR_STATE_FORMAT}); abort the rollout and start it again, "
+                "or finish it with the version that started it"
+            )
         monitor = cls(
             [Guardrail.from_mapping(g) for g in data["guardrails"]],
             alpha=float(data["alpha"]),
@@ -219,7 +219,6 @@ class RolloutMonitor:
             prices={m: ModelPrice.model_validate(p) for m, p in data["prices"].items()},
             stages=data["stages"],
             design_candidate_samples=int(data["design_candidate_samples"]),
-            design_share_bp=int(data["design_share_bp"]),
         )
         monitor.events_folded = int(data["events_folded"])
         by_name = {g.name: g for g in monitor.guardrails}

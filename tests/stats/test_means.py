@@ -1,7 +1,8 @@
-"""Normal-mixture confidence sequences on means: by hand, invariants, simulated coverage."""
+"""Sequential tests on means: by hand, invariants, simulated coverage."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -12,12 +13,15 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from policy_canary.stats import (
+    MAIN_WEIGHT,
     MeanDifferenceProcess,
     OneSampleMeanProcess,
+    ShiftMixture,
     mixture_rho,
     normal_mixture_radius,
     one_sided_normal_mixture_radius,
 )
+from policy_canary.stats.rates import FAR_WEIGHT, MID_WEIGHT
 
 
 def test_radius_by_hand() -> None:
@@ -46,18 +50,103 @@ def test_mixture_rho_by_hand() -> None:
     assert mixture_rho(1000.0, 0.01) == pytest.approx(1000 / (two_log + math.log(two_log + 1)))
 
 
-def test_aipw_terms_by_hand() -> None:
-    # prior 0 (weight 1), share 1/2. Candidate y=2: m_c = m_s = 0, phi = 2/0.5 = 4.
-    # Stable y=1: m_c = (0 + 2)/2 = 1, m_s = 0, phi = 1 - (1 - 0)/0.5 = -1.
-    process = MeanDifferenceProcess(coefficients=(1.0,), prior_mean=0.0)
+LATENCY_10PCT = ShiftMixture.around(math.log(1.1))
+
+
+def test_shift_mixture_by_hand() -> None:
+    single = ShiftMixture(shifts=(0.5,), weights=(1.0,))
+    # 0.5 * 10 - 0.5^2 * 8 / 2 = 4
+    assert single.log_e_value(10.0, 8.0) == pytest.approx(4.0)
+    # A single likelihood ratio reaches 1/alpha at (ln(1/alpha) + a^2 V / 2) / a.
+    assert single.crossing(8.0, alpha=0.01) == pytest.approx((math.log(100) + 1.0) / 0.5)
+    assert single.design_time(0.01) == pytest.approx(2 * math.log(100) / 0.25)
+    mix = ShiftMixture.around(0.2)
+    assert mix.shifts == pytest.approx((0.2, 0.1, 0.6))
+    assert mix.weights == (MAIN_WEIGHT, MID_WEIGHT, FAR_WEIGHT)
+    terms = zip(mix.shifts, mix.weights, strict=True)
+    expected = math.log(sum(w * math.exp(a * 3.0 - a * a * 50.0 / 2) for a, w in terms))
+    assert mix.log_e_value(3.0, 50.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("variance_sum", [0.0, 1.0, 100.0, 1e4, 1e7])
+def test_crossing_is_where_the_mixture_reaches_one_over_alpha(variance_sum: float) -> None:
+    excess = LATENCY_10PCT.crossing(variance_sum, alpha=0.002)
+    assert LATENCY_10PCT.log_e_value(excess, variance_sum) == pytest.approx(math.log(500), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("shifts", "weights"),
+    [((), ()), ((0.1,), (0.5, 0.5)), ((0.0,), (1.0,)), ((0.1, 0.2), (0.5, 0.6))],
+)
+def test_a_malformed_shift_mixture_is_refused(
+    shifts: tuple[float, ...], weights: tuple[float, ...]
+) -> None:
+    with pytest.raises(ValueError, match="mixture"):
+        ShiftMixture(shifts=shifts, weights=weights)
+
+
+def test_weighted_aipw_sums_by_hand() -> None:
+    # prior mean 0 (weight 1), prior variance 1 (weight 2), share 1/2.
+    # Candidate y=2: m_c = m_s = 0, v_c = v_s = 1, sigma^2 = 1/0.5 + 1/0.5 = 4, u = 1/4, phi = 4.
+    # Stable y=1: m_c = 1, m_s = 0; v_c = (2*1 + 0)/(2 + 0) = 1, v_s = 1: u = 1/4;
+    # phi = 1 - (1 - 0)/0.5 = -1.
+    process = MeanDifferenceProcess(coefficients=(1.0,), prior_mean=0.0, prior_variance=1.0)
     process.fold(candidate=[True, False], share=[0.5, 0.5], values=[2.0, 1.0])
     assert process.pairs == 2
-    assert process.phi_sum == [pytest.approx(3.0)]
-    assert process.phi_sq == [pytest.approx(17.0)]
-    interval = process.interval(1.0, alpha=0.05, rho=1.0)
-    radius = float(one_sided_normal_mixture_radius(17.0 - 9.0 / 2, rho=1.0, alpha=0.05))
+    assert process.sums[0] == pytest.approx([0.5, 0.75, 0.125, 0.1875, 1.0625])
+    # estimate 0.75/0.5 = 1.5; V = sum u^2 (phi - 1.5)^2 = (6.25 + 6.25)/16 = 0.78125
+    interval = process.interval(1.0, alpha=0.05, rho=1.0, mixture=LATENCY_10PCT)
     assert interval.estimate == pytest.approx(1.5)
-    assert interval.lower == pytest.approx(1.5 - radius / 2)
+    crossing = LATENCY_10PCT.crossing(0.78125, alpha=0.05)
+    assert interval.lower == pytest.approx(1.5 - crossing / 0.5)
+    radius = float(one_sided_normal_mixture_radius(0.78125, rho=1.0, alpha=0.05))
+    assert interval.upper == pytest.approx(1.5 + radius / 0.5)
+    # Worse downwards: the mixture bounds the upper side, the half-normal the lower.
+    down = process.interval(1.0, alpha=0.05, rho=1.0, mixture=LATENCY_10PCT, worse_up=False)
+    assert down.upper == pytest.approx(1.5 + crossing / 0.5)
+    assert down.lower == pytest.approx(1.5 - radius / 0.5)
+    assert process.log_e_value(1.0, null=0.0, mixture=LATENCY_10PCT) == pytest.approx(
+        LATENCY_10PCT.log_e_value(0.5 * 1.5, 0.78125)
+    )
+
+
+def test_running_variances_shrink_to_the_prior_and_set_the_weights() -> None:
+    # Candidates 0, 2, 4 at share 1/2, prior variance 1 (weight 2). Before the third:
+    # n = 2, sum of squares about the mean 2, v_c = (2 + 2)/(2 + 1) = 4/3; v_s = 1 (no data),
+    # so sigma^2 = (4/3)/0.5 + 1/0.5 = 14/3. The first two see v_c = 1: sigma^2 = 4.
+    process = MeanDifferenceProcess(prior_variance=1.0)
+    process.fold(candidate=[True, True, True], share=[0.5] * 3, values=[0.0, 2.0, 4.0])
+    assert process.sums[0][0] == pytest.approx(0.25 + 0.25 + 3 / 14)
+
+
+def test_a_relative_contrast_weighs_by_stable_s_running_mean() -> None:
+    # Stable y=4 first (m_s = 0 before it: weight 0), then a candidate sees m_s = (0 + 4)/2 = 2.
+    process = MeanDifferenceProcess(coefficients=(1.1,), prior_variance=1.0, relative=True)
+    process.fold(candidate=[False, True], share=[0.5, 0.5], values=[4.0, 5.0])
+    # v_c = 1; v_s after one value = (2 + 0)/2 = 1; sigma^2 = 2 + 1.21 * 2 = 4.42.
+    assert process.sums[0][0] == pytest.approx(2.0 / 4.42)
+
+
+def test_a_breach_at_one_threshold_is_a_breach_at_every_stricter_one() -> None:
+    rng = np.random.default_rng(5)
+    cand = rng.random(3000) < 0.2
+    y = rng.normal(7.0, 0.5, 3000) + np.where(cand, 0.08, 0.0)
+    process = MeanDifferenceProcess(prior_mean=7.0, prior_variance=0.25)
+    process.fold(candidate=cand, share=np.full(3000, 0.2), values=y)
+    nulls = np.linspace(-0.2, 0.2, 81)
+    values = [process.log_e_value(1.0, null=b, mixture=LATENCY_10PCT) for b in nulls]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    # The lower bound is the threshold at which the e-value crosses 1/alpha.
+    lower = process.interval(1.0, alpha=0.01, rho=1.0, mixture=LATENCY_10PCT).lower
+    assert lower is not None
+    assert process.log_e_value(1.0, null=lower, mixture=LATENCY_10PCT) == pytest.approx(
+        math.log(100), abs=1e-6
+    )
+
+
+def test_a_non_positive_prior_variance_is_refused() -> None:
+    with pytest.raises(ValueError, match="prior_variance"):
+        MeanDifferenceProcess(prior_variance=0.0)
 
 
 def test_shares_of_zero_or_one_carry_no_comparison() -> None:
@@ -65,7 +154,8 @@ def test_shares_of_zero_or_one_carry_no_comparison() -> None:
     process.fold(candidate=[False, True], share=[0.0, 1.0], values=[1.0, 5.0])
     assert process.pairs == 0
     assert process.count == [1, 1]
-    assert process.interval(1.0, alpha=0.05, rho=1.0).estimate is None
+    assert process.interval(1.0, alpha=0.05, rho=1.0, mixture=LATENCY_10PCT).estimate is None
+    assert process.log_e_value(1.0, null=0.0, mixture=LATENCY_10PCT) == 0.0
 
 
 @settings(max_examples=50, deadline=None)
@@ -75,25 +165,29 @@ def test_shares_of_zero_or_one_carry_no_comparison() -> None:
         max_size=40,
     ),
     st.integers(0, 40),
+    st.booleans(),
 )
 def test_folding_in_pieces_equals_folding_at_once(
-    rows: list[tuple[bool, int, float]], cut: int
+    rows: list[tuple[bool, int, float]], cut: int, relative: bool
 ) -> None:
     cand = [r[0] for r in rows]
     share = [r[1] / 100 for r in rows]
     values = [r[2] for r in rows]
-    whole = MeanDifferenceProcess(coefficients=(1.0, 1.1), prior_mean=3.0)
+    kwargs = {"coefficients": (1.0, 1.1), "prior_mean": 3.0, "relative": relative}
+    whole = MeanDifferenceProcess(**kwargs)  # type: ignore[arg-type]
     whole.fold(candidate=cand, share=share, values=values)
-    parts = MeanDifferenceProcess(coefficients=(1.0, 1.1), prior_mean=3.0)
+    parts = MeanDifferenceProcess(**kwargs)  # type: ignore[arg-type]
     parts.fold(candidate=cand[:cut], share=share[:cut], values=values[:cut])
     parts.fold(candidate=cand[cut:], share=share[cut:], values=values[cut:])
     assert parts.pairs == whole.pairs
-    assert parts.phi_sum == pytest.approx(whole.phi_sum, rel=1e-9, abs=1e-6)
-    assert parts.phi_sq == pytest.approx(whole.phi_sq, rel=1e-9, abs=1e-6)
+    for got, want in zip(parts.sums, whole.sums, strict=True):
+        assert got == pytest.approx(want, rel=1e-7, abs=1e-9)
 
 
 def test_state_round_trips_through_json() -> None:
-    process = MeanDifferenceProcess(coefficients=(1.0, 1.2), prior_mean=7.0)
+    process = MeanDifferenceProcess(
+        coefficients=(1.0, 1.2), prior_mean=7.0, prior_variance=0.3, relative=True
+    )
     process.fold(candidate=[True, False, False], share=[0.1, 0.1, 0.1], values=[7.2, 6.9, 7.1])
     restored = MeanDifferenceProcess.from_dict(json.loads(json.dumps(process.to_dict())))
     assert restored == process
@@ -102,22 +196,21 @@ def test_state_round_trips_through_json() -> None:
     assert OneSampleMeanProcess.from_dict(one.to_dict()) == one
 
 
-def test_a_a_log_latency_rarely_leaves_zero_even_when_watched_continuously() -> None:
-    # 400 A/A runs at a 10% share, checked every 50 requests for 20,000 requests.
+def test_a_a_log_latency_rarely_breaches_through_stage_shares_when_watched_continuously() -> None:
+    # 400 A/A runs through shares 1% -> 5% -> 25%, checked every 500 requests for 30,000.
     rng = np.random.default_rng(11)
-    runs, n, alpha = 400, 20_000, 0.01
+    runs, n, alpha = 400, 30_000, 0.01
+    share = np.repeat([0.01, 0.05, 0.25], n // 3)
     misses = 0
     for _ in range(runs):
-        cand = rng.random(n) < 0.1
+        cand = rng.random(n) < share
         y = rng.normal(7.0, 0.5, n)
-        process = MeanDifferenceProcess(prior_mean=7.0)
-        rho = mixture_rho(2000 / 0.1 * 0.25 * (1 / 0.1 + 1 / 0.9), alpha)
+        process = MeanDifferenceProcess(prior_mean=7.0, prior_variance=0.25)
         for start in range(0, n, 500):
             sl = slice(start, start + 500)
-            process.fold(candidate=cand[sl], share=np.full(cand[sl].size, 0.1), values=y[sl])
-            ci = process.interval(1.0, alpha=alpha, rho=rho)
+            process.fold(candidate=cand[sl], share=share[sl], values=y[sl])
+            ci = process.interval(1.0, alpha=alpha, rho=1.0, mixture=LATENCY_10PCT)
             assert ci.lower is not None
-            assert ci.upper is not None
             if process.count[1] >= 100 and ci.lower > 0.0:
                 misses += 1
                 break
@@ -129,9 +222,31 @@ def test_a_ten_percent_latency_rise_is_detected() -> None:
     n = 40_000
     cand = rng.random(n) < 0.1
     y = rng.normal(7.0, 0.5, n) + np.where(cand, math.log(1.1), 0.0)
-    process = MeanDifferenceProcess(prior_mean=7.0)
+    process = MeanDifferenceProcess(prior_mean=7.0, prior_variance=0.25)
     process.fold(candidate=cand, share=np.full(n, 0.1), values=y)
-    ci = process.interval(1.0, alpha=0.01, rho=mixture_rho(2000 / 0.1 * 0.25 * 11.1, 0.01))
+    ci = process.interval(1.0, alpha=0.01, rho=1.0, mixture=LATENCY_10PCT)
     assert ci.lower is not None
     assert ci.lower > 0.0
     assert ci.estimate == pytest.approx(math.log(1.1), abs=0.03)
+
+
+def test_a_a_skewed_costs_on_the_null_boundary_rarely_breach() -> None:
+    # Gamma(2) costs, both arms equal, judged as "candidate <= 1.0 x stable" (zero tolerance,
+    # the null's boundary) with the relative contrast, at 5%, every 400 requests for 40,000.
+    rng = np.random.default_rng(13)
+    runs, n, alpha = 400, 40_000, 0.01
+    shift = ShiftMixture.around(0.2)
+    misses = 0
+    for _ in range(runs):
+        cand = rng.random(n) < 0.05
+        y = rng.gamma(2.0, 0.01, n)
+        process = MeanDifferenceProcess(prior_mean=0.02, prior_variance=0.0002, relative=True)
+        for start in range(0, n, 400):
+            sl = slice(start, start + 400)
+            process.fold(candidate=cand[sl], share=np.full(cand[sl].size, 0.05), values=y[sl])
+            if process.count[1] >= 100 and process.log_e_value(
+                1.0, null=0.0, mixture=shift
+            ) >= math.log(1 / alpha):
+                misses += 1
+                break
+    assert misses / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs)

@@ -37,7 +37,6 @@ class Setup:
     alpha: float
     baseline: Baseline
     design_samples: int
-    design_share: float
 
 
 def _fmt(value: float | None, *, pct: bool = False) -> str:

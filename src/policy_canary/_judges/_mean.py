@@ -1,4 +1,4 @@
-"""Relative means (and absolute deltas): the normal-mixture confidence-sequence judge."""
+"""Relative means (and absolute deltas): likelihood ratios on weighted AIPW terms."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from typing import Any
 import numpy as np
 
 from policy_canary.guardrails import Direction, Guardrail, Statistic
-from policy_canary.stats import MeanDifferenceProcess, mixture_rho
+from policy_canary.stats import MeanDifferenceProcess, ShiftMixture, mixture_rho
 from policy_canary.verdict import Verdict, VerdictStatus
 
-from ._base import Bools, Ints, Judge, Setup, Values, _fmt, _numbers, _too_few
+from ._base import Bools, Ints, Judge, Setup, Values, _e, _fmt, _numbers, _too_few
 
 
 class MeanJudge(Judge):
-    """Difference of means against the concurrent baseline: normal-mixture CS on AIPW terms.
+    """Difference of means against the concurrent baseline: weighted AIPW likelihood ratios.
 
     Latency with a relative tolerance is compared on ln(1 + ms), where a +10% tolerance is an
     absolute shift of ln(1.1). Other relative tolerances compare mu_c with (1 +/- t) mu_s, one
     confidence sequence per distinct tolerance with alpha split between them. ``max_delta``
-    compares mu_c - mu_s with the delta.
+    compares mu_c - mu_s with the delta. The breach side is a mixture of likelihood ratios
+    tuned to ``detect`` (:class:`~policy_canary.stats.ShiftMixture`); the other side, read for
+    non-inferiority, a half-normal mixture tightest where ``detect`` would be caught.
     """
 
     def __init__(
@@ -42,15 +44,23 @@ class MeanJudge(Judge):
             variance = snapshot.log_variance if self.log_scale else snapshot.variance
         if not variance:
             variance = 0.25 if base.is_boolean or base.metric == "quality" else max(prior**2, 1.0)
-        rho = setup.design_share
-        self.rho_h = {
-            c: mixture_rho(
-                setup.design_samples / rho * variance * (1.0 / rho + c * c / (1.0 - rho)),
-                self.test_alpha,
+        # Tuned to `detect`: the shift from the tolerance to it, in the contrast's units (per
+        # unit of stable's mean for a relative contrast, whose process scales by it).
+        if self.log_scale:
+            shift = abs(
+                math.log1p(self.sign * base.effective_detect)
+                - math.log1p(self.sign * base.tolerance)
             )
-            for c in self.coefficients
-        }
-        self.process = MeanDifferenceProcess(coefficients=self.coefficients, prior_mean=prior)
+        else:
+            shift = base.effective_detect - base.tolerance
+        self.mixture = ShiftMixture.around(shift)
+        self.rho_h = mixture_rho(self.mixture.design_time(self.test_alpha), self.test_alpha)
+        self.process = MeanDifferenceProcess(
+            coefficients=self.coefficients,
+            prior_mean=prior,
+            prior_variance=variance,
+            relative=self.ratio_scale,
+        )
 
     def _coefficient(self, g: Guardrail) -> float:
         return 1.0 + self.sign * g.tolerance if self.ratio_scale else 1.0
@@ -75,7 +85,11 @@ class MeanJudge(Judge):
         p = self.process
         c = self._coefficient(g)
         b = self._bound(g)
-        ci = p.interval(c, alpha=self.test_alpha, rho=self.rho_h[c])
+        worse_up = self.sign > 0
+        ci = p.interval(
+            c, alpha=self.test_alpha, rho=self.rho_h, mixture=self.mixture, worse_up=worse_up
+        )
+        log_e = p.log_e_value(c, null=b, mixture=self.mixture, worse_up=worse_up)
         mean_s, mean_c = p.arm_mean(0), p.arm_mean(1)
         change: float | None
         if self.log_scale and mean_s is not None and mean_c is not None:
@@ -97,6 +111,7 @@ class MeanJudge(Judge):
             "lower": ci.lower,
             "upper": ci.upper,
             "threshold": b,
+            "e_value": _e(log_e),
             "test_alpha": self.test_alpha,
         }
         enough = min(p.count) >= g.min_samples

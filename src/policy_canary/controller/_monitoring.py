@@ -23,7 +23,7 @@ from policy_canary.verdict import Verdict
 
 #: How many of stable's most recent events the baseline snapshot summarises.
 BASELINE_EVENTS = 5_000
-#: Where the mean tests are tuned to be tightest when no stage says otherwise.
+#: Where the mean-SLO tests are tuned to be tightest when no stage says otherwise.
 _DESIGN_SAMPLES = 2_000
 
 
@@ -68,7 +68,6 @@ class StatisticalMonitors:
             prices=plan.prices,
             stages=plan.overrides(),
             design_candidate_samples=max(design.min_samples, _DESIGN_SAMPLES),
-            design_share_bp=design.traffic_bp,
         )
 
     def load(self, data: Mapping[str, Any]) -> Monitor:

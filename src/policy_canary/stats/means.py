@@ -1,20 +1,23 @@
-"""Means: normal-mixture confidence sequences, one- and two-sample.
+"""Means: likelihood-ratio mixtures and normal-mixture confidence sequences.
 
 Two-sample (candidate against the concurrent baseline). Each observation i, served by the
 candidate with probability rho_i, yields the augmented inverse-probability-weighted term
 
-    phi_i = [A_i (Y_i - m_c) / rho_i + m_c] - c [(1 - A_i)(Y_i - m_s) / (1 - rho_i) + m_s]
+    phi_i = [A_i (Y_i - m_c)/rho_i + m_c] - c [(1 - A_i)(Y_i - m_s)/(1 - rho_i) + m_s]
 
 with m_c, m_s the running arm means *before* observation i. Its conditional mean is
-mu_c - c mu_s whatever the share or a drift shared by both arms, so the normal-mixture boundary
-of Howard et al. (2021), with the empirical variance as in the time-uniform CLT of
-Waudby-Smith et al., gives an (asymptotically) anytime-valid confidence sequence for
-D(c) = mu_c - c mu_s:
+D(c) = mu_c - c mu_s whatever the share or a drift shared by both arms. Terms are weighted by
+u_i, the effect scale over their predicted variance (also computed before observation i), so
+with S(D0) = sum u_i (phi_i - D0) and V = sum u_i^2 (phi_i - D_hat)^2,
 
-    |S_t - t D| <= sqrt((V_t + rho) (ln(1 + V_t / rho) + 2 ln(1 / alpha))).
+    exp(a S(D0) - a^2 V / 2)
 
-Running means are updated observation by observation (vectorised with exclusive cumulative
-sums), so folding a batch at once or in pieces gives the same state.
+is, by the time-uniform CLT of Waudby-Smith et al., asymptotically a test supermartingale for
+"D <= D0", and the likelihood ratio of the shift a: Wald's SPRT. A :class:`ShiftMixture` of a
+few shifts tuned to the guardrail's ``detect`` decides breaches; the half-normal mixture of
+Howard et al. (2021) bounds the other side. Running means and variances are updated
+observation by observation (vectorised with exclusive cumulative sums), so folding a batch at
+once or in pieces gives the same state.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import log_ndtr
 
+from .rates import FAR_WEIGHT, MAIN_WEIGHT, MID_WEIGHT
+
 __all__ = [
     "ConfidenceInterval",
     "MeanDifferenceProcess",
     "OneSampleMeanProcess",
+    "ShiftMixture",
     "mixture_rho",
     "normal_mixture_radius",
     "one_sided_normal_mixture_radius",
@@ -39,6 +45,10 @@ __all__ = [
 
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+#: Degrees of freedom the prior variance counts for in the running variances.
+PRIOR_WEIGHT = 2.0
+#: Predicted term variances are floored at this fraction of the prior variance.
+_VARIANCE_FLOOR = 1e-9
 
 
 def mixture_rho(intrinsic_time: float, alpha: float) -> float:
@@ -113,27 +123,133 @@ def _exclusive_running_mean(
     return (prior_sum + sums) / (prior_count + counts)
 
 
+def _exclusive_running_variance(
+    values: NDArray[np.float64],
+    mask: NDArray[np.bool_],
+    *,
+    count: int,
+    total: float,
+    total_sq: float,
+    prior_variance: float,
+) -> NDArray[np.float64]:
+    """Variance of the masked values strictly before each position, shrunk to a prior.
+
+    ``count``, ``total`` and ``total_sq`` describe the values folded before this batch; the
+    prior counts as ``PRIOR_WEIGHT`` degrees of freedom.
+    """
+    masked = np.where(mask, values, 0.0)
+    n = count + np.cumsum(mask, dtype=np.float64) - mask
+    s1 = total + np.cumsum(masked) - masked
+    s2 = total_sq + np.cumsum(masked * masked) - masked * masked
+    with np.errstate(invalid="ignore", divide="ignore"):
+        squares = np.where(n > 0, np.maximum(s2 - s1 * s1 / np.maximum(n, 1.0), 0.0), 0.0)
+    return (PRIOR_WEIGHT * prior_variance + squares) / (PRIOR_WEIGHT + np.maximum(n - 1.0, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftMixture:
+    """Alternative shifts of a contrast beyond its null value, with prior weights summing to one.
+
+    A shift is in units of the contrast's effect scale (1 for differences, stable's mean for
+    relative contrasts). Each component is the Gaussian likelihood ratio
+    exp(a (S - D0 U0) - a^2 V / 2) of the shift ``a`` -- Wald's SPRT on the weighted AIPW sum --
+    and the mixture is their weighted average.
+    """
+
+    shifts: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.shifts or len(self.shifts) != len(self.weights):
+            raise ValueError("a mixture needs as many weights as shifts, and at least one")
+        if any(not a > 0.0 for a in self.shifts) or any(not w > 0.0 for w in self.weights):
+            raise ValueError("mixture shifts and weights must be positive")
+        if not math.isclose(sum(self.weights), 1.0, rel_tol=1e-9):
+            raise ValueError(f"mixture weights must sum to 1; got {sum(self.weights)}")
+
+    @classmethod
+    def around(cls, detect_shift: float) -> ShiftMixture:
+        """The configured shift, half of it and three times it, weighted as the rate mixture.
+
+        Half the shift keeps power against regressions between the tolerance and ``detect``;
+        three times it stops a gross regression early (the rate mixture's geometric midpoint
+        and "two log-steps beyond", on a linear scale).
+        """
+        return cls(
+            shifts=(detect_shift, 0.5 * detect_shift, 3.0 * detect_shift),
+            weights=(MAIN_WEIGHT, MID_WEIGHT, FAR_WEIGHT),
+        )
+
+    def design_time(self, alpha: float) -> float:
+        """Return the intrinsic time V at which the configured shift alone reaches 1/alpha."""
+        return 2.0 * math.log(1.0 / alpha) / (self.shifts[0] * self.shifts[0])
+
+    def _exponents(self, excess: float, variance_sum: float) -> list[float]:
+        return [
+            math.log(w) + a * excess - 0.5 * a * a * variance_sum
+            for a, w in zip(self.shifts, self.weights, strict=True)
+        ]
+
+    def log_e_value(self, excess: float, variance_sum: float) -> float:
+        """Return ln of the mixture at an oriented excess S - D0 U0 and intrinsic time V."""
+        exponents = self._exponents(excess, variance_sum)
+        top = max(exponents)
+        return top + math.log(sum(math.exp(x - top) for x in exponents))
+
+    def crossing(self, variance_sum: float, *, alpha: float) -> float:
+        """Return the excess at which the mixture reaches 1/alpha.
+
+        ln E is convex and increasing in the excess, so Newton's method started right of the
+        root -- at the smallest excess where one weighted component alone reaches 1/alpha --
+        falls monotonically onto it.
+        """
+        target = math.log(1.0 / alpha)
+        v = max(variance_sum, 0.0)
+        excess = min(
+            (target - math.log(w) + 0.5 * a * a * v) / a
+            for a, w in zip(self.shifts, self.weights, strict=True)
+        )
+        for _ in range(100):
+            exponents = self._exponents(excess, v)
+            top = max(exponents)
+            terms = [math.exp(x - top) for x in exponents]
+            total = sum(terms)
+            slope = sum(t * a for t, a in zip(terms, self.shifts, strict=True)) / total
+            step = (top + math.log(total) - target) / slope
+            excess -= step
+            if step <= 1e-12 * (1.0 + abs(excess)):
+                break
+        return excess
+
+
 @dataclass(slots=True)
 class MeanDifferenceProcess:
-    """Sufficient statistics for confidence sequences on D(c) = mu_c - c mu_s, several c at once.
+    """Sufficient statistics for sequential tests of D(c) = mu_c - c mu_s, several c at once.
 
-    ``prior_mean`` seeds both arms' running means (the frozen baseline mean is a good choice;
-    it only affects efficiency, never validity) with the weight of one observation.
+    Each AIPW term phi_i is weighted by u_i = g_i / sigma_i^2, where sigma_i^2 =
+    v_c / rho_i + c^2 v_s / (1 - rho_i) is its variance predicted from the arms' running
+    variances and the share, and g_i the effect scale (stable's running mean when ``relative``,
+    else 1). Inverse-variance weights keep a 1% stage's noisy terms from drowning a 25% stage's.
+    Per coefficient the state keeps [U0, U1, Q0, Q1, Q2] = sums of u, u phi, u^2, u^2 phi,
+    u^2 phi^2. ``prior_mean`` and ``prior_variance`` (stable's frozen baseline is a good choice)
+    seed the running means and variances; they affect efficiency, never validity.
     """
 
     coefficients: tuple[float, ...] = (1.0,)
     prior_mean: float = 0.0
+    prior_variance: float = 1.0
+    relative: bool = False
     count: list[int] = field(default_factory=lambda: [0, 0])
     total: list[float] = field(default_factory=lambda: [0.0, 0.0])
     total_sq: list[float] = field(default_factory=lambda: [0.0, 0.0])
     pairs: int = 0
-    phi_sum: list[float] = field(default_factory=list)
-    phi_sq: list[float] = field(default_factory=list)
+    sums: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.phi_sum:
-            self.phi_sum = [0.0] * len(self.coefficients)
-            self.phi_sq = [0.0] * len(self.coefficients)
+        if not self.prior_variance > 0.0 or not math.isfinite(self.prior_variance):
+            raise ValueError(f"prior_variance must be positive; got {self.prior_variance}")
+        if not self.sums:
+            self.sums = [[0.0] * 5 for _ in self.coefficients]
 
     def fold(self, *, candidate: ArrayLike, share: ArrayLike, values: ArrayLike) -> None:
         """Fold observations in arrival order: arm flags, candidate shares in [0, 1], values."""
@@ -142,26 +258,45 @@ class MeanDifferenceProcess:
         y = np.asarray(values, dtype=np.float64)
         if y.size == 0:
             return
-        m_c = _exclusive_running_mean(
-            y, is_cand, prior_sum=self.prior_mean + self.total[1], prior_count=1.0 + self.count[1]
-        )
-        m_s = _exclusive_running_mean(
-            y, ~is_cand, prior_sum=self.prior_mean + self.total[0], prior_count=1.0 + self.count[0]
-        )
+        running = {}
+        for arm, mask in ((0, ~is_cand), (1, is_cand)):
+            mean = _exclusive_running_mean(
+                y,
+                mask,
+                prior_sum=self.prior_mean + self.total[arm],
+                prior_count=1.0 + self.count[arm],
+            )
+            variance = _exclusive_running_variance(
+                y,
+                mask,
+                count=self.count[arm],
+                total=self.total[arm],
+                total_sq=self.total_sq[arm],
+                prior_variance=self.prior_variance,
+            )
+            running[arm] = (mean, variance)
         # Shares of exactly 0 or 1 say nothing about the difference between arms.
         usable = (rho > 0.0) & (rho < 1.0)
         if usable.any():
             a = is_cand[usable]
             r = rho[usable]
             yy = y[usable]
-            mc = m_c[usable]
-            ms = m_s[usable]
+            (ms, vs), (mc, vc) = ((m[usable], v[usable]) for m, v in (running[0], running[1]))
             cand_part = np.where(a, (yy - mc) / r, 0.0) + mc
             stable_part = np.where(a, 0.0, (yy - ms) / (1.0 - r)) + ms
+            scale = np.abs(ms) if self.relative else 1.0
+            floor = _VARIANCE_FLOOR * self.prior_variance
             for i, c in enumerate(self.coefficients):
                 phi = cand_part - c * stable_part
-                self.phi_sum[i] += float(phi.sum())
-                self.phi_sq[i] += float((phi * phi).sum())
+                sigma2 = np.maximum(vc / r + c * c * vs / (1.0 - r), floor)
+                u = scale / sigma2
+                u2 = u * u
+                sums = self.sums[i]
+                sums[0] += float(u.sum())
+                sums[1] += float((u * phi).sum())
+                sums[2] += float(u2.sum())
+                sums[3] += float((u2 * phi).sum())
+                sums[4] += float((u2 * phi * phi).sum())
             self.pairs += int(usable.sum())
         for arm, mask in ((0, ~is_cand), (1, is_cand)):
             self.count[arm] += int(mask.sum())
@@ -180,29 +315,65 @@ class MeanDifferenceProcess:
         mean = self.total[arm] / n
         return max(self.total_sq[arm] / n - mean * mean, 0.0) * n / (n - 1)
 
-    def interval(self, coefficient: float, *, alpha: float, rho: float) -> ConfidenceInterval:
-        """Return the one-sided confidence bounds for D(coefficient), each at ``alpha``, now."""
-        i = self.coefficients.index(coefficient)
-        t = self.pairs
-        if t == 0:
-            return ConfidenceInterval(None, None, None, 0)
-        s, q = self.phi_sum[i], self.phi_sq[i]
-        variance_sum = max(q - s * s / t, 0.0)
-        radius = float(one_sided_normal_mixture_radius(variance_sum, rho=rho, alpha=alpha))
-        estimate = s / t
-        return ConfidenceInterval(estimate, estimate - radius / t, estimate + radius / t, t)
+    def _moments(self, coefficient: float) -> tuple[float, float, float] | None:
+        """Return (U0, the weighted estimate of D, the intrinsic time V) or ``None``."""
+        u0, u1, q0, q1, q2 = self.sums[self.coefficients.index(coefficient)]
+        if self.pairs == 0 or not u0 > 0.0:
+            return None
+        estimate = u1 / u0
+        variance_sum = max(q2 - 2.0 * estimate * q1 + estimate * estimate * q0, 0.0)
+        return u0, estimate, variance_sum
+
+    def log_e_value(
+        self, coefficient: float, *, null: float, mixture: ShiftMixture, worse_up: bool = True
+    ) -> float:
+        """Return ln E for "D(coefficient) is at most ``null``" (at least, if not ``worse_up``)."""
+        moments = self._moments(coefficient)
+        if moments is None:
+            return 0.0
+        u0, estimate, variance_sum = moments
+        excess = u0 * (estimate - null) if worse_up else u0 * (null - estimate)
+        return mixture.log_e_value(excess, variance_sum)
+
+    def interval(
+        self,
+        coefficient: float,
+        *,
+        alpha: float,
+        rho: float,
+        mixture: ShiftMixture,
+        worse_up: bool = True,
+    ) -> ConfidenceInterval:
+        """Return one-sided confidence bounds for D(coefficient), each at ``alpha``, now.
+
+        The bound on the *worse* side (lower when ``worse_up``) inverts the mixture of
+        likelihood ratios tuned to ``mixture``: a value D0 is excluded when ln E(D0) >= ln 1/alpha,
+        and since ln E falls as D0 moves towards the worse side, a breach at one threshold
+        implies a breach at every stricter one. The better side, which non-inferiority reads,
+        uses the half-normal mixture with precision ``rho``.
+        """
+        moments = self._moments(coefficient)
+        if moments is None:
+            return ConfidenceInterval(None, None, None, self.pairs)
+        u0, estimate, variance_sum = moments
+        worse = mixture.crossing(variance_sum, alpha=alpha) / u0
+        better = float(one_sided_normal_mixture_radius(variance_sum, rho=rho, alpha=alpha)) / u0
+        if worse_up:
+            return ConfidenceInterval(estimate, estimate - worse, estimate + better, self.pairs)
+        return ConfidenceInterval(estimate, estimate - better, estimate + worse, self.pairs)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {
             "coefficients": list(self.coefficients),
             "prior_mean": self.prior_mean,
+            "prior_variance": self.prior_variance,
+            "relative": self.relative,
             "count": list(self.count),
             "total": list(self.total),
             "total_sq": list(self.total_sq),
             "pairs": self.pairs,
-            "phi_sum": list(self.phi_sum),
-            "phi_sq": list(self.phi_sq),
+            "sums": [list(s) for s in self.sums],
         }
 
     @classmethod
@@ -211,12 +382,13 @@ class MeanDifferenceProcess:
         return cls(
             coefficients=tuple(float(c) for c in data["coefficients"]),
             prior_mean=float(data["prior_mean"]),
+            prior_variance=float(data["prior_variance"]),
+            relative=bool(data["relative"]),
             count=[int(x) for x in data["count"]],
             total=[float(x) for x in data["total"]],
             total_sq=[float(x) for x in data["total_sq"]],
             pairs=int(data["pairs"]),
-            phi_sum=[float(x) for x in data["phi_sum"]],
-            phi_sq=[float(x) for x in data["phi_sq"]],
+            sums=[[float(x) for x in s] for s in data["sums"]],
         )
 
 

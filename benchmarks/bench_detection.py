@@ -21,6 +21,11 @@ detection rate, median and p90 candidate requests to detection, median requests 
 rollback (bad candidate events for rates; candidate requests served for means), and for
 ``ours`` the ratio of the median to Wald's floor for the true regression against the
 tolerance (alpha = 0.01, beta = 0.2, baseline known).
+
+A second table holds the detection scenarios against what *any* alpha-level method could do:
+the Neyman-Pearson median floor (``_floors``: no test with false alarms <= alpha detects within
+fewer candidate requests half the time), the harm it implies, and so the largest "fewer harmed
+than Kayenta" factor within reach. Where a target asks for less than a floor, no method meets it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
+from _detection_report import render, render_targets
+from _floors import binomial_median_floor, gamma_median_floor, gaussian_median_floor
 from policy_canary._judges import MeanJudge, Setup
 from policy_canary.guardrails import Guardrail, Statistic
 from policy_canary.monitors import Baseline, MetricBaseline
@@ -57,8 +64,11 @@ PER_LOOK = 400
 WINDOW = 25  # looks per naive window and between Kayenta judgements
 BLOCK = 5  # looks per Kayenta interval aggregate
 Z_CRIT = float(sps.norm.ppf(1 - ALPHA))
+COST_MEAN, COST_SHAPE = 0.02, 2.0  # stable's cost per request: Gamma(shape, mean / shape)
 #: Kayenta p-value thresholds evaluated on the same p-values (0.01 is the reported default).
 KAYENTA_LEVELS = (0.01, 0.003, 0.001, 0.0003, 0.0001, 0.00003)
+#: Wald's SPRT told the true rate ratio: a reference row for the rate scenarios.
+ORACLE = "sprt-told-truth"
 METHODS = ("ours", "naive", "z/t-every-look", *(f"kayenta@{lv:g}" for lv in KAYENTA_LEVELS))
 
 Array = NDArray[Any]  # counts and values alike: the benchmark mixes int and float arrays
@@ -173,6 +183,13 @@ def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
         strata_c, strata_s, keys, null_ratio=r0, mixture=RateMixture.around(r0, r1)
     )
     alarms = {"ours": first_alarm(log_k >= math.log(1 / ALPHA))}
+    # Reference, not deployable: Wald's SPRT on the same data, told the true ratio (``detect``
+    # when there is none to find). What a power-one test on the concurrent baseline can reach.
+    truth = sc.effect if sc.effect > r0 else r1
+    log_oracle = conditional_log_evalue(
+        strata_c, strata_s, keys, null_ratio=r0, mixture=RateMixture((truth,), (1.0,))
+    )
+    alarms[ORACLE] = first_alarm(log_oracle >= math.log(1 / ALPHA))
 
     # naive: fixed windows, candidate rate > k x baseline rate, k = the regression worth catching.
     k = 1 + g.effective_detect
@@ -196,11 +213,7 @@ def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
         z = np.where(se > 0, (pc - r0 * ps) / se, 0.0)
     alarms["z/t-every-look"] = first_alarm((z > Z_CRIT) & (cum_nc >= 30))
 
-    floors = None
-    if not sc.null:
-        p0, p1 = sc.base * r0, sc.base * sc.effect
-        kl = bernoulli_kl(p1, p0)
-        floors = (wald_bernoulli_floor(p0, p1, alpha=ALPHA, beta=BETA), math.log(1 / ALPHA) / kl)
+    floors = None if sc.null else detection_floors(sc)
     return summarise(sc, alarms, cum_nc, cum_bc, floors)
 
 
@@ -238,7 +251,7 @@ def kayenta(
 def simulate_means(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[str, Any]:
     volume, share, incident = schedule(sc)
     g = Guardrail.from_mapping(sc.guardrail)
-    baseline, sigma, delta = mean_baseline(sc, g)
+    baseline, _, _ = mean_baseline(sc, g)
     setup = Setup(alpha=ALPHA, baseline=baseline, design_samples=2000)
     look_of_request = np.repeat(np.arange(sc.looks), volume)
     n_req = look_of_request.size
@@ -276,15 +289,7 @@ def simulate_means(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
             )
         for method, look in compare_means(sc, g, sums).items():
             alarms[method][run] = look
-    floors = None
-    if not sc.null:
-        # Per served request: only a share of them ever reports a quality score.
-        per_obs = sc.extra.get("feedback", 1.0)
-        kl = delta * delta / (2 * sigma * sigma)
-        floors = (
-            wald_gaussian_floor(delta, sigma, alpha=ALPHA, beta=BETA) / per_obs,
-            math.log(1 / ALPHA) / kl / per_obs,
-        )
+    floors = None if sc.null else detection_floors(sc)
     harmed = cum_nc  # every candidate request served carries a mean shift
     return summarise(sc, alarms, cum_nc, harmed, floors)
 
@@ -297,8 +302,8 @@ def mean_baseline(sc: Scenario, g: Guardrail) -> tuple[Baseline, float, float]:
         delta = math.log(sc.effect) - math.log1p(g.tolerance)
         return Baseline({"latency_ms": snap}), sigma, abs(delta)
     if sc.metric == "cost":
-        mean = 0.02
-        snap = MetricBaseline(count=10_000, mean=mean, variance=mean**2 / 2)
+        mean = COST_MEAN
+        snap = MetricBaseline(count=10_000, mean=mean, variance=mean**2 / COST_SHAPE)
         # D = mu_c - (1 + t) mu_s; the candidate's noise dominates the AIPW sum.
         delta = (sc.effect - 1 - g.tolerance) * mean
         return Baseline({"cost_usd": snap}), sc.effect * mean / math.sqrt(2), delta
@@ -320,8 +325,8 @@ def draw_values(
         values = np.exp(rng.normal(math.log(1000.0), 0.5, n)) * mult
         return values, request_look.astype(np.float64)
     if sc.metric == "cost":
-        mean = 0.02 * np.where(cand, sc.effect, 1.0)
-        return rng.gamma(2.0, mean / 2.0), request_look.astype(np.float64)
+        mean = COST_MEAN * np.where(cand, sc.effect, 1.0)
+        return rng.gamma(COST_SHAPE, mean / COST_SHAPE), request_look.astype(np.float64)
     # quality: Beta scores (mean 0.8, or 0.8 + effect), half the requests give feedback, late.
     mean = 0.8 + np.where(cand, sc.effect, 0.0)
     values = rng.beta(mean * 10.0, (1 - mean) * 10.0)
@@ -385,6 +390,72 @@ def compare_means(
     return out
 
 
+# --- floors: what any method could achieve --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Floors:
+    """The yardsticks for a detection scenario, in candidate requests (harm: see ``harm``).
+
+    Only ``median`` and ``harm`` bound every alpha-level method's medians; ``wald`` bounds the
+    expected requests of tests that also fix beta, and ``power_one`` is what a power-one test
+    at threshold 1/alpha needs on average when it knows the alternative.
+    """
+
+    wald: float  # Wald's expected sample size at (ALPHA, BETA), baseline known
+    power_one: float  # ln(1/alpha) / KL: where a power-one test's boundary sits on average
+    median: float  # the Neyman-Pearson median floor: no alpha-level test's median is lower
+    harm: float  # harmed by the median floor: bad candidate events (rates), requests (means)
+
+
+def detection_floors(sc: Scenario) -> Floors:
+    """Wald's, the power-one and the median floor for the true regression against the tolerance.
+
+    For rates the harm floor is the expected bad candidate events by the median floor,
+    p1 x floor. (A strict bound on the median harm, from the Neyman-Pearson test on the gaps
+    between bad events, lies within one event of it on these scenarios.)
+    """
+    g = Guardrail.from_mapping(sc.guardrail)
+    if sc.metric in ("error", "safety"):
+        p0, p1 = sc.base * (1 + g.tolerance), sc.base * sc.effect
+        median = float(binomial_median_floor(p0, p1, alpha=ALPHA))
+        return Floors(
+            wald=wald_bernoulli_floor(p0, p1, alpha=ALPHA, beta=BETA),
+            power_one=math.log(1 / ALPHA) / bernoulli_kl(p1, p0),
+            median=median,
+            harm=p1 * median,
+        )
+    _, sigma, delta = mean_baseline(sc, g)
+    # Per served request: only a share of them ever reports a quality score.
+    per_obs = sc.extra.get("feedback", 1.0)
+    kl = delta * delta / (2 * sigma * sigma)
+    median = mean_median_floor(sc, g)
+    return Floors(
+        wald=wald_gaussian_floor(delta, sigma, alpha=ALPHA, beta=BETA) / per_obs,
+        power_one=math.log(1 / ALPHA) / kl / per_obs,
+        median=median,
+        harm=median,  # every candidate request served carries the shift
+    )
+
+
+def mean_median_floor(sc: Scenario, g: Guardrail) -> float:
+    """The median floor in candidate requests served, for ``draw_values``' distributions.
+
+    Exact for latency (log-normal: a Gaussian shift on the log scale) and cost (Gamma sums).
+    Approximate for quality: the Beta scores are treated as Gaussian at stable's variance, and
+    the observations needed are divided by the feedback rate, taking the number of scores at
+    its mean; feedback delays are ignored, which keeps it below what any method needs.
+    """
+    _, sigma, delta = mean_baseline(sc, g)
+    if sc.metric == "latency":
+        return float(gaussian_median_floor(delta, sigma, alpha=ALPHA))
+    if sc.metric == "cost":
+        scale0 = COST_MEAN * (1 + g.tolerance) / COST_SHAPE  # the null boundary's multiplier
+        scale1 = COST_MEAN * sc.effect / COST_SHAPE
+        return float(gamma_median_floor(COST_SHAPE, scale0, scale1, alpha=ALPHA))
+    return gaussian_median_floor(delta, sigma, alpha=ALPHA) / sc.extra.get("feedback", 1.0)
+
+
 # --- summary and output -----------------------------------------------------------------------
 
 
@@ -393,7 +464,7 @@ def summarise(
     alarms: dict[str, NDArray[np.int64]],
     cum_nc: Array,
     cum_harm: Array,
-    floors: tuple[float, float] | None,
+    floors: Floors | None,
 ) -> dict[str, Any]:
     runs = cum_nc.shape[0]
     rows = {}
@@ -411,11 +482,16 @@ def summarise(
             row["median_requests"] = _q(requests, 0.5)
             row["p90_requests"] = _q(requests, 0.9)
             row["median_harmed"] = _q(harmed, 0.5)
-            if floors is not None and method == "ours":
+            if floors is not None and method in ("ours", ORACLE):
                 median = row["median_requests"]
-                row["wald_floor"], row["power_one_floor"] = floors
-                row["ratio_to_floor"] = median / floors[0] if median is not None else None
-                row["ratio_to_power_one_floor"] = median / floors[1] if median is not None else None
+                row["wald_floor"], row["power_one_floor"] = floors.wald, floors.power_one
+                row["median_floor"], row["harm_floor"] = floors.median, floors.harm
+                for key, floor in (
+                    ("ratio_to_floor", floors.wald),
+                    ("ratio_to_power_one_floor", floors.power_one),
+                    ("ratio_to_median_floor", floors.median),
+                ):
+                    row[key] = median / floor if median is not None else None
         rows[method] = row
     family = "rates" if sc.metric in ("error", "safety") else "means"
     return {
@@ -447,6 +523,9 @@ def match_kayenta(results: list[dict[str, Any]]) -> None:
             if not r["null"]:
                 a, b = ours.get("median_harmed"), kay.get("median_harmed")
                 r["harmed_kayenta_matched_over_ours"] = b / a if a and b else None
+                # The largest factor any alpha-level method could reach against this Kayenta.
+                floor = ours.get("harm_floor")
+                r["best_harm_ratio_vs_kayenta_matched"] = b / floor if floor and b else None
 
 
 def _q(values: Array, q: float) -> float | None:
@@ -480,44 +559,6 @@ def run_benchmark(*, runs: int, seed: int, names: tuple[str, ...] | None = None)
     }
 
 
-SHOWN = ("ours", "naive", "kayenta@0.01", "kayenta-matched", "z/t-every-look")
-
-
-def render(result: dict[str, Any]) -> str:
-    """A plain-text table (also pasted into docs/statistics.md)."""
-    head = (
-        f"{'scenario':<36} {'method':<18} {'false rb':>9} {'detected':>9} {'median req':>11} "
-        f"{'p90 req':>9} {'harmed':>8} {'x Wald':>7} {'x 1-side':>8}"
-    )
-    lines = [head, "-" * len(head)]
-
-    def fmt(v: float | None, pct: bool = False) -> str:
-        if v is None:
-            return "-"
-        return f"{100 * v:.2f}%" if pct else f"{v:,.0f}"
-
-    def ratio(v: float | None) -> str:
-        return "" if v is None else f"{v:.2f}"
-
-    for sc in result["scenarios"]:
-        for method in SHOWN:
-            row = sc["methods"].get(method)
-            if row is None:
-                continue
-            name = method.replace("@0.01", "")
-            if method == "kayenta-matched":
-                name = f"kayenta@{row['p']:g}"
-            false_rb = fmt(row.get("false_rollback"), pct=True) if sc["null"] else ""
-            detected = "" if sc["null"] else fmt(row["rollback_rate"], pct=True)
-            lines.append(
-                f"{sc['scenario']:<36} {name:<18} {false_rb:>9} {detected:>9} "
-                f"{fmt(row.get('median_requests')):>11} {fmt(row.get('p90_requests')):>9} "
-                f"{fmt(row.get('median_harmed')):>8} {ratio(row.get('ratio_to_floor')):>7} "
-                f"{ratio(row.get('ratio_to_power_one_floor')):>8}"
-            )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
@@ -529,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_benchmark(runs=runs, seed=args.seed)
     result["mode"] = "quick" if args.quick else "full"
     print(render(result))
+    print()
+    print(render_targets(result))
     print(f"\n{result['mode']} mode, {runs} A/A runs, {result['seconds']} s")
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -252,7 +252,7 @@ def simulate_means(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
     volume, share, incident = schedule(sc)
     g = Guardrail.from_mapping(sc.guardrail)
     baseline, _, _ = mean_baseline(sc, g)
-    setup = Setup(alpha=ALPHA, baseline=baseline, design_samples=2000)
+    setup = Setup(alpha=ALPHA, baseline=baseline)
     look_of_request = np.repeat(np.arange(sc.looks), volume)
     n_req = look_of_request.size
     alarms: dict[str, NDArray[np.int64]] = {m: np.full(runs, -1, dtype=np.int64) for m in METHODS}

@@ -62,9 +62,8 @@ class RolloutMonitor:
     The false-rollback budget ``alpha`` is split evenly across the statistical guardrails
     (tripwires need none). ``stages`` maps a stage name to its overrides
     ``{guardrail_name: {field: value}}``; every threshold any stage uses is known here, so each
-    test runs from the rollout start and a stage switch never restarts one.
-    ``design_candidate_samples`` says where the mean-SLO tests should be tightest (the candidate
-    sample a stage is expected to reach); it tunes power, never validity.
+    test runs from the rollout start and a stage switch never restarts one. Every test is
+    tuned to its guardrail's ``detect``.
     """
 
     def __init__(
@@ -75,19 +74,15 @@ class RolloutMonitor:
         baseline: Baseline | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
         stages: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
-        design_candidate_samples: int = 2000,
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise PlanError(f"alpha must lie in (0, 1); got {alpha}")
-        if design_candidate_samples < 1:
-            raise PlanError("design_candidate_samples must be >= 1")
         check_unique_names(guardrails)
         self.guardrails = tuple(guardrails)
         self.alpha = alpha
         self.baseline = baseline or Baseline()
         self.prices = dict(prices or {})
         self.stages = {name: dict(o) for name, o in (stages or {}).items()}
-        self.design_candidate_samples = design_candidate_samples
         self._stage_guardrails = {
             name: resolve_stage_guardrails(self.guardrails, o) for name, o in self.stages.items()
         }
@@ -97,7 +92,6 @@ class RolloutMonitor:
         self._setup = Setup(
             alpha=self.alpha_per_guardrail,
             baseline=self.baseline,
-            design_samples=design_candidate_samples,
         )
         self._judges: dict[str, Judge | None] = {}
         self._statistics: dict[str, Statistic | None] = {}
@@ -196,7 +190,6 @@ class RolloutMonitor:
             "stages": self.stages,
             "baseline": self.baseline.to_dict(),
             "prices": {m: p.model_dump(mode="json") for m, p in sorted(self.prices.items())},
-            "design_candidate_samples": self.design_candidate_samples,
             "events_folded": self.events_folded,
             "statistics": {k: (v.value if v else None) for k, v in self._statistics.items()},
             "judges": {k: (j.state() if j else None) for k, j in self._judges.items()},
@@ -218,7 +211,6 @@ class RolloutMonitor:
             baseline=Baseline.from_dict(data["baseline"]),
             prices={m: ModelPrice.model_validate(p) for m, p in data["prices"].items()},
             stages=data["stages"],
-            design_candidate_samples=int(data["design_candidate_samples"]),
         )
         monitor.events_folded = int(data["events_folded"])
         by_name = {g.name: g for g in monitor.guardrails}

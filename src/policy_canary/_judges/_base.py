@@ -36,7 +36,6 @@ class Setup:
 
     alpha: float
     baseline: Baseline
-    design_samples: int
 
 
 def _fmt(value: float | None, *, pct: bool = False) -> str:

@@ -185,8 +185,12 @@ class MeanSLOJudge(Judge):
         self.sums = OneSampleMeanProcess()
         snapshot = setup.baseline.get(base.metric)
         variance = snapshot.variance if snapshot is not None and snapshot.variance else None
-        scale = variance or max(base.tolerance**2, 1e-12)
-        self.rho_h = mixture_rho(setup.design_samples * scale, setup.alpha)
+        variance = variance or max(base.tolerance**2, 1e-12)
+        # Tightest where a breach of `detect` beyond the line would be caught: after
+        # n = 2 ln(1/alpha) variance / delta^2 observations, at V = n variance.
+        delta = abs(base.effective_detect * base.tolerance) or math.sqrt(variance)
+        design_time = 2.0 * math.log(1.0 / setup.alpha) * variance * variance / (delta * delta)
+        self.rho_h = mixture_rho(design_time, setup.alpha)
 
     def fold(self, cand: Bools, bp: Ints, values: Values, ats: Sequence[datetime]) -> None:
         """Fold the candidate's observations (booleans count as 0/1)."""

@@ -23,8 +23,6 @@ from policy_canary.verdict import Verdict
 
 #: How many of stable's most recent events the baseline snapshot summarises.
 BASELINE_EVENTS = 5_000
-#: Where the mean-SLO tests are tuned to be tightest when no stage says otherwise.
-_DESIGN_SAMPLES = 2_000
 
 
 class Monitor(Protocol):
@@ -59,15 +57,13 @@ class StatisticalMonitors:
     """The default factory: :class:`~policy_canary.monitors.RolloutMonitor` per rollout."""
 
     def create(self, plan: RolloutPlan, baseline: Sequence[MonitorEvent]) -> Monitor:
-        """Freeze stable's baseline and size every test from the plan's strict stage."""
-        design = next((s for s in plan.stages if s.strict), plan.stages[-1])
+        """Freeze stable's baseline; every test is sized from its guardrail's ``detect``."""
         return RolloutMonitor(
             plan.guardrails,
             alpha=plan.alpha,
             baseline=Baseline.from_events(baseline, prices=plan.prices),
             prices=plan.prices,
             stages=plan.overrides(),
-            design_candidate_samples=max(design.min_samples, _DESIGN_SAMPLES),
         )
 
     def load(self, data: Mapping[str, Any]) -> Monitor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -315,6 +316,27 @@ def test_state_survives_a_restart_and_continues_the_same_test() -> None:
     assert restored.events_folded == 8000
     # Verdicts go into incident bundles: they must be strict JSON.
     json.dumps([v.to_dict() for v in restored.verdicts("validation")], allow_nan=False)
+
+
+def test_huge_values_from_the_store_are_rejected_not_folded() -> None:
+    # The SDK refuses |x| > 1e15; rows written by other means must not overflow a test's
+    # sums of squares, which would make the persisted state unwritable (non-finite JSON).
+    events = [
+        replace(e, metrics={"tokens": 1e300 if i % 7 == 0 else 5.0}, cost_usd=1e200)
+        for i, e in enumerate(traffic(2000, seed=4))
+    ]
+    guardrails = [
+        rule(metric="metrics.tokens", max_increase="10%"),
+        rule(metric="cost_usd", max_increase="10%"),
+        rule(metric="cost_usd", name="cost_slo", max=0.05),
+    ]
+    monitor = RolloutMonitor(guardrails, baseline=BASELINE)
+    monitor.fold(events)
+    verdicts = by_name(monitor)
+    assert verdicts["metrics.tokens"].evidence["rejected_values"] == (2000 + 6) // 7
+    assert verdicts["cost_usd"].evidence["rejected_values"] == 2000
+    assert verdicts["cost_slo"].evidence["rejected_values"] == 2000
+    RolloutMonitor.from_json(monitor.to_json())  # strict JSON, and it loads
 
 
 def test_a_state_written_in_another_format_is_refused_with_what_to_do() -> None:

@@ -9,7 +9,6 @@ encoding only when there is something to encode. A bad value raises
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,7 +47,9 @@ MAX_METRIC_NAME = 64
 #: Most custom metrics on one event; more is a logging mistake, not a metric set.
 MAX_METRICS = 64
 
-_INF = math.inf
+#: Largest magnitude of any recorded number (latency in ms, cost, custom metrics): far beyond
+#: any real value, and small enough that the monitors' sums of squares stay finite.
+MAX_MAGNITUDE = 1e15
 _NO_FLAGS = "[]"
 _NO_METRICS = "{}"
 #: The default of ``safety_flags``; compared by identity so the common case costs nothing.
@@ -72,10 +73,10 @@ Outcome = tuple[
 def _amount(name: str, value: object) -> float:
     """A finite, non-negative number (latency, cost)."""
     if type(value) is float or (type(value) is int):
-        if 0.0 <= value < _INF:
+        if 0.0 <= value <= MAX_MAGNITUDE:
             return float(value)
         raise InvalidMetricError(
-            f"{name}={value!r} is not allowed; it must be a finite number >= 0"
+            f"{name}={value!r} is not allowed; it must be a number in [0, {MAX_MAGNITUDE:g}]"
         )
     raise InvalidMetricError(f"{name} must be a number, got {type(value).__name__}")
 
@@ -124,9 +125,11 @@ def metrics_json(metrics: Mapping[str, Any] | None) -> str:
             raise InvalidMetricError(
                 f"metric {key!r} must be a number or a boolean, got {kind.__name__}"
             )
-        if not math.isfinite(value):
+        # A chained comparison: false for NaN and infinities, and no float() of a huge int.
+        if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
             raise InvalidMetricError(
-                f"metric {key!r}={value!r} is not allowed; use a finite number"
+                f"metric {key!r}={value!r} is not allowed; use a finite number within "
+                f"±{MAX_MAGNITUDE:g}"
             )
     return json.dumps(metrics, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -164,7 +167,9 @@ def outcome(
     """Validate one request's outcome and return it as the tail of an event row."""
     # Each check inlines the happy path (one type test, one chained comparison, which is
     # also false for NaN); the helper runs only to convert an int or raise the exact error.
-    if latency_ms is not None and not (type(latency_ms) is float and 0.0 <= latency_ms < _INF):
+    if latency_ms is not None and not (
+        type(latency_ms) is float and 0.0 <= latency_ms <= MAX_MAGNITUDE
+    ):
         latency_ms = _amount("latency_ms", latency_ms)
     if error is not None and type(error) is not bool:
         raise InvalidMetricError(
@@ -177,7 +182,7 @@ def outcome(
         flags, flag_count = _NO_FLAGS, 0
     else:
         flags, flag_count = _flags(safety_flags)
-    if cost_usd is not None and not (type(cost_usd) is float and 0.0 <= cost_usd < _INF):
+    if cost_usd is not None and not (type(cost_usd) is float and 0.0 <= cost_usd <= MAX_MAGNITUDE):
         cost_usd = _amount("cost_usd", cost_usd)
     if input_tokens is not None and not (type(input_tokens) is int and input_tokens >= 0):
         input_tokens = _count("input_tokens", input_tokens)

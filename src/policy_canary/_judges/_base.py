@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from policy_canary._events import MAX_MAGNITUDE
 from policy_canary.guardrails import Guardrail
 from policy_canary.verdict import Verdict, VerdictStatus
 
@@ -113,10 +114,17 @@ class Judge(ABC):
 
 
 def _numbers(values: Sequence[Any] | NDArray[np.float64]) -> tuple[Bools, NDArray[np.float64]]:
-    """Keep numeric (or boolean-as-0/1) values; return the keep mask and the floats."""
+    """Keep numbers (booleans as 0/1) within the SDK's magnitude; return the mask and floats.
+
+    The SDK refuses larger values, but rows written by other means must not overflow a test's
+    sums of squares (and with them the persisted state): they count as rejected.
+    """
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
         # Already validated floats (the benchmark's fast path): nothing to filter.
         return np.ones(values.size, dtype=bool), values.astype(np.float64)
-    keep = np.asarray([isinstance(v, int | float) for v in values], dtype=bool)
+    keep = np.asarray(
+        [isinstance(v, int | float) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE for v in values],
+        dtype=bool,
+    )
     floats = np.asarray([float(v) if k else 0.0 for v, k in zip(values, keep, strict=True)])
     return keep, floats.astype(np.float64)

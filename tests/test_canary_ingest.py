@@ -161,6 +161,7 @@ def test_explicit_latency_inside_the_block_wins(store: Store, canary: Canary) ->
         ({"cost_usd": -0.01}, "cost_usd"),
         ({"cost_usd": -math.inf}, "cost_usd"),
         ({"input_tokens": -5}, "input_tokens"),
+        ({"output_tokens": 10**20}, "output_tokens=100000000000000000000 is not allowed"),
         ({"output_tokens": 1.5}, "output_tokens must be an integer"),
         ({"input_tokens": True}, "input_tokens must be an integer"),
         ({"quality": 1.01}, "quality=1.01"),

@@ -84,9 +84,11 @@ def _amount(name: str, value: object) -> float:
 def _count(name: str, value: object) -> int:
     """A non-negative integer (token counts); bools are refused as a likely mix-up."""
     if type(value) is int:
-        if value >= 0:
+        if 0 <= value <= MAX_MAGNITUDE:
             return value
-        raise InvalidMetricError(f"{name}={value} is not allowed; it must be >= 0")
+        raise InvalidMetricError(
+            f"{name}={value} is not allowed; it must be in [0, {MAX_MAGNITUDE:g}]"
+        )
     raise InvalidMetricError(f"{name} must be an integer, got {type(value).__name__}")
 
 
@@ -184,9 +186,13 @@ def outcome(
         flags, flag_count = _flags(safety_flags)
     if cost_usd is not None and not (type(cost_usd) is float and 0.0 <= cost_usd <= MAX_MAGNITUDE):
         cost_usd = _amount("cost_usd", cost_usd)
-    if input_tokens is not None and not (type(input_tokens) is int and input_tokens >= 0):
+    if input_tokens is not None and not (
+        type(input_tokens) is int and 0 <= input_tokens <= MAX_MAGNITUDE
+    ):
         input_tokens = _count("input_tokens", input_tokens)
-    if output_tokens is not None and not (type(output_tokens) is int and output_tokens >= 0):
+    if output_tokens is not None and not (
+        type(output_tokens) is int and 0 <= output_tokens <= MAX_MAGNITUDE
+    ):
         output_tokens = _count("output_tokens", output_tokens)
     if model is not None and (type(model) is not str or not 0 < len(model) <= MAX_MODEL):
         raise InvalidMetricError(f"model must be a name of 1..{MAX_MODEL} characters")

@@ -9,6 +9,8 @@ __all__ = ["render", "render_targets"]
 SHOWN = (
     "ours",
     "sprt-told-truth",
+    "sprt@detect",
+    "checkpoint@detect",
     "naive",
     "kayenta@0.01",
     "kayenta-matched",

@@ -52,6 +52,7 @@ from policy_canary.monitors import Baseline, MetricBaseline
 from policy_canary.stats import (
     RateMixture,
     bernoulli_kl,
+    candidate_share_of_bad,
     conditional_log_evalue,
     wald_bernoulli_floor,
     wald_gaussian_floor,
@@ -69,6 +70,15 @@ COST_MEAN, COST_SHAPE = 0.02, 2.0  # stable's cost per request: Gamma(shape, mea
 KAYENTA_LEVELS = (0.01, 0.003, 0.001, 0.0003, 0.0001, 0.00003)
 #: Wald's SPRT told the true rate ratio: a reference row for the rate scenarios.
 ORACLE = "sprt-told-truth"
+#: Wald's SPRT at ``detect`` alone: ours without the mixture, a reference row for rates.
+AT_DETECT = "sprt@detect"
+#: Our test plus one fixed-sample look sized for ``detect``: a reference row for rates.
+CHECKPOINT = "checkpoint@detect"
+#: Share of alpha the checkpoint spends on its one look (the rest stays with our test).
+CHECKPOINT_SPEND = 0.8
+#: Detection probability at ``detect`` the checkpoint is sized for (a little above 1/2, so the
+#: median lands on it despite simulation noise).
+CHECKPOINT_POWER = 0.55
 METHODS = ("ours", "naive", "z/t-every-look", *(f"kayenta@{lv:g}" for lv in KAYENTA_LEVELS))
 
 Array = NDArray[Any]  # counts and values alike: the benchmark mixes int and float arrays
@@ -195,6 +205,12 @@ def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
         strata_c, strata_s, keys, null_ratio=r0, mixture=RateMixture((truth,), (1.0,))
     )
     alarms[ORACLE] = first_alarm(log_oracle >= math.log(1 / ALPHA))
+    log_detect = conditional_log_evalue(
+        strata_c, strata_s, keys, null_ratio=r0, mixture=RateMixture((r1,), (1.0,))
+    )
+    alarms[AT_DETECT] = first_alarm(log_detect >= math.log(1 / ALPHA))
+    if not sc.swings:  # one look sized at one share
+        alarms[CHECKPOINT] = checkpoint(sc, r0, r1, log_k, cum_nc, cum_bc, cum_bs)
 
     # naive: fixed windows, candidate rate > k x baseline rate, k = the regression worth catching.
     k = 1 + g.effective_detect
@@ -220,6 +236,54 @@ def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
 
     floors = None if sc.null else detection_floors(sc)
     return summarise(sc, alarms, cum_nc, cum_bc, floors)
+
+
+def checkpoint(
+    sc: Scenario, r0: float, r1: float, log_k: Array, cum_nc: Array, cum_bc: Array, cum_bs: Array
+) -> NDArray[np.int64]:
+    """First look at which a group-sequential variant of ours rolls back (-1 if never).
+
+    It spends CHECKPOINT_SPEND of alpha on one exact conditional binomial test at the candidate
+    sample where that test detects ``detect`` with CHECKPOINT_POWER, and the rest on our mixture run
+    continuously (valid by the union bound). A reference for what optimising the median at
+    ``detect`` costs elsewhere, not something we ship.
+    """
+    a1 = CHECKPOINT_SPEND * ALPHA
+    q0, q1 = (float(candidate_share_of_bad(sc.share, r)) for r in (r0, r1))
+    bad_per_candidate = (sc.share * r1 + 1.0 - sc.share) * sc.base / sc.share
+    n1 = checkpoint_size(q0, q1, bad_per_candidate, a1)
+    runs = cum_nc.shape[0]
+    reached = (cum_nc >= n1).any(axis=1)
+    look = np.argmax(cum_nc >= n1, axis=1)
+    rows = np.arange(runs)
+    total = cum_bc[rows, look] + cum_bs[rows, look]
+    critical = sps.binom.isf(a1, total, q0)
+    critical = np.where(sps.binom.sf(critical, total, q0) > a1, critical + 1, critical)
+    fires = reached & (cum_bc[rows, look] > critical)
+    continuous = first_alarm(log_k >= math.log(1 / (ALPHA - a1)))
+    earlier = fires & ((continuous < 0) | (look < continuous))
+    return np.where(earlier, look, continuous).astype(np.int64)
+
+
+def checkpoint_size(q0: float, q1: float, bad_per_candidate: float, alpha: float) -> float:
+    """Candidate requests at which the checkpoint's test detects ``q1`` with CHECKPOINT_POWER.
+
+    The bad events seen by then are Poisson; given their number T the test rejects when the
+    candidate's share of them exceeds the level-``alpha`` binomial critical value.
+    """
+
+    def power(n: float) -> float:
+        mean = n * bad_per_candidate
+        t = np.arange(max(int(mean - 8 * math.sqrt(mean)), 1), int(mean + 8 * math.sqrt(mean)) + 2)
+        critical = sps.binom.isf(alpha, t, q0)
+        critical = np.where(sps.binom.sf(critical, t, q0) > alpha, critical + 1, critical)
+        return float((sps.poisson.pmf(t, mean) * sps.binom.sf(critical, t, q1)).sum())
+
+    lo, hi = 1.0, 1e8
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if power(mid) >= CHECKPOINT_POWER else (mid, hi)
+    return hi
 
 
 def window_to_look(first_window: NDArray[np.int64], size: int) -> NDArray[np.int64]:
@@ -487,7 +551,7 @@ def summarise(
             row["median_requests"] = _q(requests, 0.5)
             row["p90_requests"] = _q(requests, 0.9)
             row["median_harmed"] = _q(harmed, 0.5)
-            if floors is not None and method in ("ours", ORACLE):
+            if floors is not None and method in ("ours", ORACLE, AT_DETECT, CHECKPOINT):
                 median = row["median_requests"]
                 row["wald_floor"], row["power_one_floor"] = floors.wald, floors.power_one
                 row["median_floor"], row["harm_floor"] = floors.median, floors.harm

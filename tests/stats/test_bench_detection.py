@@ -24,7 +24,7 @@ from scipy import stats as sps
 
 from policy_canary.guardrails import Guardrail
 from policy_canary.monitors import MonitorEvent, RolloutMonitor
-from policy_canary.stats import RateMixture, conditional_log_evalue
+from policy_canary.stats import RateMixture, candidate_share_of_bad, conditional_log_evalue
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_detection.py"
 
@@ -74,6 +74,8 @@ def test_benchmark_core_runs_on_a_tiny_config(bench: ModuleType, tiny: dict[str,
     assert oracle["median_requests"] <= ours["median_requests"]
     assert "ratio_to_floor" in oracle
     assert bench.ORACLE not in by_name["latency_plus_10pct"]["methods"]
+    assert "ratio_to_floor" in by_name["failure_1_to_2pct"]["methods"][bench.CHECKPOINT]
+    assert "ratio_to_floor" in by_name["failure_1_to_2pct"]["methods"][bench.AT_DETECT]
     table = bench.render(tiny)
     assert "failure_1_to_2pct" in table
     assert "x Wald" in table
@@ -292,3 +294,23 @@ def test_the_benchmarks_vectorised_rate_test_is_the_monitors_test() -> None:
         mixture=RateMixture.around(1.2, 2.0),
     )
     assert verdict.evidence["e_value"] == pytest.approx(math.exp(float(direct)))
+
+
+def test_the_checkpoint_is_sized_where_its_test_fires_with_the_stated_power(
+    bench: ModuleType,
+) -> None:
+    # Failures 1% -> 2% against a 20% tolerance at a 5% share: bad events per candidate
+    # request (0.05 * 0.02 + 0.95 * 0.01) / 0.05 = 0.21.
+    q0, q1 = (float(candidate_share_of_bad(0.05, r)) for r in (1.2, 2.0))
+    alpha = bench.CHECKPOINT_SPEND * bench.ALPHA
+    n1 = bench.checkpoint_size(q0, q1, 0.21, alpha)
+    assert bench.checkpoint_size(q0, float(candidate_share_of_bad(0.05, 3.0)), 0.21, alpha) < n1
+    rng = np.random.default_rng(2)
+    runs = 4000
+    total = rng.poisson(n1 * 0.21, runs)
+    critical = sps.binom.isf(alpha, total, q0)
+    critical = np.where(sps.binom.sf(critical, total, q0) > alpha, critical + 1, critical)
+    fired = rng.binomial(total, q1) > critical
+    assert fired.mean() == pytest.approx(bench.CHECKPOINT_POWER, abs=0.03)
+    # ... and with the null's share of bad events it fires at most alpha of the time.
+    assert (rng.binomial(total, q0) > critical).mean() <= alpha + 3 * math.sqrt(alpha / runs)

@@ -67,9 +67,11 @@ class RateMixture:
 
         The midpoint keeps power against regressions smaller than ``detect`` (a pure SPRT tuned
         to ``detect`` drifts *down* on them). The larger alternative, two log-steps beyond
-        ``detect``, catches a gross regression (a broken tool policy tripling failures) in
-        about half the requests a test tuned to ``detect`` needs, which is what limits harm at
-        a 1% canary. Weights 0.65 / 0.20 / 0.15 cost ln(1/0.65) of threshold at ``detect``.
+        ``detect``, catches a gross regression sooner (failures 1% -> 4% against a 20%
+        tolerance and ``detect`` 100%: 338 candidate requests instead of 418 in the detection
+        benchmark). Weights 0.65 / 0.20 / 0.15 cost ln(1/0.65) of threshold at ``detect``
+        (8% more requests there); a pure SPRT at ``detect`` caught 1% -> 1.5% in 47% of runs,
+        the mixture in 98%.
         """
         if math.isclose(null_ratio, detect_ratio):
             raise ValueError("the alternative must differ from the null ratio")

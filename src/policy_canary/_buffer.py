@@ -18,7 +18,9 @@ and counted, so one bad row cannot wedge the flusher.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from sqlalchemy import Connection, exc, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from policy_canary.errors import InputError, StoreUnavailableError
+from policy_canary.errors import CanaryError, InputError, StoreUnavailableError
 from policy_canary.store import Store
 from policy_canary.store._schema import events, feedback
 
@@ -50,6 +52,8 @@ _PG_INSERT = (
     "ON CONFLICT (decision_id) DO NOTHING"
 )
 _PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN"
+#: Longest wait between flush retries while the store is down.
+MAX_RETRY_DELAY = 5.0
 #: Advisory lock key ("pcev") serialising event writers on PostgreSQL; see ``_write``.
 EVENT_WRITER_LOCK = 0x70_63_65_76
 
@@ -136,6 +140,41 @@ class EventBuffer:
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
         self._sqlite = store.dialect == "sqlite"
+
+    # -- the flusher thread ----------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        interval: float,
+        closing: threading.Event,
+        housekeeping: Callable[[], object] | None = None,
+        housekeeping_interval: float = 3600.0,
+    ) -> None:
+        """The flusher thread's loop, until ``closing`` is set.
+
+        Flushes every ``interval`` seconds, or at once when a full batch wakes it; while the
+        store is down it backs off (doubling up to MAX_RETRY_DELAY) instead of spinning on
+        the wake-ups of a full buffer. ``housekeeping`` (pruning) runs every
+        ``housekeeping_interval`` seconds; a store failure there is retried next time.
+        """
+        delay = interval
+        last_housekeeping = time.monotonic()
+        while not closing.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            if closing.is_set():
+                break
+            self.flush()
+            if self._last_error is None:
+                delay = interval
+            else:
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                closing.wait(delay)
+            if housekeeping and time.monotonic() - last_housekeeping > housekeeping_interval:
+                last_housekeeping = time.monotonic()
+                with contextlib.suppress(CanaryError, exc.SQLAlchemyError):
+                    housekeeping()
 
     # -- producers (the agent's threads) --------------------------------------------------
 

@@ -25,14 +25,12 @@ routing change NOTIFYs on commit and is reloaded at once, polling remaining the 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import itertools
 import os
 import random
 import secrets
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -65,8 +63,6 @@ __all__ = ["Canary", "IngestStats", "PruneResult"]
 
 #: Longest decision id the schema stores.
 MAX_DECISION_ID = 40
-#: Longest wait between flush retries while the store is down.
-MAX_RETRY_DELAY = 5.0
 
 
 class Canary:
@@ -421,9 +417,14 @@ class Canary:
         self._threads: list[threading.Thread] = []
         if self._background:
             self._threads.append(self._refresher.start())
-            thread = threading.Thread(
-                target=self._flush_loop, name="policy-canary-flush", daemon=True
+            flusher = functools.partial(
+                self._buffer.run,
+                interval=self._flush_interval,
+                closing=self._closing,
+                housekeeping=self.prune if self._retention is not None else None,
+                housekeeping_interval=self._prune_interval,
             )
+            thread = threading.Thread(target=flusher, name="policy-canary-flush", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -446,27 +447,6 @@ class Canary:
         self._start_pipeline()
         for gate in self._gates.values():
             gate._rebind(add=self._buffer.add, ids=self._next_id, id_prefix=self._id_prefix)
-
-    def _flush_loop(self) -> None:
-        delay = self._flush_interval
-        last_prune = time.monotonic()
-        while not self._closing.is_set():
-            self._wake.wait(delay)
-            self._wake.clear()
-            if self._closing.is_set():
-                break
-            self._buffer.flush()
-            if self._buffer.stats().last_error is None:
-                delay = self._flush_interval
-            else:
-                # Store down: back off instead of spinning on the wake-ups of a full buffer.
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-                self._closing.wait(delay)
-            if self._retention is not None and time.monotonic() - last_prune > self._prune_interval:
-                last_prune = time.monotonic()
-                # Pruning is housekeeping: a failure is retried at the next interval.
-                with contextlib.suppress(CanaryError, exc.SQLAlchemyError):
-                    self.prune()
 
     # -- life cycle -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._baseline import Baseline
+from ._judges import detect_shift, on_log_scale
 from .guardrails import Direction, Guardrail, GuardrailKind, Statistic, resolve_stage_guardrails
 from .stats import (
     BPS,
@@ -176,23 +177,17 @@ def _size(
         p0, p1 = min(p * r0, 0.999), min(p * r1, 0.999)
         return ours, wald_bernoulli_floor(p0, p1, alpha=alpha_m, beta=beta), None
     # Relative mean or absolute delta: likelihood ratios on weighted AIPW terms.
-    log_scale = g.metric == "latency_ms" and g.tolerance_field in ("max_increase", "max_decrease")
+    log_scale = on_log_scale(g)
     if snapshot is None:
         return None, None, f"no baseline for {g.metric}; build one with Baseline.from_events"
     variance = snapshot.log_variance if log_scale else snapshot.variance
     mean = snapshot.log_mean if log_scale else snapshot.mean
     if not variance or mean is None:
         return None, None, f"no baseline variance for {g.metric}"
-    if log_scale:
-        delta = abs(
-            math.log1p((1 if g.worse is Direction.UP else -1) * d)
-            - math.log1p((1 if g.worse is Direction.UP else -1) * t)
-        )
-        c = 1.0
-    elif g.tolerance_field == "max_delta":
-        delta, c = d - t, 1.0
+    if log_scale or g.tolerance_field == "max_delta":
+        delta, c = detect_shift(g), 1.0
     else:
-        delta, c = abs(d - t) * abs(mean), 1 + t if g.worse is Direction.UP else 1 - t
+        delta, c = detect_shift(g) * abs(mean), 1 + t if g.worse is Direction.UP else 1 - t
     # The breach side is a likelihood-ratio mixture weighted MAIN_WEIGHT at `detect`, on AIPW
     # terms of variance `per_pair`, one per request: 1/rho of them per candidate request.
     per_pair = variance * (1 / rho + c * c / (1 - rho))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from policy_canary.guardrails import Guardrail, GuardrailKind, Statistic
 
 from ._base import Judge, Setup
-from ._mean import MeanJudge
+from ._mean import MeanJudge, detect_shift, on_log_scale
 from ._rate import RateJudge
 from ._slo import IndicatorSLOJudge, MeanSLOJudge
 from ._tripwire import TripwireJudge
@@ -32,6 +32,8 @@ __all__ = [
     "Setup",
     "TripwireJudge",
     "build_judge",
+    "detect_shift",
+    "on_log_scale",
 ]
 
 

@@ -16,6 +16,23 @@ from policy_canary.verdict import Verdict, VerdictStatus
 from ._base import Bools, Ints, Judge, Setup, Values, _e, _fmt, _numbers, _too_few
 
 
+def on_log_scale(g: Guardrail) -> bool:
+    """Whether a mean guardrail compares ln(1 + value): latency with a relative tolerance."""
+    return g.metric == "latency_ms" and g.tolerance_field in ("max_increase", "max_decrease")
+
+
+def detect_shift(g: Guardrail) -> float:
+    """The distance from a mean guardrail's tolerance to its ``detect``, on its contrast's scale.
+
+    On ln(1 + ms) for latency with a relative tolerance, per unit of stable's mean for other
+    relative tolerances, in the metric's units for ``max_delta``.
+    """
+    if on_log_scale(g):
+        sign = 1.0 if g.worse is Direction.UP else -1.0
+        return abs(math.log1p(sign * g.effective_detect) - math.log1p(sign * g.tolerance))
+    return g.effective_detect - g.tolerance
+
+
 class MeanJudge(Judge):
     """Difference of means against the concurrent baseline: weighted AIPW likelihood ratios.
 
@@ -32,9 +49,10 @@ class MeanJudge(Judge):
     ) -> None:
         self.base, self.setup, self.statistic = base, setup, statistic
         self.sign = 1.0 if base.worse is Direction.UP else -1.0
-        relative = base.tolerance_field in ("max_increase", "max_decrease")
-        self.log_scale = relative and base.metric == "latency_ms"
-        self.ratio_scale = relative and not self.log_scale
+        self.log_scale = on_log_scale(base)
+        self.ratio_scale = (
+            base.tolerance_field in ("max_increase", "max_decrease") and not self.log_scale
+        )
         self.coefficients = tuple(sorted({self._coefficient(v) for v in variants}))
         self.test_alpha = setup.alpha / len(self.coefficients)
         snapshot = setup.baseline.get(base.metric)
@@ -44,16 +62,8 @@ class MeanJudge(Judge):
             variance = snapshot.log_variance if self.log_scale else snapshot.variance
         if not variance:
             variance = 0.25 if base.is_boolean or base.metric == "quality" else max(prior**2, 1.0)
-        # Tuned to `detect`: the shift from the tolerance to it, in the contrast's units (per
-        # unit of stable's mean for a relative contrast, whose process scales by it).
-        if self.log_scale:
-            shift = abs(
-                math.log1p(self.sign * base.effective_detect)
-                - math.log1p(self.sign * base.tolerance)
-            )
-        else:
-            shift = base.effective_detect - base.tolerance
-        self.mixture = ShiftMixture.around(shift)
+        # Tuned to `detect` (a relative contrast's process scales by stable's mean itself).
+        self.mixture = ShiftMixture.around(detect_shift(base))
         self.rho_h = mixture_rho(self.mixture.design_time(self.test_alpha), self.test_alpha)
         self.process = MeanDifferenceProcess(
             coefficients=self.coefficients,

@@ -257,12 +257,16 @@ def checkpoint(
     look = np.argmax(cum_nc >= n1, axis=1)
     rows = np.arange(runs)
     total = cum_bc[rows, look] + cum_bs[rows, look]
-    critical = sps.binom.isf(a1, total, q0)
-    critical = np.where(sps.binom.sf(critical, total, q0) > a1, critical + 1, critical)
-    fires = reached & (cum_bc[rows, look] > critical)
+    fires = reached & (cum_bc[rows, look] > binomial_critical(a1, total, q0))
     continuous = first_alarm(log_k >= math.log(1 / (ALPHA - a1)))
     earlier = fires & ((continuous < 0) | (look < continuous))
     return np.where(earlier, look, continuous).astype(np.int64)
+
+
+def binomial_critical(alpha: float, n: Array, q0: float) -> Array:
+    """Smallest counts c with P(Bin(n, q0) > c) <= alpha (isf, settled on the definition)."""
+    critical = sps.binom.isf(alpha, n, q0)
+    return np.asarray(np.where(sps.binom.sf(critical, n, q0) > alpha, critical + 1, critical))
 
 
 def checkpoint_size(q0: float, q1: float, bad_per_candidate: float, alpha: float) -> float:
@@ -275,8 +279,7 @@ def checkpoint_size(q0: float, q1: float, bad_per_candidate: float, alpha: float
     def power(n: float) -> float:
         mean = n * bad_per_candidate
         t = np.arange(max(int(mean - 8 * math.sqrt(mean)), 1), int(mean + 8 * math.sqrt(mean)) + 2)
-        critical = sps.binom.isf(alpha, t, q0)
-        critical = np.where(sps.binom.sf(critical, t, q0) > alpha, critical + 1, critical)
+        critical = binomial_critical(alpha, t, q0)
         return float((sps.poisson.pmf(t, mean) * sps.binom.sf(critical, t, q1)).sum())
 
     lo, hi = 1.0, 1e8

@@ -71,10 +71,14 @@ class DeliveryStatus(StrEnum):
 
 
 class AlertStatus(StrEnum):
-    """An alert's overall state: delivered to every sink it was routed to, or not yet."""
+    """An alert's overall state: delivered to every sink it was routed to, or not yet.
+
+    ``failed`` is a filter over pending alerts: some sink's last attempt failed.
+    """
 
     PENDING = "pending"
     DELIVERED = "delivered"
+    FAILED = "failed"
 
 
 def parse_enum(enum: type[E], value: str, what: str) -> E:

@@ -8,8 +8,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
+from policy_canary.errors import InputError
+from policy_canary.store import Store
 from policy_canary.store._schema import audit
 
 
@@ -42,3 +44,30 @@ def record_audit(
             details=json.dumps(dict(details or {}), sort_keys=True, default=str),
         )
     )
+
+
+def audit_entries(
+    store: Store, *, limit: int = 100, actor: str | None = None, subject: str | None = None
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` audit rows (of ``actor`` / ``subject``), newest first, as JSON."""
+    if limit < 1:
+        raise InputError(f"limit must be at least 1; got {limit}")
+    query = select(audit).order_by(audit.c.id.desc()).limit(limit)
+    if actor is not None:
+        query = query.where(audit.c.actor == actor)
+    if subject is not None:
+        query = query.where(audit.c.subject == subject)
+    with store.read() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [
+        {
+            "id": r["id"],
+            "at": r["at"].isoformat(),
+            "actor": r["actor"],
+            "action": r["action"],
+            "subject": r["subject"],
+            "reason": r["reason"],
+            "details": json.loads(r["details"]),
+        }
+        for r in rows
+    ]

@@ -153,7 +153,8 @@ def routed(alert_id: Any) -> Any:
 
 
 def list_alerts(store: Store, *, status: str | None = None, limit: int = 100) -> list[AlertView]:
-    """Return the newest ``limit`` alerts (optionally only ``pending`` or ``delivered``).
+    """Return the newest ``limit`` alerts (optionally only ``pending``, ``delivered`` or
+    ``failed``: some sink's last attempt failed).
 
     An alert is pending until every sink it was routed to has accepted it; one that no
     dispatcher has seen yet (no delivery rows) is pending too.
@@ -166,6 +167,12 @@ def list_alerts(store: Store, *, status: str | None = None, limit: int = 100) ->
         query = query.where(or_(~routed(alerts.c.id), undelivered(alerts.c.id)))
     elif wanted is AlertStatus.DELIVERED:
         query = query.where(routed(alerts.c.id), ~undelivered(alerts.c.id))
+    elif wanted is AlertStatus.FAILED:
+        query = query.where(
+            exists().where(
+                _d.c.alert_id == alerts.c.id, _d.c.status == DeliveryStatus.FAILING.value
+            )
+        )
     with store.read() as conn:
         rows = conn.execute(query).mappings().all()
         ids = [row["id"] for row in rows]

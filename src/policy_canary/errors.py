@@ -13,9 +13,14 @@
     ├── ConflictError                the request clashes with stored state (active rollout ...)
     ├── StoreError                   the store is reachable but refused the operation
     │   └── StoreUnavailableError    the database cannot be reached or is not a database
+    ├── AuthenticationError          no API token, or one that is unknown, revoked or expired
+    ├── PermissionDeniedError        the token's role or policies do not allow the request
+    ├── TooLargeError                a request body, batch or spec over its limit
+    ├── UnsupportedMediaError        a request body in a content type or encoding we do not read
+    └── RateLimitedError             too much at once (the event buffer is full); retry later
 
 Every error carries an :class:`ErrorCode`; the surfaces (CLI exit codes, later HTTP statuses)
-map codes to outcomes in exactly one place.
+map codes to outcomes in exactly one place (``cli/_output.py``, ``server/_errors.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     STORE_ERROR = "store_error"
     STORE_UNAVAILABLE = "store_unavailable"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    RATE_LIMITED = "rate_limited"
 
 
 class CanaryError(Exception):
@@ -109,6 +119,40 @@ class StoreUnavailableError(StoreError):
     """The database cannot be reached, or the file is not a database."""
 
     code = ErrorCode.STORE_UNAVAILABLE
+
+
+class AuthenticationError(CanaryError):
+    """No API token was given, or it is unknown, revoked or expired."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(CanaryError):
+    """The API token is valid but its role or policy list does not allow the request."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class TooLargeError(InputError):
+    """A request body, an event batch or a spec over its limit; nothing was stored."""
+
+    code = ErrorCode.TOO_LARGE
+
+
+class UnsupportedMediaError(InputError):
+    """A request body in a content type or content encoding that is not accepted."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class RateLimitedError(CanaryError):
+    """Too much at once (e.g. the event buffer is full); retry after ``retry_after`` seconds."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def first_line(error: BaseException) -> str:

@@ -14,6 +14,8 @@ from policy_canary.cli import (
     _plan,
     _policy,
     _rollout,
+    _serve,
+    _token,
 )
 from policy_canary.cli._output import CliState, reporting
 from policy_canary.settings import Settings
@@ -31,9 +33,11 @@ app.add_typer(_alerts.app, name="alerts")
 app.add_typer(_rollout.app, name="rollout")
 app.add_typer(_incident.app, name="incident")
 app.add_typer(_plan.app, name="plan")
+app.add_typer(_token.app, name="token")
 app.command("controller")(_controller.controller)
 app.command("rollback")(_rollout.rollback_command)
 app.command("demo")(_demo.demo)
+app.command("serve")(_serve.serve)
 
 
 def _version(value: bool) -> None:

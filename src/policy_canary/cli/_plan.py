@@ -9,6 +9,7 @@ import typer
 import yaml
 from rich.table import Table
 
+from policy_canary._reports import plan_check_report
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
 from policy_canary.errors import InputError
 from policy_canary.monitors import PreflightRow
@@ -97,27 +98,7 @@ def check(
         rows = plan.preflight(
             requests_per_second=rps, baseline_rates=_rates(baseline_rate), baseline=baseline
         )
-        warnings = [r.warning for r in rows if r.warning]
-        data = {
-            "ok": True,
-            "plan_hash": plan.digest,
-            "plan": plan.to_dict(),
-            "warnings": warnings,
-            "preflight": [
-                {
-                    "stage": r.stage,
-                    "guardrail": r.guardrail,
-                    "expected_candidate_requests": r.expected_candidate_requests,
-                    "wald_floor": r.wald_floor,
-                    "expected_seconds": r.expected_duration.total_seconds()
-                    if r.expected_duration
-                    else None,
-                    "warning": r.warning,
-                    "note": r.note,
-                }
-                for r in rows
-            ],
-        }
+        data = plan_check_report(plan, rows)
 
         def human() -> None:
             console.print(f"{file}: ok")

@@ -8,6 +8,7 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
+from policy_canary._reports import import_report, push_report, set_stable_report, versions_report
 from policy_canary._specfile import load_spec_file
 from policy_canary.canonical import canonical_json
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
@@ -52,12 +53,7 @@ def push(
             if result.became_stable:
                 console.print(f"{v.label} is now stable (first version of {name})")
 
-        data = {
-            "created": result.created,
-            "became_stable": result.became_stable,
-            "version": v.to_dict(),
-        }
-        render(json_output, data, human)
+        render(json_output, push_report(result), human)
 
 
 @app.command("list")
@@ -105,8 +101,7 @@ def versions(
                 table.add_row(v.label, v.short_id, _when(v), v.author, v.message, mark)
             console.print(table)
 
-        data = [{**v.to_dict(), "stable": bool(stable and v.id == stable.id)} for v in all_versions]
-        render(json_output, data, human)
+        render(json_output, versions_report(all_versions, stable), human)
 
 
 @app.command("show")
@@ -202,8 +197,7 @@ def set_stable(
             else:
                 console.print(f"{name}: stable is now {target.label} ({target.short_id})")
 
-        data = {"changed": entry is not None, "entry": entry.to_dict() if entry else None}
-        render(json_output, data, human)
+        render(json_output, set_stable_report(entry), human)
 
 
 @app.command("export")
@@ -236,5 +230,4 @@ def import_(
         def human() -> None:
             console.print(f"{verb} {v.policy}@{v.label} ({v.id}); digest verified")
 
-        data = {"created": result.created, "version": v.to_dict()}
-        render(json_output, data, human)
+        render(json_output, import_report(result), human)

@@ -271,3 +271,32 @@ leases = Table(
     Column("acquired_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
 )
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("name", String(NAME), primary_key=True),
+    Column("role", String(16), nullable=False),
+    # JSON list of policy names the token is limited to; "[]" means every policy.
+    Column("policies", Text, nullable=False),
+    # sha256 of the secret: the secret itself is shown once and never stored.
+    Column("digest", String(DIGEST), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("revoked_by", String(200), nullable=True),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("actor", String(NAME), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("request_hash", String(DIGEST), nullable=False),
+    # NULL while the first request is still being handled.
+    Column("status", Integer, nullable=True),
+    Column("response", Text, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index(None, "created_at"),
+)

@@ -1,0 +1,29 @@
+"""``policy-canary serve``: the HTTP API and OFREP (needs the ``[server]`` extra)."""
+
+from __future__ import annotations
+
+import typer
+
+from policy_canary.cli._output import reporting, state
+from policy_canary.errors import InputError
+
+
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(8600, "--port", min=1, max=65535, help="Port to bind."),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Serve without tokens (only on a loopback address)."
+    ),
+) -> None:
+    """Serve the HTTP API (/api/v1) and OFREP (/ofrep/v1) until interrupted."""
+    with reporting(json_output=False):
+        try:
+            from policy_canary.server import serve as run
+        except ImportError as exc:
+            raise InputError(
+                f"the server needs the [server] extra ({exc.name} is missing): "
+                "pip install 'policy-canary[server]'"
+            ) from None
+        cli = state(ctx)
+        run(db_url=cli.db_url, host=host, port=port, no_auth=no_auth, settings=cli.settings)

@@ -1,0 +1,72 @@
+"""Building the FastAPI app around one :class:`~policy_canary.Canary` (direct mode)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from policy_canary import __version__
+from policy_canary.canary import Canary
+from policy_canary.errors import TooLargeError
+from policy_canary.incidents import Incidents
+from policy_canary.registry import Registry
+from policy_canary.server import _api_events, _api_ops, _api_policies, _api_rollouts, _ofrep
+from policy_canary.server._errors import install, problem
+from policy_canary.server._idempotency import Idempotency
+from policy_canary.server._state import Limits, ServerState
+from policy_canary.tokens import Tokens
+
+OPENAPI_URL = "/api/v1/openapi.json"
+
+
+class _ContentLengthCap:
+    """Refuse any request that declares a body larger than the largest endpoint limit."""
+
+    def __init__(self, app: ASGIApp, *, most: int) -> None:
+        self.app = app
+        self.most = most
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self.most:
+                    error = TooLargeError(
+                        f"the request body is over the server's limit of {self.most:,} bytes"
+                    )
+                    await problem(error)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def create_app(canary: Canary, *, auth: bool = True, limits: Limits | None = None) -> FastAPI:
+    """The HTTP API and OFREP over ``canary`` (its store, clock and gates).
+
+    With ``auth`` every route except ``/api/v1/health`` needs a bearer token; the caller
+    (``policy-canary serve``) decides when running without is allowed.
+    """
+    chosen = limits or Limits()
+    clock = canary.rollouts.clock
+    app = FastAPI(
+        title="policy-canary",
+        version=__version__,
+        summary="Registry, rollouts, incidents and OFREP evaluation for LLM agent policies.",
+        openapi_url=OPENAPI_URL,
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.server = ServerState(
+        canary=canary,
+        registry=Registry(canary.store, clock=clock, max_spec_bytes=chosen.spec_bytes),
+        rollouts=canary.rollouts,
+        incidents=Incidents(canary.store),
+        tokens=Tokens(canary.store, clock=clock),
+        idempotency=Idempotency(canary.store, clock=clock),
+        auth=auth,
+        limits=chosen,
+    )
+    install(app)
+    for module in (_api_policies, _api_rollouts, _api_ops, _api_events, _ofrep):
+        app.include_router(module.router)
+    most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
+    app.add_middleware(_ContentLengthCap, most=most)
+    return app

@@ -1,0 +1,73 @@
+"""Who is asking, and may they: bearer tokens checked against the one role table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from policy_canary._audit import default_actor
+from policy_canary.errors import AuthenticationError
+from policy_canary.server._state import server_state
+from policy_canary.tokens import Permission, TokenInfo
+
+_bearer = HTTPBearer(auto_error=False, description="A token from 'policy-canary token create'.")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: a token, or (with ``--no-auth`` on loopback) the local user."""
+
+    actor: str
+    token: TokenInfo | None
+
+    def authorize(self, permission: Permission, policy: str | None = None) -> None:
+        """Raise :class:`PermissionDeniedError` unless the token allows this."""
+        if self.token is not None:
+            self.token.authorize(permission, policy)
+
+    def authorize_role(self, permission: Permission) -> None:
+        """Raise :class:`PermissionDeniedError` unless the token's role has ``permission``."""
+        if self.token is not None:
+            self.token.authorize_role(permission)
+
+    def allows(self, permission: Permission, policy: str | None = None) -> bool:
+        """True when the token allows this (always, without auth)."""
+        return self.token is None or self.token.allows(permission, policy)
+
+
+def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    state = server_state(request)
+    if not state.auth:
+        return Principal(actor=default_actor(), token=None)
+    header = request.headers.get("authorization")
+    if header is not None and credentials is None:
+        raise AuthenticationError("send the token as 'Authorization: Bearer pc_...'")
+    token = state.tokens.authenticate(credentials.credentials if credentials else None)
+    return Principal(actor=token.name, token=token)
+
+
+def require(
+    permission: Permission, *, policy_param: str | None = None, per_policy: bool = False
+) -> Callable[..., Principal]:
+    """A dependency: authenticate, then check ``permission`` (for the path's policy).
+
+    ``per_policy`` routes check the role here and each policy they touch themselves (a
+    batch of events, a bulk evaluation, feedback by decision id).
+    """
+
+    def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ) -> Principal:
+        principal = _authenticate(request, credentials)
+        if per_policy:
+            principal.authorize_role(permission)
+            return principal
+        policy = request.path_params.get(policy_param) if policy_param else None
+        principal.authorize(permission, policy)
+        return principal
+
+    return dependency

@@ -1,0 +1,82 @@
+"""``policy-canary serve``: refuse unsafe exposure, print the banner, run uvicorn, drain."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+import uvicorn
+
+from policy_canary.canary import Canary
+from policy_canary.errors import InputError
+from policy_canary.server._app import OPENAPI_URL, create_app
+from policy_canary.server._state import Limits
+from policy_canary.settings import Settings
+from policy_canary.store._engine import _safe
+from policy_canary.tokens import Tokens
+
+#: Seconds uvicorn waits for in-flight requests after SIGTERM/SIGINT before closing them.
+GRACEFUL_SECONDS = 10
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(*, host: str, no_auth: bool, usable_tokens: int) -> str:
+    """Refuse to serve unsafely; return the banner's auth line."""
+    if no_auth:
+        if not is_loopback(host):
+            raise InputError(
+                f"--no-auth is only allowed on loopback (127.0.0.1, ::1, localhost), not "
+                f"{host!r}: anyone who can reach the port could push versions and roll back; "
+                "create a token with 'policy-canary token create NAME --role admin' instead"
+            )
+        return "AUTH DISABLED (--no-auth): every request acts as the local user; loopback only"
+    if usable_tokens == 0:
+        raise InputError(
+            "refusing to serve: the store has no usable API token, so nobody could call the "
+            "API; create one with 'policy-canary token create NAME --role admin' (or, for "
+            "local use only, bind to 127.0.0.1 with --no-auth)"
+        )
+    return f"auth: bearer tokens required ({usable_tokens} usable)"
+
+
+def serve(
+    *,
+    db_url: str | None,
+    host: str = "127.0.0.1",
+    port: int = 8600,
+    no_auth: bool = False,
+    settings: Settings | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run the server until SIGINT/SIGTERM; in-flight requests drain, buffered events flush."""
+    chosen = settings or Settings.from_env()
+    canary = Canary.open(db_url)
+    try:
+        auth_line = check_exposure(
+            host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
+        )
+        app = create_app(canary, auth=not no_auth, limits=Limits(spec_bytes=chosen.max_spec_bytes))
+        where = f"[{host}]" if ":" in host else host
+        echo(f"policy-canary serve on http://{where}:{port}  (store: {_safe(canary.store.url)})")
+        echo(auth_line)
+        echo(f"API http://{where}:{port}/api/v1  OpenAPI {OPENAPI_URL}  OFREP /ofrep/v1")
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            timeout_graceful_shutdown=GRACEFUL_SECONDS,
+            server_header=False,
+        )
+        uvicorn.Server(config).run()
+    finally:
+        canary.close()  # after uvicorn drained: writes every buffered event

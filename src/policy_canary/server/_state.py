@@ -1,0 +1,120 @@
+"""What one server holds: the library objects it calls, its limits, and its recent decisions."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from policy_canary.canary import Canary
+from policy_canary.errors import NotFoundError
+from policy_canary.gate import Decision
+from policy_canary.incidents import Incidents
+from policy_canary.registry import Registry
+from policy_canary.rollouts import Rollouts
+from policy_canary.server._idempotency import Idempotency
+from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
+from policy_canary.tokens import Tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Request limits; every endpoint reads its body within one of these."""
+
+    body_bytes: int = 1024 * 1024
+    spec_bytes: int = DEFAULT_MAX_SPEC_BYTES
+    events_body_bytes: int = 16 * 1024 * 1024
+    events_per_batch: int = 10_000
+    ofrep_body_bytes: int = 64 * 1024
+    decisions_kept: int = 100_000
+
+    @property
+    def push_body_bytes(self) -> int:
+        """A spec's body may carry formatting and a message around the canonical spec."""
+        return 4 * self.spec_bytes + 64 * 1024
+
+
+class Decisions:
+    """Decisions the server's OFREP evaluations made, waiting for their events (bounded).
+
+    The oldest are forgotten first once ``capacity`` is reached; recording a forgotten one is
+    refused with a message that says so. The policies of the last ``capacity`` decisions are
+    kept separately so feedback can be authorised after the event was recorded.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._open: OrderedDict[str, Decision] = OrderedDict()
+        self._policy: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, decision: Decision) -> None:
+        """Remember ``decision`` until its event is recorded (or it is evicted)."""
+        with self._lock:
+            did = decision.decision_id
+            self._open[did] = decision
+            self._policy[did] = decision.policy
+            while len(self._open) > self._capacity:
+                self._open.popitem(last=False)
+            while len(self._policy) > self._capacity:
+                self._policy.popitem(last=False)
+
+    def policy_of(self, decision_id: str) -> str | None:
+        """The policy of a decision this server made recently, else None."""
+        with self._lock:
+            return self._policy.get(decision_id)
+
+    def peek(self, decision_ids: Sequence[str]) -> list[Decision]:
+        """The open decisions with these ids; :class:`NotFoundError` names the first unknown."""
+        with self._lock:
+            return [self._get(did, i) for i, did in enumerate(decision_ids)]
+
+    def take(self, decision_ids: Sequence[str]) -> list[Decision]:
+        """Remove and return these open decisions, all or none."""
+        with self._lock:
+            found = [self._get(did, i) for i, did in enumerate(decision_ids)]
+            for did in decision_ids:
+                del self._open[did]
+            return found
+
+    def _get(self, decision_id: str, index: int) -> Decision:
+        decision = self._open.get(decision_id)
+        if decision is None:
+            recorded = decision_id in self._policy
+            why = (
+                "its event was already recorded; record each decision once (send late "
+                "scores to /api/v1/feedback)"
+                if recorded
+                else "this server did not make it, or it was one of more than "
+                f"{self._capacity:,} unrecorded decisions and was forgotten"
+            )
+            raise NotFoundError(f"events[{index}]: decision {decision_id!r} is not open: {why}")
+        return decision
+
+
+@dataclass
+class ServerState:
+    """The library objects behind every endpoint."""
+
+    canary: Canary
+    registry: Registry
+    rollouts: Rollouts
+    incidents: Incidents
+    tokens: Tokens
+    idempotency: Idempotency
+    auth: bool
+    limits: Limits
+    decisions: Decisions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decisions = Decisions(self.limits.decisions_kept)
+
+
+def server_state(request: Request) -> ServerState:
+    """The :class:`ServerState` of the app serving ``request``."""
+    found = request.app.state.server
+    assert isinstance(found, ServerState), "create_app() sets app.state.server"
+    return found

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from policy_canary import __version__
@@ -38,13 +42,28 @@ class _ContentLengthCap:
         await self.app(scope, receive, send)
 
 
-def create_app(canary: Canary, *, auth: bool = True, limits: Limits | None = None) -> FastAPI:
+def create_app(
+    canary: Canary,
+    *,
+    auth: bool = True,
+    limits: Limits | None = None,
+    close_canary: bool = False,
+) -> FastAPI:
     """The HTTP API and OFREP over ``canary`` (its store, clock and gates).
 
     With ``auth`` every route except ``/api/v1/health`` needs a bearer token; the caller
-    (``policy-canary serve``) decides when running without is allowed.
+    (``policy-canary serve``) decides when running without is allowed. With
+    ``close_canary`` the app's shutdown (after in-flight requests drained) closes the
+    canary, which writes every buffered event.
     """
     chosen = limits or Limits()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_canary:
+            await run_in_threadpool(canary.close)
+
     clock = canary.rollouts.clock
     app = FastAPI(
         title="policy-canary",
@@ -53,6 +72,7 @@ def create_app(canary: Canary, *, auth: bool = True, limits: Limits | None = Non
         openapi_url=OPENAPI_URL,
         docs_url="/api/v1/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.server = ServerState(
         canary=canary,

@@ -57,14 +57,20 @@ def serve(
     settings: Settings | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """Run the server until SIGINT/SIGTERM; in-flight requests drain, buffered events flush."""
+    """Run the server until SIGINT/SIGTERM; in-flight requests drain, buffered events flush.
+
+    uvicorn re-raises the signal once it has shut down (so a supervisor sees how the process
+    ended), which is why the canary is closed by the app's shutdown rather than after
+    ``run()`` returns; the ``finally`` covers start-up failures.
+    """
     chosen = settings or Settings.from_env()
     canary = Canary.open(db_url)
     try:
         auth_line = check_exposure(
             host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
         )
-        app = create_app(canary, auth=not no_auth, limits=Limits(spec_bytes=chosen.max_spec_bytes))
+        limits = Limits(spec_bytes=chosen.max_spec_bytes)
+        app = create_app(canary, auth=not no_auth, limits=limits, close_canary=True)
         where = f"[{host}]" if ":" in host else host
         echo(f"policy-canary serve on http://{where}:{port}  (store: {_safe(canary.store.url)})")
         echo(auth_line)
@@ -79,4 +85,4 @@ def serve(
         )
         uvicorn.Server(config).run()
     finally:
-        canary.close()  # after uvicorn drained: writes every buffered event
+        canary.close()  # idempotent: already closed by the app's shutdown

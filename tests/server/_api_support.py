@@ -52,8 +52,10 @@ class Api:
         return created.secret
 
 
-def make_api(store: Store, clock: ManualClock, *, limits: Limits | None = None) -> Iterator[Api]:
-    canary = Canary(store, clock=clock, background=False)
+def make_api(
+    store: Store, clock: ManualClock, *, limits: Limits | None = None, buffer_size: int = 100_000
+) -> Iterator[Api]:
+    canary = Canary(store, clock=clock, background=False, buffer_size=buffer_size)
     app = create_app(canary, auth=True, limits=limits)
     with TestClient(app, raise_server_exceptions=False) as client:
         api = Api(client, canary, store, clock)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from _api_support import Api, push
+from _api_support import Api, make_api, push
 from sqlalchemy import func, select
 
+from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError
 from policy_canary.gate import Decision
+from policy_canary.store import Store
 from policy_canary.store._schema import events, feedback
 
 NAME = "support-agent"
@@ -121,3 +123,19 @@ def test_feedback_attaches_a_late_score(api: Api) -> None:
     api.canary.flush()
     with api.store.read() as conn:
         assert conn.execute(select(func.count()).select_from(feedback)).scalar_one() == 1
+
+
+def test_a_full_event_buffer_is_429_with_retry_after_and_records_nothing(
+    store: Store, clock: ManualClock
+) -> None:
+    for api in make_api(store, clock, buffer_size=2):
+        push(api)
+        ids = [_decide(api, f"u{i}") for i in range(3)]
+        response = api.post("/api/v1/events", {"events": [{"decision_id": d} for d in ids]},
+                            "agent")  # fmt: skip
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["code"] == "rate_limited"
+        assert _stored(api) == []
+        assert api.post("/api/v1/events", {"events": [{"decision_id": ids[0]}]},
+                        "agent").status_code == 200  # fmt: skip

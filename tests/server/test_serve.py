@@ -62,7 +62,7 @@ def _free_port() -> int:
 def _start(db_url: str, *args: str) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [*CLI, "--db", db_url, "serve", "--port", str(port), *args],
+        [*CLI, "serve", "--db", db_url, "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -12,6 +12,12 @@ def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
     port: int = typer.Option(8600, "--port", min=1, max=65535, help="Port to bind."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Database URL or SQLite path (overrides the global --db).",
+        show_default=False,
+    ),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve without tokens (only on a loopback address)."
     ),
@@ -26,4 +32,4 @@ def serve(
                 "pip install 'policy-canary[server]'"
             ) from None
         cli = state(ctx)
-        run(db_url=cli.db_url, host=host, port=port, no_auth=no_auth, settings=cli.settings)
+        run(db_url=db or cli.db_url, host=host, port=port, no_auth=no_auth, settings=cli.settings)

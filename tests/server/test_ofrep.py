@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _api_support import SPEC_V1, SPEC_V2, Api, push
+from _api_support import SPEC_V1, SPEC_V2, Api, make_api, push
 
 from _serving import start_rollout, update_rollout
+from policy_canary.clock import ManualClock
+from policy_canary.server import Limits
+from policy_canary.store import Store
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "splitter.json"
 NAME = "support-agent"
@@ -149,3 +152,19 @@ def test_bulk_evaluates_the_tokens_flags_and_honours_if_none_match(api: Api) -> 
     bad = api.post(url, {"context": []}, "agent")
     assert bad.status_code == 400
     assert bad.json()["errorCode"] == "INVALID_CONTEXT"
+
+
+def test_over_the_rate_limit_is_429_with_retry_after(store: Store, clock: ManualClock) -> None:
+    """Given 2 requests/s per token, the third request within a second is refused with
+    Retry-After; another token is unaffected; the allowance refills with time."""
+    for api in make_api(store, clock, limits=Limits(rate_per_second=2)):
+        push(api)
+        assert _evaluate(api, "u")["key"] == NAME
+        assert _evaluate(api, "u")["key"] == NAME
+        refused = api.post(FLAG, {"context": {"targetingKey": "u"}}, "agent")
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["code"] == "rate_limited"
+        assert _evaluate(api, "u", who="operator")["key"] == NAME
+        clock.advance(0.5)
+        assert _evaluate(api, "u")["key"] == NAME

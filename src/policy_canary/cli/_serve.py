@@ -18,6 +18,12 @@ def serve(
         help="Database URL or SQLite path (overrides the global --db).",
         show_default=False,
     ),
+    rate_limit: float | None = typer.Option(
+        None,
+        "--rate-limit",
+        min=0.001,
+        help="Requests per second per token; more get 429 with Retry-After (default: none).",
+    ),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve without tokens (only on a loopback address)."
     ),
@@ -32,4 +38,11 @@ def serve(
                 "pip install 'policy-canary[server]'"
             ) from None
         cli = state(ctx)
-        run(db_url=db or cli.db_url, host=host, port=port, no_auth=no_auth, settings=cli.settings)
+        run(
+            db_url=db or cli.db_url,
+            host=host,
+            port=port,
+            no_auth=no_auth,
+            rate_limit=rate_limit,
+            settings=cli.settings,
+        )

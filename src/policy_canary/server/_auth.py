@@ -63,6 +63,9 @@ def require(
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ) -> Principal:
         principal = _authenticate(request, credentials)
+        limiter = server_state(request).rate_limiter
+        if limiter is not None:
+            limiter.take(principal.actor)
         if per_policy:
             principal.authorize_role(permission)
             return principal

@@ -54,6 +54,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8600,
     no_auth: bool = False,
+    rate_limit: float | None = None,
     settings: Settings | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
@@ -69,7 +70,7 @@ def serve(
         auth_line = check_exposure(
             host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
         )
-        limits = Limits(spec_bytes=chosen.max_spec_bytes)
+        limits = Limits(spec_bytes=chosen.max_spec_bytes, rate_per_second=rate_limit)
         app = create_app(canary, auth=not no_auth, limits=limits, close_canary=True)
         where = f"[{host}]" if ":" in host else host
         echo(f"policy-canary serve on http://{where}:{port}  (store: {_safe(canary.store.url)})")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from fastapi import Request
 
 from policy_canary.canary import Canary
-from policy_canary.errors import NotFoundError
+from policy_canary.clock import Clock
+from policy_canary.errors import InputError, NotFoundError, RateLimitedError
 from policy_canary.gate import Decision
 from policy_canary.incidents import Incidents
 from policy_canary.registry import Registry
@@ -30,6 +33,8 @@ class Limits:
     events_per_batch: int = 10_000
     ofrep_body_bytes: int = 64 * 1024
     decisions_kept: int = 100_000
+    #: Requests per second each token (or, without auth, the server) may make; None: no limit.
+    rate_per_second: float | None = None
 
     @property
     def push_body_bytes(self) -> int:
@@ -95,6 +100,39 @@ class Decisions:
         return decision
 
 
+class RateLimiter:
+    """A token bucket per caller: ``rate`` requests per second, bursts of up to one second's.
+
+    Refusals raise :class:`RateLimitedError` carrying the whole seconds until one request
+    is allowed again (the ``Retry-After`` header).
+    """
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        if rate <= 0:
+            raise InputError(f"the rate limit must be a positive number per second; got {rate}")
+        self._rate = rate
+        self._burst = max(rate, 1.0)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, datetime]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, caller: str) -> None:
+        """Spend one request of ``caller``'s allowance, or refuse."""
+        now = self._clock.now()
+        with self._lock:
+            level, at = self._buckets.get(caller, (self._burst, now))
+            level = min(self._burst, level + (now - at).total_seconds() * self._rate)
+            if level < 1.0:
+                self._buckets[caller] = (level, now)
+                wait = math.ceil((1.0 - level) / self._rate)
+                raise RateLimitedError(
+                    f"{caller!r} is over its limit of {self._rate:g} requests per second; "
+                    f"retry in {wait} s",
+                    retry_after=wait,
+                )
+            self._buckets[caller] = (level - 1.0, now)
+
+
 @dataclass
 class ServerState:
     """The library objects behind every endpoint."""
@@ -108,9 +146,12 @@ class ServerState:
     auth: bool
     limits: Limits
     decisions: Decisions = field(init=False)
+    rate_limiter: RateLimiter | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.decisions = Decisions(self.limits.decisions_kept)
+        rate = self.limits.rate_per_second
+        self.rate_limiter = RateLimiter(rate, self.tokens.clock) if rate is not None else None
 
 
 def server_state(request: Request) -> ServerState:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from _live import start, stop
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -24,7 +21,6 @@ from policy_canary.store._schema import events, feedback
 from policy_canary.tokens import Tokens
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
-CLI = [str(Path(sys.executable).parent / "policy-canary")]
 
 
 def test_no_auth_is_only_for_loopback_and_tokens_are_otherwise_required() -> None:
@@ -52,52 +48,12 @@ def test_the_cli_refuses_to_serve_without_a_token(sqlite_url: str) -> None:
     assert "only allowed on loopback" in exposed.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start(db_url: str, *args: str) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--db", db_url, "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)  # bounded polling for a real process to bind its port
-    proc.kill()
-    out = proc.communicate()[0]
-    raise AssertionError(f"the server did not come up:\n{out}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=20)[0]
-    # uvicorn drains, runs the app's shutdown, then re-raises the signal it caught.
-    assert proc.returncode in (0, -signal.SIGTERM), out
-    assert "Application shutdown complete" in out
-    return out
-
-
 def test_no_auth_on_loopback_says_so_and_serves(sqlite_url: str) -> None:
-    proc, base = _start(sqlite_url, "--no-auth")
+    proc, base = start(sqlite_url, "--no-auth")
     try:
         assert httpx.get(f"{base}/api/v1/policies").json() == []
     finally:
-        out = _stop(proc)
+        out = stop(proc)
     assert "AUTH DISABLED (--no-auth)" in out
 
 
@@ -117,7 +73,7 @@ def test_the_docs_curl_examples_run_against_a_live_server(db_url: str, tmp_path:
         "OPS": tokens.create("ops", role="operator").secret,
         "AGENT": tokens.create("agent", role="agent").secret,
     }
-    proc, base = _start(db_url)
+    proc, base = start(db_url)
     env["PC"] = base
     try:
         blocks = _sh_blocks()
@@ -129,7 +85,7 @@ def test_the_docs_curl_examples_run_against_a_live_server(db_url: str, tmp_path:
             )  # fmt: skip
             assert done.returncode == 0, f"{block}\n--- stdout\n{done.stdout}\n{done.stderr}"
     finally:
-        out = _stop(proc)
+        out = stop(proc)
     assert "auth: bearer tokens required (3 usable)" in out
     with store.read() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 1

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import pytest
 from _api_support import SPEC_V1, SPEC_V2, Api, push
+
+from policy_canary.clock import ManualClock
+from policy_canary.errors import ConflictError
+from policy_canary.server._idempotency import Idempotency
+from policy_canary.store import Store
+from policy_canary.store._schema import idempotency_keys
 
 NAME = "support-agent"
 PUSH = f"/api/v1/policies/{NAME}/versions"
@@ -74,3 +84,49 @@ def test_a_malformed_key_is_refused(api: Api) -> None:
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["detail"]
     assert api.get(PUSH, "viewer").status_code == 404  # nothing was registered
+
+
+def test_a_concurrent_retry_is_refused_while_the_first_is_acting(
+    store: Store, clock: ManualClock
+) -> None:
+    """Given a first request still acting, when its retry arrives, then the retry is refused
+    (409) instead of acting too; once the first finishes, a retry gets its response."""
+    keys = Idempotency(store, clock=clock)
+    acting, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def act() -> tuple[int, Any]:
+        calls.append(1)
+        acting.set()
+        assert release.wait(10)
+        return 201, {"done": True}
+
+    results: list[Any] = []
+    first = threading.Thread(
+        target=lambda: results.append(keys.run(actor="a", key="k", fingerprint="f", act=act))
+    )
+    first.start()
+    assert acting.wait(10)
+    with pytest.raises(ConflictError, match="being handled"):
+        keys.run(actor="a", key="k", fingerprint="f", act=act)
+    release.set()
+    first.join(10)
+    assert results == [((201, {"done": True}), False)]
+    assert keys.run(actor="a", key="k", fingerprint="f", act=act) == ((201, {"done": True}), True)
+    assert len(calls) == 1
+
+
+def test_a_key_left_pending_by_a_crash_is_never_reused(store: Store, clock: ManualClock) -> None:
+    """A process killed between acting and storing the response leaves its key pending; the
+    server cannot know whether it acted, so a retry is refused rather than acting again."""
+    with store.begin() as conn:  # what a SIGKILLed server leaves behind
+        conn.execute(
+            idempotency_keys.insert().values(
+                actor="a", key="k", request_hash="f", created_at=clock.now()
+            )
+        )
+    keys = Idempotency(store, clock=clock)
+    calls: list[int] = []
+    with pytest.raises(ConflictError, match="stopped while handling it"):
+        keys.run(actor="a", key="k", fingerprint="f", act=lambda: (calls.append(1), (200, 1))[1])
+    assert calls == []

@@ -30,7 +30,8 @@ def checked_retention(retention: object) -> timedelta:
     """
     if not isinstance(retention, timedelta):
         raise InputError(
-            f"retention must be a timedelta, e.g. timedelta(days=30); got {type(retention).__name__}"
+            "retention must be a timedelta, e.g. timedelta(days=30); got "
+            f"{type(retention).__name__}"
         )
     if retention <= timedelta(0):
         raise InputError(

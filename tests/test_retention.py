@@ -68,8 +68,6 @@ def test_prune_with_an_explicit_window_deletes_only_older_rows(
 
 
 @pytest.mark.parametrize("retention", [timedelta(days=-1), timedelta(0)])
-def test_a_canary_refuses_a_non_positive_default_window(
-    store: Store, retention: timedelta
-) -> None:
+def test_a_canary_refuses_a_non_positive_default_window(store: Store, retention: timedelta) -> None:
     with pytest.raises(InputError, match="positive timedelta"):
         Canary(store, background=False, retention=retention)

@@ -327,6 +327,9 @@ class Canary:
     ) -> None:
         """Attach a late score (an LLM judge, a user's thumbs) to an earlier decision.
 
+        Safe to retry: a decision keeps one value per metric, the first (its own recorded
+        value, else the first feedback); repeats are ignored and counted in
+        :attr:`IngestStats.feedback_duplicates`, in this process or any later one.
         The decision may be from this process (even if not yet written) or from any process
         whose events reached the store, including before a restart. Raises
         :class:`NotFoundError` for an unknown decision and :class:`InvalidMetricError` for a

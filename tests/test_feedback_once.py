@@ -9,10 +9,13 @@ healthy candidate is not rolled back by a single request's repeated bad score.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from _serving import POLICY, seed_policy
@@ -20,6 +23,7 @@ from policy_canary._feedback import first_observations
 from policy_canary.canary import Canary
 from policy_canary.clock import ManualClock
 from policy_canary.plan import RolloutPlan
+from policy_canary.registry import Registry
 from policy_canary.rollouts import Rollouts
 from policy_canary.splitter import Arm
 from policy_canary.store import Store
@@ -177,3 +181,60 @@ def test_first_observations_counts_each_metric_once_in_store_order() -> None:
         None,
         None,
     ]
+
+
+deliveries = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # which decision
+        st.sampled_from(["quality", "metrics.a", "metrics.b"]),
+        st.floats(0.0, 1.0),
+        st.sampled_from(["send", "send", "flush", "restart"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=deliveries)
+def test_whatever_the_deliveries_the_store_keeps_the_first_value_per_metric(
+    store: Store, clock: ManualClock, plan: list[tuple[int, str, float, str]]
+) -> None:
+    if not _seeded(store):
+        seed_policy(store, clock)
+    canary = Canary(store, clock=clock, background=False)
+    gate = canary.gate(POLICY)
+    ids = []
+    for i in range(4):
+        d = gate.route(f"u{i}")
+        d.record(latency_ms=1.0)
+        ids.append(d.decision_id)
+    first: dict[tuple[str, str], float] = {}
+    for which, metric, value, then in plan:
+        decision_id = ids[which]
+        if metric == "quality":
+            canary.feedback(decision_id, quality=value)
+        else:
+            canary.feedback(decision_id, metrics={metric.removeprefix("metrics."): value})
+        first.setdefault((decision_id, metric), value)
+        if then == "flush":
+            canary.flush()
+        elif then == "restart":
+            canary.close()
+            canary = Canary(store, clock=clock, background=False)
+    canary.close()
+    kept: dict[tuple[str, str], float] = {}
+    for decision_id in ids:
+        for metric, quality, metrics in _feedback_rows(store, decision_id):
+            assert metric is not None
+            assert (decision_id, metric) not in kept
+            name = metric.removeprefix("metrics.")
+            kept[decision_id, metric] = (
+                quality if metric == "quality" else json.loads(metrics)[name]
+            )
+    assert kept == first
+
+
+def _seeded(store: Store) -> bool:
+    return bool(Registry(store).policies())

@@ -56,7 +56,7 @@ class SqliteFile:
             raise
         try:
             found = _read_identity(conn)
-            if self.identity is None:
+            if not self.identity:  # first connection, or a database that had none yet
                 self.identity = found or _claim_identity(conn)
             elif found != self.identity:
                 raise sqlite3.OperationalError(

@@ -355,6 +355,10 @@ def test_bad_options_are_refused(store: Store, options: dict[str, Any]) -> None:
 
 
 def test_an_unmigrated_database_is_a_clear_store_error(db_url: str) -> None:
+    import sqlite3
+
+    if db_url.startswith("sqlite:///"):  # an existing but empty database file
+        sqlite3.connect(db_url.removeprefix("sqlite:///")).close()
     canary = Canary.open(db_url, migrate=False, background=False)
     # SQLite reports the missing table as an operational error, PostgreSQL as a programming
     # error: either way the caller gets one StoreError naming the problem.

@@ -95,8 +95,12 @@ def test_routing_epoch_counts_changes(store: Store) -> None:
 
 
 def test_a_database_without_the_schema_says_to_migrate(db_url: str) -> None:
+    import sqlite3
+
     from policy_canary.errors import StoreError
 
+    if db_url.startswith("sqlite:///"):  # an existing but empty database file
+        sqlite3.connect(db_url.removeprefix("sqlite:///")).close()
     bare = Store.open(db_url, migrate=False)
     with pytest.raises(StoreError, match="policy-canary db upgrade"):
         Registry(bare).policies()

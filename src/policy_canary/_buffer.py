@@ -13,7 +13,8 @@ A batch that fails to commit stays *in flight* and is retried first, so an ackno
 is never lost while the store is down (design invariant 8); new events keep queueing until the
 buffer is full, and every event dropped because it was full is counted. Rows the store refuses
 on their own (it should not happen: values are validated at the call) are dropped one by one
-and counted, so one bad row cannot wedge the flusher.
+and counted, so one bad row cannot wedge the flusher. Feedback keeps the first value per
+decision and metric (``_feedback.py``); repeats are counted, not stored.
 """
 
 from __future__ import annotations
@@ -27,20 +28,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, exc, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, exc
 
 from policy_canary.errors import CanaryError, InputError, StoreUnavailableError
 from policy_canary.store import Store
-from policy_canary.store._schema import events, feedback
 
 from ._events import AT_INDEX, EVENT_COLUMNS
+from ._feedback import FeedbackRow, FeedbackWrite, insert_feedback
 
 EventRow = tuple[Any, ...]
-#: (decision_id, at, quality, metrics JSON, verified): ``verified`` is False when the
-#: decision could not be looked up at the call (store down) and must be checked at flush.
-FeedbackRow = tuple[str, datetime, float | None, str, bool, str]
 
 _COLUMNS = ", ".join(EVENT_COLUMNS)
 _SQLITE_INSERT = (
@@ -64,6 +60,9 @@ class IngestStats:
 
     ``dropped`` is everything that was accepted by ``record()``/``feedback()`` and will never
     be stored: events and feedback that found the buffer full, plus rows the store refused.
+    ``feedback_duplicates`` counts feedback values not stored because their decision already
+    had a value for that metric (the first wins; see ``docs/operations.md``): they are
+    deliberately ignored, not lost, so they are not part of ``dropped``.
     """
 
     written: int
@@ -74,6 +73,7 @@ class IngestStats:
     feedback_buffered: int
     feedback_dropped_full: int
     feedback_rejected: int
+    feedback_duplicates: int
     flush_errors: int
     last_flush_at: datetime | None
     last_error: str | None
@@ -135,6 +135,7 @@ class EventBuffer:
         self._fb_written = 0
         self._fb_dropped_full = 0
         self._fb_rejected = 0
+        self._fb_duplicates = 0
         self._flush_errors = 0
         self._last_flush_at: datetime | None = None
         self._last_error: str | None = None
@@ -232,15 +233,16 @@ class EventBuffer:
     def _write_inflight(self) -> bool:
         rows, fb_rows = self._inflight, self._inflight_feedback
         try:
-            rejected, rejected_fb = self._write_batch(rows, fb_rows)
+            rejected, fb = self._write_batch(rows, fb_rows)
         except Exception as error:  # store trouble must never reach the agent
             self._failed(error)
             return False
         with self._count_lock:
             self._written += len(rows) - rejected
             self._rejected += rejected
-            self._fb_written += len(fb_rows) - rejected_fb
-            self._fb_rejected += rejected_fb
+            self._fb_written += len(fb_rows) - fb.refused
+            self._fb_rejected += fb.refused
+            self._fb_duplicates += fb.duplicates
             self._last_flush_at = self._now()
             self._last_error = None
         self._inflight, self._inflight_feedback = [], []
@@ -248,8 +250,8 @@ class EventBuffer:
 
     def _write_batch(
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow]
-    ) -> tuple[int, int]:
-        """Commit one batch; return (events refused, feedback rows refused).
+    ) -> tuple[int, FeedbackWrite]:
+        """Commit one batch; return (events refused, what became of the feedback).
 
         Raises only when the store is unreachable or locked (the batch is then retried).
         """
@@ -276,8 +278,8 @@ class EventBuffer:
 
     def _write(
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow], *, fast: bool
-    ) -> int:
-        """Write one batch in one transaction; return how many feedback rows were refused."""
+    ) -> FeedbackWrite:
+        """Write one batch in one transaction; return what became of its feedback."""
         with self._store.begin() as conn:
             if not self._sqlite:
                 # Monitors read events (and feedback) past an id cursor. PostgreSQL hands out
@@ -290,7 +292,7 @@ class EventBuffer:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVENT_WRITER_LOCK})")
             if rows:
                 self._insert_events(conn, rows, fast=fast)
-            return _insert_feedback(conn, fb_rows) if fb_rows else 0
+            return insert_feedback(conn, fb_rows) if fb_rows else FeedbackWrite()
 
     def _insert_events(self, conn: Connection, rows: Sequence[EventRow], *, fast: bool) -> None:
         if self._sqlite:
@@ -311,8 +313,8 @@ class EventBuffer:
 
     def _write_one_by_one(
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow]
-    ) -> tuple[int, int]:
-        rejected = rejected_fb = 0
+    ) -> tuple[int, FeedbackWrite]:
+        rejected = rejected_fb = duplicates = 0
         for row in rows:
             try:
                 self._write([row], [], fast=False)
@@ -322,12 +324,15 @@ class EventBuffer:
                 rejected += 1
         for fb in fb_rows:
             try:
-                rejected_fb += self._write([], [fb], fast=False)
+                outcome = self._write([], [fb], fast=False)
             except Exception as error:
                 if _transient(error):
                     raise
                 rejected_fb += 1
-        return rejected, rejected_fb
+            else:
+                rejected_fb += outcome.refused
+                duplicates += outcome.duplicates
+        return rejected, FeedbackWrite(refused=rejected_fb, duplicates=duplicates)
 
     def stats(self) -> IngestStats:
         """Return the pipeline's counters (a consistent snapshot)."""
@@ -341,6 +346,7 @@ class EventBuffer:
                 feedback_buffered=len(self._feedback) + len(self._inflight_feedback),
                 feedback_dropped_full=self._fb_dropped_full,
                 feedback_rejected=self._fb_rejected,
+                feedback_duplicates=self._fb_duplicates,
                 flush_errors=self._flush_errors,
                 last_flush_at=self._last_flush_at,
                 last_error=self._last_error,
@@ -364,38 +370,3 @@ def _take(queue: deque[Any], limit: int) -> list[Any]:
     count = min(limit, len(queue))
     popleft = queue.popleft
     return [popleft() for _ in range(count)]
-
-
-def _insert_feedback(conn: Connection, rows: Sequence[FeedbackRow]) -> int:
-    """Insert feedback rows whose decision exists; return how many were refused as unknown.
-
-    Rows verified at the call go straight in. The others (accepted while the store was
-    unreachable) are checked against ``events`` now, after this batch's events went in.
-    """
-    unverified = {row[0] for row in rows if not row[4]}
-    known: set[str] = set()
-    if unverified:
-        known = set(
-            conn.execute(
-                select(events.c.decision_id).where(events.c.decision_id.in_(unverified))
-            ).scalars()
-        )
-    keep = [row for row in rows if row[4] or row[0] in known]
-    if keep:
-        insert = (
-            sqlite_insert(feedback) if conn.dialect.name == "sqlite" else pg_insert(feedback)
-        ).on_conflict_do_nothing(index_elements=["key"])
-        conn.execute(
-            insert,
-            [
-                {
-                    "decision_id": row[0],
-                    "at": row[1],
-                    "quality": row[2],
-                    "metrics": row[3],
-                    "key": row[5],
-                }
-                for row in keep
-            ],
-        )
-    return len(rows) - len(keep)

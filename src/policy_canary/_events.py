@@ -3,7 +3,10 @@
 Everything here runs on the agent's thread inside ``record()``, so it is written for speed:
 one chained comparison per number (``0.0 <= x < inf`` is also false for NaN) and JSON
 encoding only when there is something to encode. A bad value raises
-:class:`InvalidMetricError` before anything is buffered (design invariant 9).
+:class:`InvalidMetricError` before anything is buffered (design invariant 9), and whatever
+passes is storable on both backends: sizes are bounded (``MAX_*`` below) and text holds no
+NUL and no lone surrogate (``text_problem``), so the flusher never refuses a row for its
+content.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ MAX_MODEL = 200
 MAX_METRIC_NAME = 64
 #: Most custom metrics on one event; more is a logging mistake, not a metric set.
 MAX_METRICS = 64
+#: Longest safety flag name; a flag names a category (``pii_leak``), not the offending text.
+MAX_FLAG_NAME = 64
+#: Most safety flags on one event, as names or as a bare count.
+MAX_FLAGS = 64
 
 #: Largest magnitude of any recorded number (latency in ms, cost, custom metrics): far beyond
 #: any real value, and small enough that the monitors' sums of squares stay finite.
@@ -68,6 +75,32 @@ Outcome = tuple[
     str | None,
     str,
 ]
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored the same way on both backends, or None if it can.
+
+    PostgreSQL refuses NUL in text and neither driver can encode a lone surrogate, so such
+    values would be accepted by ``record()`` and refused at flush time; refuse them here.
+    """
+    if "\x00" in text:
+        return "it contains a NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "it contains a lone surrogate (not valid Unicode; decode the bytes properly)"
+    return None
+
+
+def _model(value: object) -> str:
+    """A model name: 1..MAX_MODEL characters of storable text."""
+    if type(value) is not str or not 0 < len(value) <= MAX_MODEL:
+        raise InvalidMetricError(f"model must be a name of 1..{MAX_MODEL} characters")
+    problem = text_problem(value)
+    if problem:
+        raise InvalidMetricError(f"model {value[:40]!r} is not allowed: {problem}")
+    return value
 
 
 def _amount(name: str, value: object) -> float:
@@ -118,8 +151,13 @@ def metrics_json(metrics: Mapping[str, Any] | None) -> str:
     for key, value in metrics.items():
         if not isinstance(key, str) or not 0 < len(key) <= MAX_METRIC_NAME:
             raise InvalidMetricError(
-                f"metric name {key!r} is not allowed; use a string of 1..{MAX_METRIC_NAME} chars"
+                f"metric name {_short(key)} is not allowed; use a string of "
+                f"1..{MAX_METRIC_NAME} chars"
             )
+        if not key.isascii() or "\x00" in key:
+            problem = text_problem(key)
+            if problem:
+                raise InvalidMetricError(f"metric name {key!r} is not allowed: {problem}")
         kind = type(value)
         if kind is bool:
             continue
@@ -139,17 +177,31 @@ def metrics_json(metrics: Mapping[str, Any] | None) -> str:
 def _flags(value: Sequence[str] | int) -> tuple[str, int]:
     """Safety flags as (JSON list of names, count); a bare count is accepted too."""
     if type(value) is int:
-        if value < 0:
-            raise InvalidMetricError(f"safety_flags={value} is not allowed; a count must be >= 0")
+        if not 0 <= value <= MAX_FLAGS:
+            raise InvalidMetricError(
+                f"safety_flags={_short(value)} is not allowed; a count must be in 0..{MAX_FLAGS}"
+            )
         return _NO_FLAGS, value
     if isinstance(value, str) or not isinstance(value, Sequence | frozenset | set):
         raise InvalidMetricError(
             f"safety_flags must be a list of flag names (or a count), got {type(value).__name__}"
         )
+    if len(value) > MAX_FLAGS:
+        raise InvalidMetricError(
+            f"{len(value)} safety flags on one event; at most {MAX_FLAGS} (name the categories "
+            "that fired, not each finding)"
+        )
+    for name in value:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_FLAG_NAME:
+            raise InvalidMetricError(
+                f"safety flag {_short(name)} is not allowed; use a name of "
+                f"1..{MAX_FLAG_NAME} characters, e.g. 'pii_leak'"
+            )
+        if not name.isascii() or "\x00" in name:
+            problem = text_problem(name)
+            if problem:
+                raise InvalidMetricError(f"safety flag {name!r} is not allowed: {problem}")
     names = sorted(value) if isinstance(value, frozenset | set) else list(value)
-    for name in names:
-        if not isinstance(name, str) or not name:
-            raise InvalidMetricError(f"safety flag {name!r} is not allowed; use a non-empty name")
     if not names:
         return _NO_FLAGS, 0
     return json.dumps(names, separators=(",", ":"), ensure_ascii=False), len(names)
@@ -194,8 +246,13 @@ def outcome(
         type(output_tokens) is int and 0 <= output_tokens <= MAX_MAGNITUDE
     ):
         output_tokens = _count("output_tokens", output_tokens)
-    if model is not None and (type(model) is not str or not 0 < len(model) <= MAX_MODEL):
-        raise InvalidMetricError(f"model must be a name of 1..{MAX_MODEL} characters")
+    if model is not None and (
+        type(model) is not str
+        or not 0 < len(model) <= MAX_MODEL
+        or not model.isascii()
+        or "\x00" in model
+    ):
+        model = _model(model)
     return (
         latency_ms,
         error,
@@ -208,3 +265,9 @@ def outcome(
         model,
         metrics_json(metrics) if metrics else _NO_METRICS,
     )
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to a readable length: error messages must not echo a megabyte."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

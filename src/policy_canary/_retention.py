@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
 from policy_canary._routing import SERVING_STATES
+from policy_canary.errors import InputError
 from policy_canary.store import Store
 from policy_canary.store._schema import events, feedback, policies, rollouts
 
@@ -19,6 +20,25 @@ class PruneResult:
     cutoff: datetime
     events: int
     feedback: int
+
+
+def checked_retention(retention: object) -> timedelta:
+    """``retention`` if it is a positive timedelta; anything else is refused, not reinterpreted.
+
+    A negative window would put the cutoff in the future (deleting everything) and a zero one
+    would delete every row as it lands, so neither is read as "the default".
+    """
+    if not isinstance(retention, timedelta):
+        raise InputError(
+            "retention must be a timedelta, e.g. timedelta(days=30); got "
+            f"{type(retention).__name__}"
+        )
+    if retention <= timedelta(0):
+        raise InputError(
+            f"retention={retention!r} is not allowed: it must be a positive timedelta (rows "
+            "older than it are deleted), e.g. timedelta(days=30); pass None to keep everything"
+        )
+    return retention
 
 
 def prune_rows(store: Store, cutoff: datetime) -> PruneResult:

@@ -41,7 +41,7 @@ from sqlalchemy import exc, select
 from policy_canary._buffer import EventBuffer, IngestStats
 from policy_canary._events import metrics_json, quality_value
 from policy_canary._refresher import Refresher
-from policy_canary._retention import PruneResult, prune_rows
+from policy_canary._retention import PruneResult, checked_retention, prune_rows
 from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller import Controller, TickReport
@@ -112,8 +112,8 @@ class Canary:
     ) -> None:
         if refresh_interval <= 0 or flush_interval <= 0 or prune_interval <= 0:
             raise InputError("refresh_interval, flush_interval and prune_interval must be > 0")
-        if retention is not None and retention <= timedelta(0):
-            raise InputError("retention must be a positive timedelta, or None to keep all")
+        if retention is not None:
+            checked_retention(retention)
         self._store = store
         self._clock: Clock = clock or SystemClock()
         # Every record() stamps its event; for the wall clock, calling datetime.now directly
@@ -327,6 +327,9 @@ class Canary:
     ) -> None:
         """Attach a late score (an LLM judge, a user's thumbs) to an earlier decision.
 
+        Safe to retry: a decision keeps one value per metric, the first (its own recorded
+        value, else the first feedback); repeats are ignored and counted in
+        :attr:`IngestStats.feedback_duplicates`, in this process or any later one.
         The decision may be from this process (even if not yet written) or from any process
         whose events reached the store, including before a restart. Raises
         :class:`NotFoundError` for an unknown decision and :class:`InvalidMetricError` for a
@@ -387,9 +390,10 @@ class Canary:
         """Delete events and feedback older than ``now - retention``; return the counts.
 
         Events of rollouts that are still running or paused, and their feedback, are kept
-        whatever their age: their monitors may still need them.
+        whatever their age: their monitors may still need them. ``retention`` (default: the
+        canary's) must be a positive timedelta; zero or negative is refused.
         """
-        keep_for = retention or self._retention
+        keep_for = self._retention if retention is None else checked_retention(retention)
         if keep_for is None:
             raise InputError("no retention configured; pass retention=timedelta(days=...)")
         return prune_rows(self._store, (now or self._clock.now()) - keep_for)

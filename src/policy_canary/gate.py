@@ -154,7 +154,9 @@ class Decision:
         next flush.
 
         Raises :class:`InvalidMetricError` for NaN, infinite or negative amounts, a quality
-        outside [0, 1], or a second record of the same decision; nothing is stored then.
+        outside [0, 1], more than 64 safety flags (names of 1..64 characters) or custom
+        metrics, a ``model`` beyond 200 characters, text with a NUL or a lone surrogate, or a
+        second record of the same decision; nothing is stored then.
         """
         state = self._state
         if state == _RECORDED or (state == _IN_BLOCK and self._held is not None):

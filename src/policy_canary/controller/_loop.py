@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from policy_canary._feedback import first_observations
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._apply import Decision, apply_decision
 from policy_canary.controller._decide import decide
@@ -236,23 +237,19 @@ class Controller:
             ).all()
             if not fresh:
                 break
-            fb_through = int(fresh[-1].id)
-            decisions = {
-                r.decision_id: r
-                for r in conn.execute(
-                    select(
-                        events.c.decision_id, events.c.arm, events.c.traffic_bp, events.c.stage
-                    ).where(
-                        events.c.rollout_id == rollout_id,
-                        events.c.decision_id.in_({f.decision_id for f in fresh}),
-                    )
-                )
-            }
+            folded_through, fb_through = fb_through, int(fresh[-1].id)
+            decisions, values = _first_values(conn, rollout_id, fresh, folded_through)
             batch = []
-            for f in fresh:
-                decision = decisions.get(f.decision_id)
-                if decision is not None:
-                    row = {**f._mapping, "arm": decision.arm, "traffic_bp": decision.traffic_bp}
+            for f, added in zip(fresh, values, strict=True):
+                if added is not None:  # None: unknown decision, or nothing new (counted once)
+                    decision = decisions[f.decision_id]
+                    row = {
+                        "at": f.at,
+                        "quality": added[0],
+                        "metrics": json.dumps(added[1]),
+                        "arm": decision.arm,
+                        "traffic_bp": decision.traffic_bp,
+                    }
                     batch.append((decision.stage, feedback_from_row(row)))
             yield batch, Cursors(through, fb_through)
             if len(fresh) < self.batch_size:
@@ -299,6 +296,41 @@ class Controller:
     def close(self) -> None:
         """Release the controller lock."""
         self.lock.release()
+
+
+def _first_values(
+    conn: Connection, rollout_id: str, fresh: Sequence[Any], folded_through: int
+) -> tuple[dict[str, Any], list[tuple[float | None, dict[str, Any]] | None]]:
+    """The rollout's decisions named by ``fresh`` feedback, and what each row adds to them.
+
+    A decision keeps one value per metric, the first: its event's own, then feedback in
+    store order (``_feedback.py``), so feedback folded by earlier ticks is read again here.
+    """
+    named = {f.decision_id for f in fresh}
+    decisions = {
+        r.decision_id: r
+        for r in conn.execute(
+            select(
+                events.c.decision_id,
+                events.c.arm,
+                events.c.traffic_bp,
+                events.c.stage,
+                events.c.quality,
+                events.c.metrics,
+            ).where(events.c.rollout_id == rollout_id, events.c.decision_id.in_(named))
+        )
+    }
+    earlier = conn.execute(
+        select(feedback.c.decision_id, feedback.c.quality, feedback.c.metrics)
+        .where(feedback.c.decision_id.in_(set(decisions)), feedback.c.id <= folded_through)
+        .order_by(feedback.c.id)
+    ).all()
+    values = first_observations(
+        {d: (r.quality, r.metrics) for d, r in decisions.items()},
+        [(e.decision_id, e.quality, e.metrics) for e in earlier],
+        [(f.decision_id, f.quality, f.metrics) for f in fresh],
+    )
+    return decisions, values
 
 
 def _same_hold(previous: Any, action: Action) -> bool:

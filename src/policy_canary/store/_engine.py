@@ -6,20 +6,19 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, exc, select
+from sqlalchemy import Connection, Engine, create_engine, exc, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 from policy_canary.errors import StoreError, StoreUnavailableError, first_line
 
 from ._notify import ROUTING_KEY, ChangeListener, can_listen, notify_routing
 from ._schema import store_state
+from ._sqlite import sqlite_engine
 
 #: The embedded default: a SQLite file in the working directory.
 DEFAULT_DB_URL = "sqlite:///policy-canary.db"
@@ -64,6 +63,8 @@ class Store:
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        #: True when :meth:`open` created the database file (first use of a new SQLite path).
+        self.created = False
 
     @property
     def dialect(self) -> str:
@@ -75,7 +76,9 @@ class Store:
         """Open (and by default migrate) the store at ``url``; see :func:`resolve_db_url`.
 
         Raises :class:`StoreUnavailableError` when the database cannot be reached or the file
-        is not a database.
+        is not a database. A SQLite file is created only here, only with ``migrate`` and only
+        where none exists (:attr:`created` says so); an open store never creates one, and
+        reports a deleted or replaced file as unavailable (``_sqlite.py``).
         """
         resolved = resolve_db_url(url)
         try:
@@ -86,8 +89,9 @@ class Store:
                 "postgresql+psycopg://USER@HOST:PORT/DB"
             ) from None
         backend = parsed.get_backend_name()
+        created = False
         if backend == "sqlite":
-            engine = _sqlite_engine(resolved, parsed.database)
+            engine, created = sqlite_engine(resolved, parsed.database, create=migrate)
         elif backend == "postgresql":
             engine = create_engine(
                 resolved,
@@ -102,6 +106,7 @@ class Store:
                 "policy-canary stores state in SQLite or PostgreSQL"
             )
         store = cls(engine, resolved)
+        store.created = created
         try:
             with store.read() as conn:
                 conn.exec_driver_sql("SELECT 1")
@@ -248,41 +253,3 @@ class Store:
             raise StoreUnavailableError(
                 f"cannot listen for routing changes at {_safe(self.url)}: {first_line(error)}"
             ) from error
-
-
-def _sqlite_engine(url: str, database: str | None) -> Engine:
-    if not database or database == ":memory:":
-        raise StoreUnavailableError(
-            "an in-memory SQLite database cannot be shared between connections; "
-            "use a file, e.g. sqlite:///policy-canary.db"
-        )
-    parent = Path(database).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise StoreUnavailableError(
-            f"cannot create the SQLite database {database!r}: folder {str(parent)!r} does not exist"
-        )
-    # NullPool: SQLite connections are cheap to open, and a pool would pin a file handle per
-    # thread; each connection gets the pragmas below.
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Take transaction control from the sqlite3 module so BEGIN is ours (see _on_begin).
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-        finally:
-            cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Writers take the write lock up front: two controllers or flushers queue on the
-        # lock instead of deadlocking on a read-to-write upgrade.
-        read_only = conn.get_execution_options().get("pc_read", False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    return engine

@@ -182,8 +182,12 @@ feedback = Table(
     # Written by the SDK with each row, so a batch retried after an unknown commit outcome
     # cannot store the same feedback twice (migration 0003; NULL only for older rows).
     Column("key", String(48), nullable=True, unique=True),
+    # One value per decision and metric ("quality", "metrics.<name>"): the first stored wins
+    # (_feedback.py; migration 0004; NULL only for older rows, which may hold several).
+    Column("metric", String(80), nullable=True),
     Index(None, "decision_id"),
     Index(None, "at"),
+    UniqueConstraint("decision_id", "metric"),
 )
 
 #: Tables whose rows may never be updated or deleted (design invariants 1 and 2).

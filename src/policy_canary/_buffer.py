@@ -14,11 +14,14 @@ is never lost while the store is down (design invariant 8); new events keep queu
 buffer is full, and every event dropped because it was full is counted. Rows the store refuses
 on their own (it should not happen: values are validated at the call) are dropped one by one
 and counted, so one bad row cannot wedge the flusher.
+
+The flusher thread survives every exception: a failing flush (or pruning) is logged once per
+outage, retried with a growing delay (up to MAX_RETRY_DELAY), and logged again when it works.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -31,7 +34,8 @@ from sqlalchemy import Connection, exc, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from policy_canary.errors import CanaryError, InputError, StoreUnavailableError
+from policy_canary._resilience import Outage, retry_delay, store_trouble
+from policy_canary.errors import InputError
 from policy_canary.store import Store
 from policy_canary.store._schema import events, feedback
 
@@ -56,6 +60,8 @@ _PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN"
 MAX_RETRY_DELAY = 5.0
 #: Advisory lock key ("pcev") serialising event writers on PostgreSQL; see ``_write``.
 EVENT_WRITER_LOCK = 0x70_63_65_76
+
+_log = logging.getLogger("policy_canary.canary")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +96,8 @@ class IngestStats:
 
 def _transient(error: BaseException) -> bool:
     """True for "cannot reach / cannot lock the database": retry later, keep the batch."""
-    if isinstance(error, StoreUnavailableError | exc.OperationalError | exc.InterfaceError):
-        return True
     # Raw driver errors from the COPY/executemany path are not wrapped by SQLAlchemy.
-    name = type(error).__name__
-    return name in {"OperationalError", "InterfaceError"}
+    return store_trouble(error)
 
 
 def _integrity(error: BaseException) -> bool:
@@ -151,30 +154,40 @@ class EventBuffer:
         housekeeping: Callable[[], object] | None = None,
         housekeeping_interval: float = 3600.0,
     ) -> None:
-        """The flusher thread's loop, until ``closing`` is set.
+        """The flusher thread's loop, until ``closing`` is set; no exception ends it.
 
         Flushes every ``interval`` seconds, or at once when a full batch wakes it; while the
         store is down it backs off (doubling up to MAX_RETRY_DELAY) instead of spinning on
-        the wake-ups of a full buffer. ``housekeeping`` (pruning) runs every
-        ``housekeeping_interval`` seconds; a store failure there is retried next time.
+        the wake-ups of a full buffer, and logs the outage once. ``housekeeping`` (pruning)
+        runs every ``housekeeping_interval`` seconds; a failure there is retried next time.
         """
-        delay = interval
+        flushing = Outage(_log, "events cannot be written; they stay buffered and are retried")
+        pruning = Outage(_log, "old events cannot be pruned; retrying in an hour")
         last_housekeeping = time.monotonic()
         while not closing.is_set():
-            self._wake.wait(delay)
+            self._wake.wait(interval)
             self._wake.clear()
             if closing.is_set():
                 break
-            self.flush()
-            if self._last_error is None:
-                delay = interval
+            try:
+                self.flush()
+                error: BaseException | str | None = self._last_error
+            except Exception as raised:  # flush() reports store trouble; this is a bug
+                error = raised
+            if error is None:
+                flushing.recovered("events are written again")
             else:
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-                closing.wait(delay)
+                flushing.failed(error)
+                # Not woken early by a full buffer: the wait is what keeps this from spinning.
+                closing.wait(retry_delay(flushing.failures, interval, longest=MAX_RETRY_DELAY))
             if housekeeping and time.monotonic() - last_housekeeping > housekeeping_interval:
                 last_housekeeping = time.monotonic()
-                with contextlib.suppress(CanaryError, exc.SQLAlchemyError):
+                try:
                     housekeeping()
+                except Exception as raised:
+                    pruning.failed(raised)
+                else:
+                    pruning.recovered("old events are pruned again")
 
     # -- producers (the agent's threads) --------------------------------------------------
 

@@ -46,7 +46,6 @@ from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import (
-    CanaryError,
     InputError,
     InvalidMetricError,
     NotFoundError,
@@ -271,6 +270,10 @@ class Canary:
         Never raises for store trouble: the gates keep their last tables, and
         :meth:`Gate.status` reports the error and the tables' age.
         """
+        return self._refresh() is None
+
+    def _refresh(self) -> BaseException | None:
+        """Reload the tables if the counter moved; return the error when that failed."""
         with self._refresh_lock:
             now = self._clock.now()
             loaded_at = self._refreshed[0]
@@ -280,40 +283,29 @@ class Canary:
                     tables: dict[str, RouteTable] = {}
                     if epoch != self._epoch:
                         tables = load_tables(conn, self._gates, epoch=epoch, specs=self._specs)
-            except (CanaryError, exc.SQLAlchemyError) as error:
+            except Exception as error:  # whatever went wrong, the gates keep their last tables
                 self._refreshed = (loaded_at, now, f"{type(error).__name__}: {first_line(error)}")
-                return False
+                return error
             for name, table in tables.items():
                 # One reference assignment per gate: route() sees the old or the new table,
                 # never a mix.
                 self._gates[name]._table = table
             self._epoch = epoch
             self._refreshed = (now, now, None)
-            return True
+            return None
 
     def _gate_status(self, gate: Gate) -> GateStatus:
-        table = gate.table
         stats = self._buffer.stats()
         loaded, attempt, error = self._refreshed
-        now = self._clock.now()
-        loaded_at = loaded or now
-        age = max(now - loaded_at, timedelta(0))
-        return GateStatus(
-            policy=table.policy,
-            stable_version=table.stable.number,
-            candidate_version=table.candidate.number if table.candidate else None,
-            rollout_id=table.rollout_id,
-            rollout_state=table.rollout_state,
-            traffic_bp=table.share_bp,
-            stage=table.stage,
-            epoch=table.epoch,
-            loaded_at=loaded_at,
-            last_refresh_attempt_at=attempt,
-            last_error=error,
-            age=age,
-            stale=error is not None or age > self._stale_after,
-            buffered_events=stats.buffered,
-            dropped_events=stats.dropped,
+        return GateStatus.of(
+            gate.table,
+            loaded_at=loaded,
+            attempt=attempt,
+            error=error,
+            now=self._clock.now(),
+            stale_after=self._stale_after,
+            buffered=stats.buffered,
+            dropped=stats.dropped,
         )
 
     # -- late feedback --------------------------------------------------------------------
@@ -402,7 +394,7 @@ class Canary:
         self._closing = threading.Event()
         self._refresher = Refresher(
             self._store,
-            refresh=self.refresh_now,
+            refresh=self._refresh,
             interval=self._refresh_interval,
             closing=self._closing,
             listen=self._listen,

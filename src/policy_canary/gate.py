@@ -235,6 +235,40 @@ class GateStatus:
     buffered_events: int
     dropped_events: int
 
+    @classmethod
+    def of(
+        cls,
+        table: RouteTable,
+        *,
+        loaded_at: datetime | None,
+        attempt: datetime | None,
+        error: str | None,
+        now: datetime,
+        stale_after: timedelta,
+        buffered: int,
+        dropped: int,
+    ) -> GateStatus:
+        """The status of ``table``, last loaded at ``loaded_at`` (never: ``now``)."""
+        loaded = loaded_at or now
+        age = max(now - loaded, timedelta(0))
+        return cls(
+            policy=table.policy,
+            stable_version=table.stable.number,
+            candidate_version=table.candidate.number if table.candidate else None,
+            rollout_id=table.rollout_id,
+            rollout_state=table.rollout_state,
+            traffic_bp=table.share_bp,
+            stage=table.stage,
+            epoch=table.epoch,
+            loaded_at=loaded,
+            last_refresh_attempt_at=attempt,
+            last_error=error,
+            age=age,
+            stale=error is not None or age > stale_after,
+            buffered_events=buffered,
+            dropped_events=dropped,
+        )
+
 
 class Gate:
     """Routes one policy's requests; get one with :meth:`Canary.gate`. Thread-safe."""

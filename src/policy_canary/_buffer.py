@@ -13,7 +13,8 @@ A batch that fails to commit stays *in flight* and is retried first, so an ackno
 is never lost while the store is down (design invariant 8); new events keep queueing until the
 buffer is full, and every event dropped because it was full is counted. Rows the store refuses
 on their own (it should not happen: values are validated at the call) are dropped one by one
-and counted, so one bad row cannot wedge the flusher.
+and counted, so one bad row cannot wedge the flusher. After the canary is closed, rows are
+dropped at once and counted (``dropped_closed``): nothing would ever write them.
 
 The flusher thread survives every exception: a failing flush (or pruning) is logged once per
 outage, retried with a growing delay (up to MAX_RETRY_DELAY), and logged again when it works.
@@ -69,7 +70,8 @@ class IngestStats:
     """Counters of the event pipeline since the canary was opened.
 
     ``dropped`` is everything that was accepted by ``record()``/``feedback()`` and will never
-    be stored: events and feedback that found the buffer full, plus rows the store refused.
+    be stored: events and feedback that found the buffer full, rows the store refused, and
+    rows recorded after the canary was closed (``dropped_closed``, ``feedback_dropped_closed``).
     """
 
     written: int
@@ -85,12 +87,19 @@ class IngestStats:
     last_error: str | None
     last_error_at: datetime | None
     capacity: int
+    dropped_closed: int = 0
+    feedback_dropped_closed: int = 0
 
     @property
     def dropped(self) -> int:
         """Every event or feedback row that was accepted but will never be stored."""
         return (
-            self.dropped_full + self.rejected + self.feedback_dropped_full + self.feedback_rejected
+            self.dropped_full
+            + self.rejected
+            + self.dropped_closed
+            + self.feedback_dropped_full
+            + self.feedback_rejected
+            + self.feedback_dropped_closed
         )
 
 
@@ -138,6 +147,7 @@ class EventBuffer:
         self._fb_written = 0
         self._fb_dropped_full = 0
         self._fb_rejected = 0
+        self._closed_drops = [0, 0]  # events, feedback rows recorded after close()
         self._flush_errors = 0
         self._last_flush_at: datetime | None = None
         self._last_error: str | None = None
@@ -201,6 +211,25 @@ class EventBuffer:
         else:
             with self._count_lock:
                 self._dropped_full += 1
+
+    def drop_closed(self, row: EventRow) -> None:
+        """Count an event recorded after the canary was closed (``add`` is rebound to this)."""
+        self._count_closed(0, "record()")
+
+    def drop_closed_feedback(self) -> None:
+        """Count a feedback row that arrived after the canary was closed."""
+        self._count_closed(1, "feedback()")
+
+    def _count_closed(self, which: int, call: str) -> None:
+        with self._count_lock:
+            self._closed_drops[which] += 1
+            first = sum(self._closed_drops) == 1
+        if first:
+            _log.warning(
+                "%s after canary.close(): dropped, and counted in stats().dropped; close the "
+                "canary after the agent's last request",
+                call,
+            )
 
     def add_feedback(self, row: FeedbackRow) -> None:
         """Queue one feedback row; count it as dropped if the buffer is full. Never raises."""
@@ -359,6 +388,8 @@ class EventBuffer:
                 last_error=self._last_error,
                 last_error_at=self._last_error_at,
                 capacity=self._capacity,
+                dropped_closed=self._closed_drops[0],
+                feedback_dropped_closed=self._closed_drops[1],
             )
 
 

@@ -46,6 +46,7 @@ from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import (
+    ConflictError,
     InputError,
     InvalidMetricError,
     NotFoundError,
@@ -216,7 +217,9 @@ class Canary:
 
         Buffered events are flushed first so the controller sees them, and routing tables
         are refreshed afterwards so the next ``route()`` reflects what the tick decided.
+        Raises :class:`ConflictError` once the canary is closed.
         """
+        self._check_open("tick()")
         self.flush()
         report = self.controller.tick()
         self.refresh_now()
@@ -227,12 +230,14 @@ class Canary:
     def gate(self, policy: str) -> Gate:
         """Return the gate of ``policy``, loading its routing table on first use.
 
-        Raises :class:`NotFoundError` for an unknown policy and
-        :class:`StoreUnavailableError` if the table cannot be loaded the first time.
+        Raises :class:`NotFoundError` for an unknown policy,
+        :class:`StoreUnavailableError` if the table cannot be loaded the first time, and
+        :class:`ConflictError` for a new gate once the canary is closed.
         """
         gate = self._gates.get(policy)
         if gate is not None:
             return gate
+        self._check_open("gate()")
         if not isinstance(policy, str) or not policy:
             raise InputError("policy must be a non-empty policy name, e.g. 'support-agent'")
         with self._refresh_lock:
@@ -268,8 +273,10 @@ class Canary:
         """Reload the routing tables if the store's change counter moved; True on success.
 
         Never raises for store trouble: the gates keep their last tables, and
-        :meth:`Gate.status` reports the error and the tables' age.
+        :meth:`Gate.status` reports the error and the tables' age. Raises
+        :class:`ConflictError` once the canary is closed.
         """
+        self._check_open("refresh_now()")
         return self._refresh() is None
 
     def _refresh(self) -> BaseException | None:
@@ -324,7 +331,8 @@ class Canary:
         :class:`NotFoundError` for an unknown decision and :class:`InvalidMetricError` for a
         bad value. A decision of another process costs one indexed lookup; if the store
         cannot be reached for it, the feedback is buffered and checked when it is written
-        (refused ones are counted in :meth:`stats`).
+        (refused ones are counted in :meth:`stats`). After :meth:`close`, valid feedback is
+        dropped and counted (``stats().feedback_dropped_closed``), like ``record()``.
         """
         if not isinstance(decision_id, str) or not 0 < len(decision_id) <= MAX_DECISION_ID:
             raise NotFoundError(
@@ -334,6 +342,9 @@ class Canary:
             raise InvalidMetricError("feedback needs a quality score or metrics, got neither")
         score = quality_value(quality) if quality is not None else None
         metrics_text = metrics_json(metrics)
+        if self._closed:
+            self._buffer.drop_closed_feedback()
+            return
         verified = decision_id.startswith(self._id_prefix)
         # While the refresher is failing the store is known to be down: do not make the
         # agent wait for a connection timeout, check the id when the row is written.
@@ -365,8 +376,9 @@ class Canary:
         """Write everything buffered now; return the number of events written.
 
         Never raises for store trouble; what could not be written stays buffered (see
-        :meth:`stats`).
+        :meth:`stats`). Raises :class:`ConflictError` once the canary is closed.
         """
+        self._check_open("flush()")
         return self._buffer.flush()
 
     def stats(self) -> IngestStats:
@@ -446,11 +458,16 @@ class Canary:
         """Stop the background threads, write what is buffered, release the store.
 
         Idempotent; registered with :mod:`atexit`. Events that cannot be written because
-        the store is down are counted in :meth:`stats` as still buffered.
+        the store is down are counted in :meth:`stats` as still buffered. Afterwards
+        ``route()`` still answers from the last tables, ``record()`` and :meth:`feedback`
+        drop their rows and count them (``stats().dropped_closed``), and :meth:`flush`,
+        :meth:`tick`, :meth:`refresh_now` and new gates raise :class:`ConflictError`.
         """
         if self._closed:
             return
         self._closed = True
+        for gate in self._gates.values():  # before the last flush: nothing may queue behind it
+            gate._rebind(add=self._buffer.drop_closed, ids=self._next_id, id_prefix=self._id_prefix)
         self._closing.set()
         self._wake.set()
         self._refresher.wake()  # it may be waiting on its LISTEN connection
@@ -462,6 +479,13 @@ class Canary:
             self.controller.close()
         if self._owns_store:
             self._store.close()
+
+    def _check_open(self, call: str) -> None:
+        if self._closed:
+            raise ConflictError(
+                f"{call} on a closed canary; open a new one with Canary.open() "
+                "(close() runs last, when the agent stops)"
+            )
 
     def __enter__(self) -> Canary:
         return self

@@ -11,16 +11,19 @@ waits (:func:`retry_delay` where a backoff is safe) and tries again.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 
 from sqlalchemy import exc
 
-from policy_canary.errors import CanaryError, StoreUnavailableError, first_line
+from policy_canary.errors import CanaryError, InputError, StoreUnavailableError, first_line
 
 #: First delay before retrying after a failure (capped by the loop's own interval).
 RETRY_MIN = 1.0
 #: Longest delay between retries.
 RETRY_MAX = 60.0
+#: Longest interval of any SDK loop (refresh, flush, prune): a day.
+MAX_INTERVAL = 86_400.0
 
 
 def retry_delay(failures: int, interval: float, *, longest: float = RETRY_MAX) -> float:
@@ -31,6 +34,23 @@ def retry_delay(failures: int, interval: float, *, longest: float = RETRY_MAX) -
     first = min(interval, RETRY_MIN)
     # The exponent is capped so that a store down for days cannot overflow the float.
     return min(longest, first * 2.0 ** min(failures, 30))
+
+
+def loop_interval(name: str, value: object) -> float:
+    """``value`` as the seconds between a loop's runs: a finite number in (0, MAX_INTERVAL].
+
+    Anything else would stop the loop (``inf`` overflows a thread's wait) or spin it, so it
+    is refused with an :class:`InputError` that names the option.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        seconds = float(value)
+        if 0.0 < seconds <= MAX_INTERVAL:  # also false for NaN
+            return seconds
+        raise InputError(
+            f"{name}={value!r} is not allowed; use a number of seconds above 0 and at most "
+            f"{MAX_INTERVAL:g} (a day)"
+        )
+    raise InputError(f"{name} must be a number of seconds, got {type(value).__name__}")
 
 
 def store_trouble(error: BaseException) -> bool:

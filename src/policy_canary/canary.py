@@ -27,11 +27,9 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
-import os
 import random
 import secrets
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -40,7 +38,9 @@ from sqlalchemy import exc, select
 
 from policy_canary._buffer import EventBuffer, IngestStats
 from policy_canary._events import metrics_json, quality_value
+from policy_canary._fork import renew_after_fork
 from policy_canary._refresher import Refresher
+from policy_canary._resilience import loop_interval
 from policy_canary._retention import PruneResult, prune_rows
 from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
@@ -110,8 +110,9 @@ class Canary:
         listen: bool = True,
         owns_store: bool = False,
     ) -> None:
-        if refresh_interval <= 0 or flush_interval <= 0 or prune_interval <= 0:
-            raise InputError("refresh_interval, flush_interval and prune_interval must be > 0")
+        refresh_interval = loop_interval("refresh_interval", refresh_interval)
+        flush_interval = loop_interval("flush_interval", flush_interval)
+        prune_interval = loop_interval("prune_interval", prune_interval)
         if retention is not None and retention <= timedelta(0):
             raise InputError("retention must be a positive timedelta, or None to keep all")
         self._store = store
@@ -149,7 +150,7 @@ class Canary:
         self._background = background
         self._closed = False
         self._start_pipeline()
-        _LIVE.add(self)
+        renew_after_fork(self)
         atexit.register(self.close)
 
     @classmethod
@@ -497,16 +498,3 @@ class Canary:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-# Canaries alive in this process, so that a fork gives each child its own (see _after_fork).
-_LIVE: weakref.WeakSet[Canary] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for canary in list(_LIVE):
-        canary._after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)

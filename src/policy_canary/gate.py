@@ -210,6 +210,24 @@ class Decision:
         # Returning None lets the agent's exception propagate unchanged.
 
 
+def _bad_key(unit_key: object) -> InputError:
+    """The error for a unit key the splitter cannot hash: not text, or not valid Unicode."""
+    if not isinstance(unit_key, str):
+        return InputError(
+            f"unit_key must be a str (a user, session or conversation id), "
+            f"got {type(unit_key).__name__}; convert it with str()"
+        )
+    try:
+        unit_key.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return InputError(
+            f"unit_key {unit_key[:40]!r} is not valid text ({error.reason} at position "
+            f"{error.start}); pass a str that encodes as UTF-8, e.g. bytes decoded with "
+            "errors='replace'"
+        )
+    return InputError(f"unit_key {unit_key[:40]!r} cannot be hashed; pass a plain str")
+
+
 @dataclass(frozen=True, slots=True)
 class GateStatus:
     """How fresh a gate's routing table is, and what it currently serves.
@@ -321,20 +339,18 @@ class Gate:
                 hasher = table.hasher.copy()
                 try:
                     hasher.update(unit_key.encode("utf-8"))
-                except AttributeError:
-                    raise InputError(
-                        f"unit_key must be a str (a user, session or conversation id), "
-                        f"got {type(unit_key).__name__}; convert it with str()"
-                    ) from None
+                except (AttributeError, UnicodeEncodeError):
+                    raise _bad_key(unit_key) from None
                 # The splitter's scheme, as one byte-string comparison (see threshold()).
                 candidate = hasher.digest() < table.bound
                 sticky = True
             return Decision(self, table, _CANDIDATE if candidate else _STABLE, sticky, self._ids())
-        if unit_key is not None and not isinstance(unit_key, str):
-            raise InputError(
-                f"unit_key must be a str (a user, session or conversation id), "
-                f"got {type(unit_key).__name__}; convert it with str()"
-            )
+        # The same keys are refused with or without a rollout; ASCII keys skip the encoding.
+        if unit_key is not None and (type(unit_key) is not str or not unit_key.isascii()):
+            try:
+                unit_key.encode("utf-8")
+            except (AttributeError, UnicodeEncodeError):
+                raise _bad_key(unit_key) from None
         return Decision(self, table, _STABLE, unit_key is not None, self._ids())
 
     def _rebind(

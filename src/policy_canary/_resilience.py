@@ -22,6 +22,8 @@ from policy_canary.errors import CanaryError, InputError, StoreUnavailableError,
 RETRY_MIN = 1.0
 #: Longest delay between retries.
 RETRY_MAX = 60.0
+#: Set (True) on the log record of a recovery, so a handler can show it beside warnings.
+RECOVERED = "policy_canary_recovered"
 #: Longest interval of any SDK loop (refresh, flush, prune): a day.
 MAX_INTERVAL = 86_400.0
 
@@ -129,6 +131,10 @@ class Outage:
         """End the run, if one is going on, and log ``done`` ("events are written again")."""
         if self.failures:
             self._log.info(
-                "%s after %.0fs and %d failed attempts", done, self.down_for, self.failures
+                "%s after %.0fs and %d failed attempts",
+                done,
+                self.down_for,
+                self.failures,
+                extra={RECOVERED: True},
             )
         self.failures = 0

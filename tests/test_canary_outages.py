@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import event
 
 from _outage import eventually, sqlite_unreadable, tcp_proxy
 from _serving import POLICY, seed_policy
@@ -254,3 +255,38 @@ def test_the_flusher_outlives_unexpected_errors_in_flushing_and_pruning(
     assert all(r.exc_info is not None for r in failures)  # bugs get their traceback, once
     assert any("a bug in the flush" in m for m in messages)
     assert any("a bug in the pruning" in m for m in messages)
+
+
+def test_a_full_sqlite_database_keeps_events_buffered_until_it_has_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="policy_canary")
+    store = Store.open(str(tmp_path / "store.db"))
+    seed_policy(store, ManualClock())
+    with store.read() as conn:
+        pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+
+    def full(dbapi_conn: Any, _record: Any) -> None:
+        # SQLITE_FULL, exactly as a full disk reports it: the file may not grow any more.
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    event.listen(store.engine, "connect", full)
+    canary = Canary(store, clock=ManualClock(), flush_interval=0.02, owns_store=True)
+    try:
+        gate = canary.gate(POLICY)
+        for i in range(2_000):
+            gate.route(f"user-{i}").record(latency_ms=float(i), model="m" * 100)
+        assert eventually(lambda: canary.stats().flush_errors >= 2)
+        stats = canary.stats()
+        assert "full" in (stats.last_error or "")
+        assert stats.buffered > 0
+        assert (stats.rejected, stats.dropped) == (0, 0)  # full is "retry", never "refuse"
+        event.remove(store.engine, "connect", full)  # room again (new connections only)
+        assert eventually(lambda: canary.stats().written == 2_000)
+        assert canary.stats().dropped == 0
+        assert all(t.is_alive() for t in canary._threads)
+    finally:
+        canary.close()
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert "events cannot be written" in warnings[0]

@@ -59,11 +59,15 @@ def store_trouble(error: BaseException) -> bool:
     """True for "cannot reach / cannot lock the database": retry later, as is.
 
     Raw driver errors (from COPY, or a connection taken outside SQLAlchemy's wrapping)
-    count too: their classes share the DB-API names.
+    count too: their classes derive from the DB-API's OperationalError or InterfaceError
+    (psycopg's DiskFull, for one, is an OperationalError).
     """
     if isinstance(error, StoreUnavailableError | exc.OperationalError | exc.InterfaceError):
         return True
-    return type(error).__name__ in {"OperationalError", "InterfaceError"}
+    return any(kind.__name__ in _DRIVER_TROUBLE for kind in type(error).__mro__)
+
+
+_DRIVER_TROUBLE = frozenset({"OperationalError", "InterfaceError"})
 
 
 def describe(error: BaseException | str) -> str:

@@ -149,9 +149,10 @@ class Decision:
 
         ``latency_ms`` and ``cost_usd`` are finite and >= 0, ``quality`` is in [0, 1], token
         counts are ints >= 0, ``safety_flags`` is a list of flag names (or a count) and
-        ``metrics`` maps names to finite numbers or booleans. The event is stamped with the
-        time of this call (or of the block's exit) and queued; it reaches the store with the
-        next flush.
+        ``metrics`` maps names to finite numbers or booleans. Numbers may be numpy scalars
+        (and ``np.bool_`` a bool); they are stored as plain values. The event is stamped with
+        the time of this call (or of the block's exit) and queued; it reaches the store with
+        the next flush. After ``canary.close()`` it is dropped and counted instead.
 
         Raises :class:`InvalidMetricError` for NaN, infinite or negative amounts, a quality
         outside [0, 1], or a second record of the same decision; nothing is stored then.
@@ -327,7 +328,8 @@ class Gate:
 
         The same key gets the same arm for as long as the rollout's share does not shrink;
         without a key the request is assigned at random and the decision says ``sticky=False``.
-        Does no I/O and never raises for store trouble.
+        Does no I/O and never raises for store trouble; raises :class:`InputError` for a key
+        that is not a ``str`` or not valid Unicode (a lone surrogate), rollout or not.
         """
         table = self._table
         share = table.share_bp

@@ -14,12 +14,17 @@ is never lost while the store is down (design invariant 8); new events keep queu
 buffer is full, and every event dropped because it was full is counted. Rows the store refuses
 on their own (it should not happen: values are validated at the call) are dropped one by one
 and counted, so one bad row cannot wedge the flusher. Feedback keeps the first value per
-decision and metric (``_feedback.py``); repeats are counted, not stored.
+decision and metric (``_feedback.py``); repeats are counted, not stored. After the canary is
+closed, rows are dropped at once and counted (``dropped_closed``): nothing would ever write
+them.
+
+The flusher thread survives every exception: a failing flush (or pruning) is logged once per
+outage, retried with a growing delay (up to MAX_RETRY_DELAY), and logged again when it works.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -30,7 +35,8 @@ from typing import Any
 
 from sqlalchemy import Connection, exc
 
-from policy_canary.errors import CanaryError, InputError, StoreUnavailableError
+from policy_canary._resilience import Outage, retry_delay, store_trouble
+from policy_canary.errors import InputError
 from policy_canary.store import Store
 
 from ._events import AT_INDEX, EVENT_COLUMNS
@@ -53,13 +59,16 @@ MAX_RETRY_DELAY = 5.0
 #: Advisory lock key ("pcev") serialising event writers on PostgreSQL; see ``_write``.
 EVENT_WRITER_LOCK = 0x70_63_65_76
 
+_log = logging.getLogger("policy_canary.canary")
+
 
 @dataclass(frozen=True, slots=True)
 class IngestStats:
     """Counters of the event pipeline since the canary was opened.
 
     ``dropped`` is everything that was accepted by ``record()``/``feedback()`` and will never
-    be stored: events and feedback that found the buffer full, plus rows the store refused.
+    be stored: events and feedback that found the buffer full, rows the store refused, and
+    rows recorded after the canary was closed (``dropped_closed``, ``feedback_dropped_closed``).
     ``feedback_duplicates`` counts feedback values not stored because their decision already
     had a value for that metric (the first wins; see ``docs/operations.md``): they are
     deliberately ignored, not lost, so they are not part of ``dropped``.
@@ -79,22 +88,26 @@ class IngestStats:
     last_error: str | None
     last_error_at: datetime | None
     capacity: int
+    dropped_closed: int = 0
+    feedback_dropped_closed: int = 0
 
     @property
     def dropped(self) -> int:
         """Every event or feedback row that was accepted but will never be stored."""
         return (
-            self.dropped_full + self.rejected + self.feedback_dropped_full + self.feedback_rejected
+            self.dropped_full
+            + self.rejected
+            + self.dropped_closed
+            + self.feedback_dropped_full
+            + self.feedback_rejected
+            + self.feedback_dropped_closed
         )
 
 
 def _transient(error: BaseException) -> bool:
     """True for "cannot reach / cannot lock the database": retry later, keep the batch."""
-    if isinstance(error, StoreUnavailableError | exc.OperationalError | exc.InterfaceError):
-        return True
     # Raw driver errors from the COPY/executemany path are not wrapped by SQLAlchemy.
-    name = type(error).__name__
-    return name in {"OperationalError", "InterfaceError"}
+    return store_trouble(error)
 
 
 def _integrity(error: BaseException) -> bool:
@@ -136,6 +149,7 @@ class EventBuffer:
         self._fb_dropped_full = 0
         self._fb_rejected = 0
         self._fb_duplicates = 0
+        self._closed_drops = [0, 0]  # events, feedback rows recorded after close()
         self._flush_errors = 0
         self._last_flush_at: datetime | None = None
         self._last_error: str | None = None
@@ -152,30 +166,40 @@ class EventBuffer:
         housekeeping: Callable[[], object] | None = None,
         housekeeping_interval: float = 3600.0,
     ) -> None:
-        """The flusher thread's loop, until ``closing`` is set.
+        """The flusher thread's loop, until ``closing`` is set; no exception ends it.
 
         Flushes every ``interval`` seconds, or at once when a full batch wakes it; while the
         store is down it backs off (doubling up to MAX_RETRY_DELAY) instead of spinning on
-        the wake-ups of a full buffer. ``housekeeping`` (pruning) runs every
-        ``housekeeping_interval`` seconds; a store failure there is retried next time.
+        the wake-ups of a full buffer, and logs the outage once. ``housekeeping`` (pruning)
+        runs every ``housekeeping_interval`` seconds; a failure there is retried next time.
         """
-        delay = interval
+        flushing = Outage(_log, "events cannot be written; they stay buffered and are retried")
+        pruning = Outage(_log, "old events cannot be pruned; retrying in an hour")
         last_housekeeping = time.monotonic()
         while not closing.is_set():
-            self._wake.wait(delay)
+            self._wake.wait(interval)
             self._wake.clear()
             if closing.is_set():
                 break
-            self.flush()
-            if self._last_error is None:
-                delay = interval
+            try:
+                self.flush()
+                error: BaseException | str | None = self._last_error
+            except Exception as raised:  # flush() reports store trouble; this is a bug
+                error = raised
+            if error is None:
+                flushing.recovered("events are written again")
             else:
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-                closing.wait(delay)
+                flushing.failed(error)
+                # Not woken early by a full buffer: the wait is what keeps this from spinning.
+                closing.wait(retry_delay(flushing.failures, interval, longest=MAX_RETRY_DELAY))
             if housekeeping and time.monotonic() - last_housekeeping > housekeeping_interval:
                 last_housekeeping = time.monotonic()
-                with contextlib.suppress(CanaryError, exc.SQLAlchemyError):
+                try:
                     housekeeping()
+                except Exception as raised:
+                    pruning.failed(raised)
+                else:
+                    pruning.recovered("old events are pruned again")
 
     # -- producers (the agent's threads) --------------------------------------------------
 
@@ -189,6 +213,25 @@ class EventBuffer:
         else:
             with self._count_lock:
                 self._dropped_full += 1
+
+    def drop_closed(self, row: EventRow) -> None:
+        """Count an event recorded after the canary was closed (``add`` is rebound to this)."""
+        self._count_closed(0, "record()")
+
+    def drop_closed_feedback(self) -> None:
+        """Count a feedback row that arrived after the canary was closed."""
+        self._count_closed(1, "feedback()")
+
+    def _count_closed(self, which: int, call: str) -> None:
+        with self._count_lock:
+            self._closed_drops[which] += 1
+            first = sum(self._closed_drops) == 1
+        if first:
+            _log.warning(
+                "%s after canary.close(): dropped, and counted in stats().dropped; close the "
+                "canary after the agent's last request",
+                call,
+            )
 
     def add_feedback(self, row: FeedbackRow) -> None:
         """Queue one feedback row; count it as dropped if the buffer is full. Never raises."""
@@ -352,6 +395,8 @@ class EventBuffer:
                 last_error=self._last_error,
                 last_error_at=self._last_error_at,
                 capacity=self._capacity,
+                dropped_closed=self._closed_drops[0],
+                feedback_dropped_closed=self._closed_drops[1],
             )
 
 

@@ -7,11 +7,19 @@ encoding only when there is something to encode. A bad value raises
 passes is storable on both backends: sizes are bounded (``MAX_*`` below) and text holds no
 NUL and no lone surrogate (``text_problem``), so the flusher never refuses a row for its
 content.
+
+Numbers may be any real-number type, not only ``int`` and ``float``: numpy scalars
+(``np.float64``, ``np.float32``, ``np.int64``) are accepted and stored as plain Python
+numbers, and ``np.bool_`` is accepted wherever a bool is. They are recognised by duck typing
+(:mod:`numbers`, ``__index__``, the type's module), so numpy is never imported here, and
+only off the fast path: plain ``float``/``int``/``bool`` values never reach those checks.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,39 +109,93 @@ def _model(value: object) -> str:
     if problem:
         raise InvalidMetricError(f"model {value[:40]!r} is not allowed: {problem}")
     return value
+def _is_bool(value: object) -> bool:
+    """``bool`` or numpy's ``bool_`` (whose type is named ``bool`` in numpy 2)."""
+    kind = type(value)
+    return kind is bool or (kind.__module__ == "numpy" and kind.__name__ in {"bool", "bool_"})
+
+
+def _real(value: object) -> numbers.Real | None:
+    """``value`` if it is a real number other than a bool (int, float, numpy...), else None."""
+    if isinstance(value, numbers.Real) and not _is_bool(value):
+        return value
+    return None
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as an ``int`` if it is an integer other than a bool (int, np.int64...)."""
+    if _is_bool(value):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # duck-typed on purpose
+    except TypeError:
+        return None
+
+
+def _kind(value: object) -> str:
+    """The name a message should use for ``value``'s type (``numpy.bool``, not ``bool``)."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
 def _amount(name: str, value: object) -> float:
     """A finite, non-negative number (latency, cost)."""
-    if type(value) is float or (type(value) is int):
-        if 0.0 <= value <= MAX_MAGNITUDE:
-            return float(value)
+    number = _real(value)
+    if number is not None:
+        # Compared before float(): a huge int must be refused, not overflow.
+        if 0.0 <= number <= MAX_MAGNITUDE:  # type: ignore[operator]  # Real compares
+            return float(number)
         raise InvalidMetricError(
             f"{name}={value!r} is not allowed; it must be a number in [0, {MAX_MAGNITUDE:g}]"
         )
-    raise InvalidMetricError(f"{name} must be a number, got {type(value).__name__}")
+    raise InvalidMetricError(f"{name} must be a number, got {_kind(value)}")
 
 
 def _count(name: str, value: object) -> int:
     """A non-negative integer (token counts); bools are refused as a likely mix-up."""
-    if type(value) is int:
-        if 0 <= value <= MAX_MAGNITUDE:
-            return value
+    number = _integer(value)
+    if number is not None:
+        if 0 <= number <= MAX_MAGNITUDE:
+            return number
         raise InvalidMetricError(
             f"{name}={value} is not allowed; it must be in [0, {MAX_MAGNITUDE:g}]"
         )
-    raise InvalidMetricError(f"{name} must be an integer, got {type(value).__name__}")
+    raise InvalidMetricError(f"{name} must be an integer, got {_kind(value)}")
+
+
+def _failed(value: object) -> bool:
+    """The ``error`` flag: True or False (a numpy bool too); 0/1 are refused as a mix-up."""
+    if _is_bool(value):
+        return bool(value)
+    raise InvalidMetricError(
+        f"error must be True or False, got {_kind(value)} "
+        "(log the message yourself; the event stores whether the request failed)"
+    )
 
 
 def quality_value(value: object) -> float:
     """A quality score in [0, 1]."""
-    if type(value) is float or type(value) is int:
-        if 0.0 <= value <= 1.0:
-            return float(value)
+    number = _real(value)
+    if number is not None:
+        if 0.0 <= number <= 1.0:  # type: ignore[operator]  # Real compares
+            return float(number)
         raise InvalidMetricError(
             f"quality={value!r} is not allowed; scores are in [0, 1] (rescale, e.g. 4/5 → 0.8)"
         )
-    raise InvalidMetricError(f"quality must be a number in [0, 1], got {type(value).__name__}")
+    raise InvalidMetricError(f"quality must be a number in [0, 1], got {_kind(value)}")
+
+
+def _metric(key: str, value: object) -> int | float | bool:
+    """A custom metric value that is not a plain int, float or bool, as one of those."""
+    if _is_bool(value):
+        return bool(value)
+    number = _real(value)
+    if number is None:
+        raise InvalidMetricError(
+            f"metric {key!r} must be a number or a boolean, got {_kind(value)}"
+        )
+    integer = _integer(number)
+    return integer if integer is not None else float(number)
 
 
 def metrics_json(metrics: Mapping[str, Any] | None) -> str:
@@ -148,6 +210,7 @@ def metrics_json(metrics: Mapping[str, Any] | None) -> str:
         raise InvalidMetricError(
             f"{len(metrics)} custom metrics on one event; at most {MAX_METRICS}"
         )
+    plain: dict[str, Any] | None = None  # a copy, only if some value was not a plain number
     for key, value in metrics.items():
         if not isinstance(key, str) or not 0 < len(key) <= MAX_METRIC_NAME:
             raise InvalidMetricError(
@@ -162,26 +225,35 @@ def metrics_json(metrics: Mapping[str, Any] | None) -> str:
         if kind is bool:
             continue
         if kind is not int and kind is not float:
-            raise InvalidMetricError(
-                f"metric {key!r} must be a number or a boolean, got {kind.__name__}"
-            )
+            value = _metric(key, value)
+            if plain is None:
+                plain = dict(metrics)
+            plain[key] = value
+            if type(value) is bool:
+                continue
         # A chained comparison: false for NaN and infinities, and no float() of a huge int.
         if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:
             raise InvalidMetricError(
                 f"metric {key!r}={value!r} is not allowed; use a finite number within "
                 f"±{MAX_MAGNITUDE:g}"
             )
-    return json.dumps(metrics, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        metrics if plain is None else plain,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def _flags(value: Sequence[str] | int) -> tuple[str, int]:
     """Safety flags as (JSON list of names, count); a bare count is accepted too."""
-    if type(value) is int:
-        if not 0 <= value <= MAX_FLAGS:
+    count = value if type(value) is int else _integer(value)
+    if count is not None:
+        if not 0 <= count <= MAX_FLAGS:
             raise InvalidMetricError(
-                f"safety_flags={_short(value)} is not allowed; a count must be in 0..{MAX_FLAGS}"
+                f"safety_flags={_short(count)} is not allowed; a count must be in 0..{MAX_FLAGS}"
             )
-        return _NO_FLAGS, value
+        return _NO_FLAGS, count
     if isinstance(value, str) or not isinstance(value, Sequence | frozenset | set):
         raise InvalidMetricError(
             f"safety_flags must be a list of flag names (or a count), got {type(value).__name__}"
@@ -226,10 +298,7 @@ def outcome(
     ):
         latency_ms = _amount("latency_ms", latency_ms)
     if error is not None and type(error) is not bool:
-        raise InvalidMetricError(
-            f"error must be True or False, got {type(error).__name__} "
-            "(log the message yourself; the event stores whether the request failed)"
-        )
+        error = _failed(error)
     if quality is not None and not (type(quality) is float and 0.0 <= quality <= 1.0):
         quality = quality_value(quality)
     if safety_flags is NO_FLAGS:

@@ -27,11 +27,9 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
-import os
 import random
 import secrets
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -40,13 +38,15 @@ from sqlalchemy import exc, select
 
 from policy_canary._buffer import EventBuffer, IngestStats
 from policy_canary._events import metrics_json, quality_value
+from policy_canary._fork import renew_after_fork
 from policy_canary._refresher import Refresher
+from policy_canary._resilience import loop_interval
 from policy_canary._retention import PruneResult, checked_retention, prune_rows
 from policy_canary._routing import RouteTable, SpecCache, load_tables
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import (
-    CanaryError,
+    ConflictError,
     InputError,
     InvalidMetricError,
     NotFoundError,
@@ -110,8 +110,9 @@ class Canary:
         listen: bool = True,
         owns_store: bool = False,
     ) -> None:
-        if refresh_interval <= 0 or flush_interval <= 0 or prune_interval <= 0:
-            raise InputError("refresh_interval, flush_interval and prune_interval must be > 0")
+        refresh_interval = loop_interval("refresh_interval", refresh_interval)
+        flush_interval = loop_interval("flush_interval", flush_interval)
+        prune_interval = loop_interval("prune_interval", prune_interval)
         if retention is not None:
             checked_retention(retention)
         self._store = store
@@ -149,7 +150,7 @@ class Canary:
         self._background = background
         self._closed = False
         self._start_pipeline()
-        _LIVE.add(self)
+        renew_after_fork(self)
         atexit.register(self.close)
 
     @classmethod
@@ -217,7 +218,9 @@ class Canary:
 
         Buffered events are flushed first so the controller sees them, and routing tables
         are refreshed afterwards so the next ``route()`` reflects what the tick decided.
+        Raises :class:`ConflictError` once the canary is closed.
         """
+        self._check_open("tick()")
         self.flush()
         report = self.controller.tick()
         self.refresh_now()
@@ -228,12 +231,14 @@ class Canary:
     def gate(self, policy: str) -> Gate:
         """Return the gate of ``policy``, loading its routing table on first use.
 
-        Raises :class:`NotFoundError` for an unknown policy and
-        :class:`StoreUnavailableError` if the table cannot be loaded the first time.
+        Raises :class:`NotFoundError` for an unknown policy,
+        :class:`StoreUnavailableError` if the table cannot be loaded the first time, and
+        :class:`ConflictError` for a new gate once the canary is closed.
         """
         gate = self._gates.get(policy)
         if gate is not None:
             return gate
+        self._check_open("gate()")
         if not isinstance(policy, str) or not policy:
             raise InputError("policy must be a non-empty policy name, e.g. 'support-agent'")
         with self._refresh_lock:
@@ -269,8 +274,14 @@ class Canary:
         """Reload the routing tables if the store's change counter moved; True on success.
 
         Never raises for store trouble: the gates keep their last tables, and
-        :meth:`Gate.status` reports the error and the tables' age.
+        :meth:`Gate.status` reports the error and the tables' age. Raises
+        :class:`ConflictError` once the canary is closed.
         """
+        self._check_open("refresh_now()")
+        return self._refresh() is None
+
+    def _refresh(self) -> BaseException | None:
+        """Reload the tables if the counter moved; return the error when that failed."""
         with self._refresh_lock:
             now = self._clock.now()
             loaded_at = self._refreshed[0]
@@ -280,40 +291,29 @@ class Canary:
                     tables: dict[str, RouteTable] = {}
                     if epoch != self._epoch:
                         tables = load_tables(conn, self._gates, epoch=epoch, specs=self._specs)
-            except (CanaryError, exc.SQLAlchemyError) as error:
+            except Exception as error:  # whatever went wrong, the gates keep their last tables
                 self._refreshed = (loaded_at, now, f"{type(error).__name__}: {first_line(error)}")
-                return False
+                return error
             for name, table in tables.items():
                 # One reference assignment per gate: route() sees the old or the new table,
                 # never a mix.
                 self._gates[name]._table = table
             self._epoch = epoch
             self._refreshed = (now, now, None)
-            return True
+            return None
 
     def _gate_status(self, gate: Gate) -> GateStatus:
-        table = gate.table
         stats = self._buffer.stats()
         loaded, attempt, error = self._refreshed
-        now = self._clock.now()
-        loaded_at = loaded or now
-        age = max(now - loaded_at, timedelta(0))
-        return GateStatus(
-            policy=table.policy,
-            stable_version=table.stable.number,
-            candidate_version=table.candidate.number if table.candidate else None,
-            rollout_id=table.rollout_id,
-            rollout_state=table.rollout_state,
-            traffic_bp=table.share_bp,
-            stage=table.stage,
-            epoch=table.epoch,
-            loaded_at=loaded_at,
-            last_refresh_attempt_at=attempt,
-            last_error=error,
-            age=age,
-            stale=error is not None or age > self._stale_after,
-            buffered_events=stats.buffered,
-            dropped_events=stats.dropped,
+        return GateStatus.of(
+            gate.table,
+            loaded_at=loaded,
+            attempt=attempt,
+            error=error,
+            now=self._clock.now(),
+            stale_after=self._stale_after,
+            buffered=stats.buffered,
+            dropped=stats.dropped,
         )
 
     # -- late feedback --------------------------------------------------------------------
@@ -335,7 +335,8 @@ class Canary:
         :class:`NotFoundError` for an unknown decision and :class:`InvalidMetricError` for a
         bad value. A decision of another process costs one indexed lookup; if the store
         cannot be reached for it, the feedback is buffered and checked when it is written
-        (refused ones are counted in :meth:`stats`).
+        (refused ones are counted in :meth:`stats`). After :meth:`close`, valid feedback is
+        dropped and counted (``stats().feedback_dropped_closed``), like ``record()``.
         """
         if not isinstance(decision_id, str) or not 0 < len(decision_id) <= MAX_DECISION_ID:
             raise NotFoundError(
@@ -345,6 +346,9 @@ class Canary:
             raise InvalidMetricError("feedback needs a quality score or metrics, got neither")
         score = quality_value(quality) if quality is not None else None
         metrics_text = metrics_json(metrics)
+        if self._closed:
+            self._buffer.drop_closed_feedback()
+            return
         verified = decision_id.startswith(self._id_prefix)
         # While the refresher is failing the store is known to be down: do not make the
         # agent wait for a connection timeout, check the id when the row is written.
@@ -376,8 +380,9 @@ class Canary:
         """Write everything buffered now; return the number of events written.
 
         Never raises for store trouble; what could not be written stays buffered (see
-        :meth:`stats`).
+        :meth:`stats`). Raises :class:`ConflictError` once the canary is closed.
         """
+        self._check_open("flush()")
         return self._buffer.flush()
 
     def stats(self) -> IngestStats:
@@ -406,7 +411,7 @@ class Canary:
         self._closing = threading.Event()
         self._refresher = Refresher(
             self._store,
-            refresh=self.refresh_now,
+            refresh=self._refresh,
             interval=self._refresh_interval,
             closing=self._closing,
             listen=self._listen,
@@ -458,11 +463,16 @@ class Canary:
         """Stop the background threads, write what is buffered, release the store.
 
         Idempotent; registered with :mod:`atexit`. Events that cannot be written because
-        the store is down are counted in :meth:`stats` as still buffered.
+        the store is down are counted in :meth:`stats` as still buffered. Afterwards
+        ``route()`` still answers from the last tables, ``record()`` and :meth:`feedback`
+        drop their rows and count them (``stats().dropped_closed``), and :meth:`flush`,
+        :meth:`tick`, :meth:`refresh_now` and new gates raise :class:`ConflictError`.
         """
         if self._closed:
             return
         self._closed = True
+        for gate in self._gates.values():  # before the last flush: nothing may queue behind it
+            gate._rebind(add=self._buffer.drop_closed, ids=self._next_id, id_prefix=self._id_prefix)
         self._closing.set()
         self._wake.set()
         self._refresher.wake()  # it may be waiting on its LISTEN connection
@@ -475,6 +485,13 @@ class Canary:
         if self._owns_store:
             self._store.close()
 
+    def _check_open(self, call: str) -> None:
+        if self._closed:
+            raise ConflictError(
+                f"{call} on a closed canary; open a new one with Canary.open() "
+                "(close() runs last, when the agent stops)"
+            )
+
     def __enter__(self) -> Canary:
         return self
 
@@ -485,16 +502,3 @@ class Canary:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-# Canaries alive in this process, so that a fork gives each child its own (see _after_fork).
-_LIVE: weakref.WeakSet[Canary] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for canary in list(_LIVE):
-        canary._after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -104,7 +104,7 @@ class AmbiguousReferenceError(NotFoundError):
 
 
 class ConflictError(CanaryError):
-    """The request clashes with stored state, e.g. a rollout is already active."""
+    """The request clashes with stored state (a rollout is already active) or a closed canary."""
 
     code = ErrorCode.CONFLICT
 

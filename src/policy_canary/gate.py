@@ -149,9 +149,10 @@ class Decision:
 
         ``latency_ms`` and ``cost_usd`` are finite and >= 0, ``quality`` is in [0, 1], token
         counts are ints >= 0, ``safety_flags`` is a list of flag names (or a count) and
-        ``metrics`` maps names to finite numbers or booleans. The event is stamped with the
-        time of this call (or of the block's exit) and queued; it reaches the store with the
-        next flush.
+        ``metrics`` maps names to finite numbers or booleans. Numbers may be numpy scalars
+        (and ``np.bool_`` a bool); they are stored as plain values. The event is stamped with
+        the time of this call (or of the block's exit) and queued; it reaches the store with
+        the next flush. After ``canary.close()`` it is dropped and counted instead.
 
         Raises :class:`InvalidMetricError` for NaN, infinite or negative amounts, a quality
         outside [0, 1], more than 64 safety flags (names of 1..64 characters) or custom
@@ -212,6 +213,24 @@ class Decision:
         # Returning None lets the agent's exception propagate unchanged.
 
 
+def _bad_key(unit_key: object) -> InputError:
+    """The error for a unit key the splitter cannot hash: not text, or not valid Unicode."""
+    if not isinstance(unit_key, str):
+        return InputError(
+            f"unit_key must be a str (a user, session or conversation id), "
+            f"got {type(unit_key).__name__}; convert it with str()"
+        )
+    try:
+        unit_key.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return InputError(
+            f"unit_key {unit_key[:40]!r} is not valid text ({error.reason} at position "
+            f"{error.start}); pass a str that encodes as UTF-8, e.g. bytes decoded with "
+            "errors='replace'"
+        )
+    return InputError(f"unit_key {unit_key[:40]!r} cannot be hashed; pass a plain str")
+
+
 @dataclass(frozen=True, slots=True)
 class GateStatus:
     """How fresh a gate's routing table is, and what it currently serves.
@@ -236,6 +255,40 @@ class GateStatus:
     stale: bool
     buffered_events: int
     dropped_events: int
+
+    @classmethod
+    def of(
+        cls,
+        table: RouteTable,
+        *,
+        loaded_at: datetime | None,
+        attempt: datetime | None,
+        error: str | None,
+        now: datetime,
+        stale_after: timedelta,
+        buffered: int,
+        dropped: int,
+    ) -> GateStatus:
+        """The status of ``table``, last loaded at ``loaded_at`` (never: ``now``)."""
+        loaded = loaded_at or now
+        age = max(now - loaded, timedelta(0))
+        return cls(
+            policy=table.policy,
+            stable_version=table.stable.number,
+            candidate_version=table.candidate.number if table.candidate else None,
+            rollout_id=table.rollout_id,
+            rollout_state=table.rollout_state,
+            traffic_bp=table.share_bp,
+            stage=table.stage,
+            epoch=table.epoch,
+            loaded_at=loaded,
+            last_refresh_attempt_at=attempt,
+            last_error=error,
+            age=age,
+            stale=error is not None or age > stale_after,
+            buffered_events=buffered,
+            dropped_events=dropped,
+        )
 
 
 class Gate:
@@ -277,7 +330,8 @@ class Gate:
 
         The same key gets the same arm for as long as the rollout's share does not shrink;
         without a key the request is assigned at random and the decision says ``sticky=False``.
-        Does no I/O and never raises for store trouble.
+        Does no I/O and never raises for store trouble; raises :class:`InputError` for a key
+        that is not a ``str`` or not valid Unicode (a lone surrogate), rollout or not.
         """
         table = self._table
         share = table.share_bp
@@ -289,20 +343,18 @@ class Gate:
                 hasher = table.hasher.copy()
                 try:
                     hasher.update(unit_key.encode("utf-8"))
-                except AttributeError:
-                    raise InputError(
-                        f"unit_key must be a str (a user, session or conversation id), "
-                        f"got {type(unit_key).__name__}; convert it with str()"
-                    ) from None
+                except (AttributeError, UnicodeEncodeError):
+                    raise _bad_key(unit_key) from None
                 # The splitter's scheme, as one byte-string comparison (see threshold()).
                 candidate = hasher.digest() < table.bound
                 sticky = True
             return Decision(self, table, _CANDIDATE if candidate else _STABLE, sticky, self._ids())
-        if unit_key is not None and not isinstance(unit_key, str):
-            raise InputError(
-                f"unit_key must be a str (a user, session or conversation id), "
-                f"got {type(unit_key).__name__}; convert it with str()"
-            )
+        # The same keys are refused with or without a rollout; ASCII keys skip the encoding.
+        if unit_key is not None and (type(unit_key) is not str or not unit_key.isascii()):
+            try:
+                unit_key.encode("utf-8")
+            except (AttributeError, UnicodeEncodeError):
+                raise _bad_key(unit_key) from None
         return Decision(self, table, _STABLE, unit_key is not None, self._ids())
 
     def _rebind(

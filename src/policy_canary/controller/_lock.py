@@ -14,6 +14,7 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from policy_canary.clock import Clock
+from policy_canary.errors import StoreUnavailableError, first_line
 from policy_canary.store import Store
 from policy_canary.store._schema import leases
 
@@ -92,7 +93,13 @@ class ControllerLock:
                 self._pg.close()
                 self._pg = None
         if self._pg is None:
-            self._pg = self.store.engine.connect()
+            try:
+                self._pg = self.store.engine.connect()
+            except SQLAlchemyError as error:  # outside Store.begin(), so mapped here
+                raise StoreUnavailableError(
+                    f"the store is unavailable, cannot take the controller lock: "
+                    f"{first_line(error)}; check that the database is running"
+                ) from error
             self._key = int(
                 self._pg.execute(
                     text(_PG_KEY), {"suffix": ":policy-canary-controller"}

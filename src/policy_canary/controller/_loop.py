@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from policy_canary._feedback import first_observations
+from policy_canary._resilience import Outage
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._apply import Decision, apply_decision
 from policy_canary.controller._decide import decide
@@ -35,7 +35,7 @@ from policy_canary.controller._rows import (
     load_monitor_row,
     load_rollout,
 )
-from policy_canary.errors import CanaryError, StoreError
+from policy_canary.errors import StoreError, first_line
 from policy_canary.monitors import MonitorEvent
 from policy_canary.registry import lock_policy
 from policy_canary.store import Store
@@ -123,6 +123,8 @@ class Controller:
         self.batch_size = batch_size
         self.actor = actor
         self.lock = ControllerLock(store, holder=self.holder, ttl=lease_ttl, clock=self.clock)
+        # Rollouts whose tick keeps failing: each run of failures is logged in full once.
+        self._failing: dict[str, Outage] = {}
 
     # -- one tick -------------------------------------------------------------------------
 
@@ -144,13 +146,22 @@ class Controller:
                 lock_policy(self.store, conn, policy)
                 row = load_rollout(conn, rollout_id)
                 if row.state.is_terminal():
-                    return TickOutcome(rollout_id, policy, None, False, row.revision)
-                return self._evaluate(conn, row, now)
+                    outcome = TickOutcome(rollout_id, policy, None, False, row.revision)
+                else:
+                    outcome = self._evaluate(conn, row, now)
         except StaleRevisionError as exc:
             return TickOutcome(rollout_id, policy, None, False, -1, error=exc.message)
         except Exception as exc:  # one broken rollout must not stop the others' ticks
-            _log.exception("tick of rollout %s failed", rollout_id)
-            return TickOutcome(rollout_id, policy, None, False, -1, error=str(exc))
+            failing = self._failing.get(rollout_id)
+            if failing is None:
+                failing = self._failing[rollout_id] = _outage(
+                    f"tick of rollout {rollout_id} ({policy}) failed; it is retried every tick"
+                )
+            failing.failed(exc)
+            return TickOutcome(rollout_id, policy, None, False, -1, error=first_line(exc))
+        if (failing := self._failing.pop(rollout_id, None)) is not None:
+            failing.recovered(f"rollout {rollout_id} ({policy}) ticks again")
+        return outcome
 
     def _evaluate(self, conn: Connection, row: Rollout, now: datetime) -> TickOutcome:
         plan = row.plan
@@ -267,28 +278,37 @@ class Controller:
     ) -> int:
         """Tick (then dispatch alerts) every ``interval`` until ``stop`` is set; return ticks.
 
-        The lock is released on the way out, so a standby controller takes over at once.
+        No exception from a tick or a dispatch ends the loop. A run of failures (a store
+        outage) is logged once as an error, with the traceback only when the error is not
+        store trouble, then as one warning line per failed tick, and its end at INFO. The
+        lock is released on the way out, so a standby controller takes over at once.
         """
+        wait = interval.total_seconds()
+        # Each tick during an outage is one failed connection: the loop keeps its pace, so
+        # the first tick after the store returns acts (a rollback must not wait out a backoff).
+        ticking = _outage(f"controller tick failed; retrying every {wait:g}s")
+        dispatching = _outage("alert dispatch failed; alerts stay pending, retried next tick")
         ticks = 0
         try:
             while not stop.is_set():
                 try:
                     report = self.tick()
-                except (CanaryError, SQLAlchemyError):
-                    # The store is down or refused: keep the loop (and its lock) alive and
-                    # try again next interval; nothing was half-applied.
-                    _log.exception("controller tick failed; retrying next interval")
-                    stop.wait(interval.total_seconds())
+                except Exception as error:  # store down, or a bug: nothing was half-applied
+                    ticking.failed(error)
+                    stop.wait(wait)
                     continue
+                ticking.recovered("controller ticks again")
                 ticks += 1
                 if on_tick is not None:
                     on_tick(report)
                 if dispatch is not None:
                     try:
                         dispatch()
-                    except (CanaryError, SQLAlchemyError):
-                        _log.exception("alert dispatch failed; retrying next interval")
-                stop.wait(interval.total_seconds())
+                    except Exception as error:
+                        dispatching.failed(error)
+                    else:
+                        dispatching.recovered("alerts are dispatched again")
+                stop.wait(wait)
         finally:
             self.close()
         return ticks
@@ -331,6 +351,9 @@ def _first_values(
         [(f.decision_id, f.quality, f.metrics) for f in fresh],
     )
     return decisions, values
+def _outage(what: str) -> Outage:
+    """A controller outage: the first failure logged as an error, one warning line per repeat."""
+    return Outage(_log, what, level=logging.ERROR, repeat_level=logging.WARNING)
 
 
 def _same_hold(previous: Any, action: Action) -> bool:

@@ -85,7 +85,13 @@ class ChangeListener:
         """
         # A pool connection taken for good (detached), so the engine's URL, connect_args
         # and connect hooks apply, and the pool opens a replacement when it needs one.
-        fairy = engine.raw_connection()
+        try:
+            fairy = engine.raw_connection()
+        except psycopg.Error as error:
+            # The pool hands out the driver's own error here, not SQLAlchemy's wrapper.
+            raise StoreUnavailableError(
+                f"cannot listen for routing changes: {first_line(error)}"
+            ) from error
         fairy.detach()
         raw = fairy.dbapi_connection
         if not isinstance(raw, psycopg.Connection):

@@ -31,7 +31,7 @@ from policy_canary.alerts import (
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InputError
 from policy_canary.store import Store
-from policy_canary.store._schema import alert_deliveries, alerts
+from policy_canary.store.schema import alert_deliveries, alerts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BASE = timedelta(seconds=10)

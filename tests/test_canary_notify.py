@@ -23,12 +23,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from _serving import POLICY, seed_policy
-from policy_canary._refresher import retry_delay
-from policy_canary.canary import Canary
 from policy_canary.clock import ManualClock
+from policy_canary.controller._rollouts import Rollouts
 from policy_canary.errors import StoreError, StoreUnavailableError
 from policy_canary.registry import Registry
-from policy_canary.rollouts import Rollouts
+from policy_canary.serving._canary import Canary
+from policy_canary.serving._refresher import retry_delay
 from policy_canary.store import Store
 from policy_canary.store._notify import ROUTING_CHANNEL, ChangeListener
 
@@ -156,7 +156,7 @@ def test_a_killed_listener_falls_back_to_polling_and_listens_again(
     admin: Callable[[str], object],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="policy_canary.canary")
+    caplog.set_level(logging.INFO, logger="policy_canary.serving._canary")
     registry = Registry(store, clock=clock)
     with Canary(store, clock=clock, refresh_interval=NO_POLL) as canary:
         gate = canary.gate(POLICY)
@@ -190,7 +190,7 @@ def test_a_listener_that_cannot_open_warns_once_polls_and_retries(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="policy_canary.canary")
+    caplog.set_level(logging.WARNING, logger="policy_canary.serving._canary")
     refused = threading.Event()
     refused.set()
     attempts: list[float] = []

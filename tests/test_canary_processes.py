@@ -12,15 +12,15 @@ import pytest
 from sqlalchemy import func, select
 
 from _serving import POLICY, seed_policy, start_rollout
-from policy_canary.canary import Canary
 from policy_canary.clock import ManualClock
+from policy_canary.serving._canary import Canary
 from policy_canary.store import Store
-from policy_canary.store._schema import events
+from policy_canary.store.schema import events
 
 # One agent process: route the given keys, record each, print (rollout, arms, ids).
 AGENT = """
 import json, sys
-from policy_canary.canary import Canary
+from policy_canary.serving._canary import Canary
 url, policy, keys = json.loads(sys.argv[1])
 with Canary.open(url, background=False) as canary:
     gate = canary.gate(policy)

@@ -18,7 +18,7 @@ from policy_canary.guardrails import (
     price_of,
     resolve_stage_guardrails,
 )
-from policy_canary.verdict import GuardrailAction
+from policy_canary.monitoring._verdict import GuardrailAction
 
 
 def test_percentages_and_fractions_read_the_same() -> None:

@@ -12,9 +12,9 @@ from _rollout_support import POLICY, CountingMonitors, insert_events, setup_poli
 from policy_canary.canonical import digest
 from policy_canary.clock import ManualClock
 from policy_canary.controller import Controller
+from policy_canary.controller._incidents import Incidents, replay, replay_file
+from policy_canary.controller._rollouts import Rollouts
 from policy_canary.errors import InputError, NotFoundError
-from policy_canary.incidents import Incidents, replay, replay_file
-from policy_canary.rollouts import Rollouts
 from policy_canary.store import Store
 
 

@@ -13,14 +13,14 @@ import pytest
 
 from policy_canary.errors import InvalidMetricError, PlanError
 from policy_canary.guardrails import Guardrail, ModelPrice
-from policy_canary.monitors import (
+from policy_canary.monitoring._monitor import (
     Baseline,
     MonitorEvent,
     RolloutMonitor,
     StagePlan,
     preflight,
 )
-from policy_canary.verdict import GuardrailAction, VerdictStatus
+from policy_canary.monitoring._verdict import GuardrailAction, VerdictStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -19,7 +19,7 @@ from policy_canary.errors import (
 )
 from policy_canary.registry import Registry, ReleaseKind, split_ref
 from policy_canary.store import Store
-from policy_canary.store._schema import audit, release_history, versions
+from policy_canary.store.schema import audit, release_history, versions
 
 SPEC_V1 = {"prompt": "You are helpful.", "tools": ["search"], "model": "small"}
 SPEC_V2 = {"prompt": "You are concise.", "tools": ["search"], "model": "small", "memory": {}}

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_canary.splitter import (
+from policy_canary.serving._splitter import (
     BUCKETS,
     SCHEME_VERSION,
     Arm,
@@ -153,7 +153,7 @@ def test_same_answers_in_another_process() -> None:
     sample = ["", "user-1", "Zoë", "会话-7", "🙂", *(f"k{i}" for i in range(200))]
     script = (
         "import json, sys\n"
-        "from policy_canary.splitter import bucket\n"
+        "from policy_canary.serving._splitter import bucket\n"
         "salt, keys = json.load(sys.stdin)\n"
         "print(json.dumps([bucket(salt, k) for k in keys]))\n"
     )

@@ -108,7 +108,7 @@ def test_database_refuses_a_second_active_rollout_of_a_policy(store: Store) -> N
 
     from sqlalchemy.exc import IntegrityError
 
-    from policy_canary.store._schema import rollouts
+    from policy_canary.store.schema import rollouts
 
     registry = Registry(store)
     v1 = registry.register("agent", {"prompt": "a"}).version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy_canary._yaml import load_document
+from policy_canary.documents import load_document
 from policy_canary.errors import InputError, InvalidSpecError
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES, Settings
 

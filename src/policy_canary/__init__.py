@@ -24,9 +24,16 @@ from policy_canary.alerts import (
     WebhookSink,
     load_sinks,
 )
-from policy_canary.canary import Canary, IngestStats, PruneResult
 from policy_canary.clock import Clock, ManualClock, SystemClock
 from policy_canary.controller import Controller, RolloutState, TickReport, decide
+from policy_canary.controller._incidents import (
+    Incident,
+    Incidents,
+    ReplayResult,
+    replay,
+    replay_file,
+)
+from policy_canary.controller._rollouts import Rollouts, RolloutStatus
 from policy_canary.errors import (
     AmbiguousReferenceError,
     CanaryError,
@@ -41,15 +48,14 @@ from policy_canary.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from policy_canary.gate import Decision, Gate, GateStatus
 from policy_canary.guardrails import Guardrail
-from policy_canary.incidents import Incident, Incidents, ReplayResult, replay, replay_file
+from policy_canary.monitoring._verdict import GuardrailAction, Verdict, VerdictStatus
 from policy_canary.plan import RolloutPlan, Stage
 from policy_canary.registry import Registry, ReleaseEntry, ReleaseKind, Version, VersionDiff
-from policy_canary.rollouts import Rollouts, RolloutStatus
-from policy_canary.splitter import Arm
+from policy_canary.serving._canary import Canary, IngestStats, PruneResult
+from policy_canary.serving._gate import Decision, Gate, GateStatus
+from policy_canary.serving._splitter import Arm
 from policy_canary.store import Store
-from policy_canary.verdict import GuardrailAction, Verdict, VerdictStatus
 
 __version__ = "0.1.0"
 

@@ -17,11 +17,11 @@ from _rollout_support import (
 )
 from policy_canary.clock import ManualClock
 from policy_canary.controller import ActionKind, Controller, RolloutState
-from policy_canary.incidents import Incidents
+from policy_canary.controller._incidents import Incidents
+from policy_canary.controller._rollouts import Rollouts
 from policy_canary.registry import Registry
-from policy_canary.rollouts import Rollouts
 from policy_canary.store import Store
-from policy_canary.store._schema import (
+from policy_canary.store.schema import (
     alerts,
     audit,
     incidents,

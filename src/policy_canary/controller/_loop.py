@@ -35,10 +35,10 @@ from policy_canary.controller._rows import (
     load_rollout,
 )
 from policy_canary.errors import CanaryError, StoreError
-from policy_canary.monitors import MonitorEvent
+from policy_canary.monitoring._monitor import MonitorEvent
 from policy_canary.registry import lock_policy
 from policy_canary.store import Store
-from policy_canary.store._schema import events, feedback
+from policy_canary.store.schema import events, feedback
 
 _log = logging.getLogger("policy_canary.controller")
 

@@ -17,9 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from policy_canary.errors import StoreError, StoreUnavailableError, first_line
-
-from ._notify import ROUTING_KEY, ChangeListener, can_listen, notify_routing
-from ._schema import store_state
+from policy_canary.store._notify import ROUTING_KEY, ChangeListener, can_listen, notify_routing
+from policy_canary.store.schema import store_state
 
 #: The embedded default: a SQLite file in the working directory.
 DEFAULT_DB_URL = "sqlite:///policy-canary.db"

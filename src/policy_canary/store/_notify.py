@@ -27,8 +27,7 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
 from policy_canary.errors import StoreError, StoreUnavailableError, first_line
-
-from ._schema import store_state
+from policy_canary.store.schema import store_state
 
 #: The PostgreSQL channel every store's routing changes are announced on.
 ROUTING_CHANNEL = "policy_canary_routing"

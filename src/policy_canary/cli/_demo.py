@@ -22,7 +22,7 @@ from policy_canary.alerts import AlertSink, Dispatcher, LogSink, WebhookSink
 from policy_canary.cli._output import JsonOption, console, emit_json, reporting
 from policy_canary.clock import Clock, ManualClock, SystemClock
 from policy_canary.errors import ConflictError
-from policy_canary.monitoring._verdict import VerdictStatus
+from policy_canary.monitoring import VerdictStatus
 from policy_canary.registry import Registry
 from policy_canary.serving._canary import Canary
 from policy_canary.simulate import POLICY, DemoReport, DemoScenario, Progress, WebhookReceiver

@@ -34,7 +34,7 @@ from policy_canary.controller._rows import (
     record_tick,
     save_monitor_row,
 )
-from policy_canary.monitoring._verdict import Verdict
+from policy_canary.monitoring import Verdict
 from policy_canary.plan import BPS
 from policy_canary.registry import ReleaseKind, move_stable
 from policy_canary.store import Store

@@ -30,7 +30,8 @@ from policy_canary.controller._model import (
     RolloutState,
     message,
 )
-from policy_canary.monitoring._verdict import GuardrailAction, Verdict, VerdictStatus
+from policy_canary.guardrails import GuardrailAction
+from policy_canary.monitoring import Verdict, VerdictStatus
 from policy_canary.plan import RolloutPlan, format_duration
 
 

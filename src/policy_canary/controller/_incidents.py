@@ -25,7 +25,7 @@ from policy_canary.controller._decide import decide
 from policy_canary.controller._model import ActionKind, RolloutSnapshot
 from policy_canary.documents import load_document
 from policy_canary.errors import AmbiguousReferenceError, InputError, NotFoundError, PlanError
-from policy_canary.monitoring._verdict import Verdict
+from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan
 from policy_canary.store import Store
 from policy_canary.store.schema import incidents

@@ -48,7 +48,7 @@ from policy_canary.controller._rows import (
 )
 from policy_canary.controller._start import baseline_events, stable_baseline, start_rollout
 from policy_canary.errors import ConflictError, InputError, NotFoundError, StoreError
-from policy_canary.monitoring._verdict import Verdict
+from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan, Stage, format_duration
 from policy_canary.registry import (
     ReleaseEntry,

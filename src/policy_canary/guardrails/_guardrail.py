@@ -41,11 +41,11 @@ from policy_canary.guardrails._types import (
     DEFAULT_NEGLIGIBLE,
     OVERRIDABLE_FIELDS,
     Direction,
+    GuardrailAction,
     GuardrailKind,
     MetricInfo,
     Statistic,
 )
-from policy_canary.monitoring._verdict import GuardrailAction
 
 __all__ = [
     "BUILTIN_METRICS",
@@ -53,6 +53,7 @@ __all__ = [
     "OVERRIDABLE_FIELDS",
     "Direction",
     "Guardrail",
+    "GuardrailAction",
     "GuardrailKind",
     "MetricInfo",
     "ModelPrice",

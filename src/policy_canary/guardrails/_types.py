@@ -33,6 +33,14 @@ class Statistic(StrEnum):
         return self.quantile is not None
 
 
+class GuardrailAction(StrEnum):
+    """What the controller does when a guardrail breaches."""
+
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    ALERT = "alert"
+
+
 class GuardrailKind(StrEnum):
     """Which question a guardrail asks."""
 

@@ -13,7 +13,6 @@ from policy_canary.monitoring._monitor import (
     preflight,
 )
 from policy_canary.monitoring._verdict import (
-    GuardrailAction,
     Verdict,
     VerdictStatus,
 )
@@ -21,7 +20,6 @@ from policy_canary.monitoring._verdict import (
 __all__ = [
     "ARMS",
     "Baseline",
-    "GuardrailAction",
     "MetricBaseline",
     "MonitorEvent",
     "PreflightRow",

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from policy_canary.guardrails import GuardrailAction
+
 
 class VerdictStatus(StrEnum):
     """A guardrail's current judgement."""
@@ -22,14 +24,6 @@ class VerdictStatus(StrEnum):
     def is_breach(self) -> bool:
         """True when the guardrail has seen enough evidence of a regression to act."""
         return self is VerdictStatus.BREACH
-
-
-class GuardrailAction(StrEnum):
-    """What the controller does when a guardrail breaches."""
-
-    ROLLBACK = "rollback"
-    PAUSE = "pause"
-    ALERT = "alert"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from policy_canary.errors import InvalidMetricError
+from policy_canary.limits import MAX_MAGNITUDE
 
 #: Columns of ``events`` the flusher writes, in row order (``id`` is the database's).
 EVENT_COLUMNS = (
@@ -47,9 +48,6 @@ MAX_METRIC_NAME = 64
 #: Most custom metrics on one event; more is a logging mistake, not a metric set.
 MAX_METRICS = 64
 
-#: Largest magnitude of any recorded number (latency in ms, cost, custom metrics): far beyond
-#: any real value, and small enough that the monitors' sums of squares stay finite.
-MAX_MAGNITUDE = 1e15
 _NO_FLAGS = "[]"
 _NO_METRICS = "{}"
 #: The default of ``safety_flags``; compared by identity so the common case costs nothing.

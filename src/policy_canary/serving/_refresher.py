@@ -18,10 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from policy_canary.errors import CanaryError
 from policy_canary.store import Store
-from policy_canary.store._notify import ChangeListener
+
+if TYPE_CHECKING:
+    from policy_canary.store._notify import ChangeListener
 
 _log = logging.getLogger("policy_canary.serving._canary")
 

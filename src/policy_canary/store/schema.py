@@ -93,6 +93,9 @@ audit = Table(
     Index(None, "subject", "id"),
 )
 
+#: The change counter in ``store_state`` that every routing change bumps.
+ROUTING_KEY = "routing"
+
 store_state = Table(
     "store_state",
     metadata,

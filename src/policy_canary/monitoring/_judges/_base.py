@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from policy_canary.guardrails import Guardrail
+from policy_canary.limits import MAX_MAGNITUDE
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
-from policy_canary.serving._outcomes import MAX_MAGNITUDE
 
 if TYPE_CHECKING:
     from policy_canary.monitoring._baseline import Baseline

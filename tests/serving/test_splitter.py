@@ -27,7 +27,7 @@ from policy_canary.serving._splitter import (
     threshold,
 )
 
-VECTORS = Path(__file__).parent / "vectors" / "splitter.json"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "splitter.json"
 # Five standard deviations: a correct splitter fails a bound like this about once in 1.7
 # million runs, a biased one fails it at once.
 SIGMAS = 5.0

@@ -14,7 +14,7 @@ from _rollout_support import PLAN_YAML
 from policy_canary.errors import PlanError
 from policy_canary.plan import RolloutPlan, format_duration, parse_duration
 
-DOCS = Path(__file__).parent.parent / "docs" / "plan.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "plan.md"
 
 
 def load(text: str) -> RolloutPlan:

@@ -11,6 +11,7 @@ from policy_canary.guardrails import (
     DEFAULT_NEGLIGIBLE,
     Direction,
     Guardrail,
+    GuardrailAction,
     GuardrailKind,
     ModelPrice,
     Statistic,
@@ -18,7 +19,6 @@ from policy_canary.guardrails import (
     price_of,
     resolve_stage_guardrails,
 )
-from policy_canary.monitoring._verdict import GuardrailAction
 
 
 def test_percentages_and_fractions_read_the_same() -> None:

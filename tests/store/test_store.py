@@ -130,3 +130,11 @@ def test_database_refuses_a_second_active_rollout_of_a_policy(store: Store) -> N
         conn.execute(rollouts.insert().values(row("r2", "paused")))
     with store.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM rollouts")).scalar_one() == 2
+
+
+def test_schema_head_constant_names_the_newest_migration(store: Store) -> None:
+    # Opening a store at SCHEMA_HEAD skips Alembic; a new migration must move the constant.
+    from policy_canary.store._engine import SCHEMA_HEAD
+
+    assert store.head_revision() == SCHEMA_HEAD
+    assert store.current_revision() == SCHEMA_HEAD

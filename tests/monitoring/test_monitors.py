@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from policy_canary.errors import InvalidMetricError, PlanError
-from policy_canary.guardrails import Guardrail, ModelPrice
+from policy_canary.guardrails import Guardrail, GuardrailAction, ModelPrice
+from policy_canary.monitoring import VerdictStatus
 from policy_canary.monitoring._monitor import (
     Baseline,
     MonitorEvent,
@@ -20,7 +21,6 @@ from policy_canary.monitoring._monitor import (
     StagePlan,
     preflight,
 )
-from policy_canary.monitoring._verdict import GuardrailAction, VerdictStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -284,7 +284,8 @@ def test_run_ticks_and_delivers_alerts_until_stopped(
 ) -> None:
     import threading
 
-    from policy_canary.alerts import Dispatcher, MemorySink
+    from policy_canary.alerts import Dispatcher
+    from policy_canary.testing import MemorySink
 
     _, rollouts, controller = world
     row = rollouts.start(POLICY, candidate="v2", plan=small_plan())

@@ -1,4 +1,4 @@
-"""Smoke tests of the serving benchmarks: they run end to end on a tiny N and write JSON.
+"""Smoke tests of the serving benchmarks (route, ingest, start-up): end to end, tiny N, JSON.
 
 Timings are not asserted (they depend on the machine); the structure and the correctness
 evidence (realized shares, every event stored) are.
@@ -64,3 +64,15 @@ def test_bench_ingest_smoke(tmp_path: Path) -> None:
     assert sqlite["all_stored"] is True
     assert sqlite["dropped"] == 0
     assert [run["stored"] for run in sqlite["runs"]] == [500]
+
+
+@pytest.mark.slow
+def test_bench_startup_smoke(tmp_path: Path) -> None:
+    result = _run("bench_startup.py", tmp_path, "--repeats", "1")
+    rows = {row["name"]: row for row in result["results"]}  # type: ignore[attr-defined]
+    ours = rows["(a) from policy_canary import Canary"]
+    opened = rows["(b) (a) + Canary.open(sqlite).gate()"]
+    assert ours["status"] == opened["status"] == "ok"
+    assert ours["cpu_ms"] > 0
+    assert opened["modules"] > ours["modules"]  # the store and its driver loaded
+    assert set(result["verdict"]) >= {"import_vs_growthbook", "open_vs_growthbook"}  # type: ignore[arg-type]

@@ -2,12 +2,10 @@
 
 ``record()`` only appends a ready-made row tuple to a bounded deque (``deque.append`` is
 atomic, so producers on many threads need no lock). One flusher at a time drains it in
-batches:
-
-- SQLite: one ``executemany`` of ``INSERT .. ON CONFLICT (decision_id) DO NOTHING``;
-- PostgreSQL: ``COPY`` (several times faster than any INSERT form on a 2-core box). A batch
-  whose commit outcome was unknown and is retried would hit the unique decision id, so on an
-  integrity error the batch is written again with the idempotent INSERT form.
+batches through the canary's :class:`~policy_canary.serving._link.Link` (``_direct.py``
+says how a store takes them). A batch whose commit outcome was unknown and is retried would
+hit the unique decision id, so on a duplicate it is written again with ``retry=True``, the
+idempotent form.
 
 A batch that fails to commit stays *in flight* and is retried first, so an acknowledged event
 is never lost while the store is down (design invariant 8); new events keep queueing until the
@@ -24,37 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, exc, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from policy_canary.errors import CanaryError, InputError
+from policy_canary.serving._link import EventRow, FeedbackRow, Link
 
-from policy_canary.errors import CanaryError, InputError, StoreUnavailableError
-from policy_canary.serving._outcomes import AT_INDEX, EVENT_COLUMNS
-from policy_canary.store import Store
-from policy_canary.store.schema import events, feedback
-
-EventRow = tuple[Any, ...]
-#: (decision_id, at, quality, metrics JSON, verified): ``verified`` is False when the
-#: decision could not be looked up at the call (store down) and must be checked at flush.
-FeedbackRow = tuple[str, datetime, float | None, str, bool, str]
-
-_COLUMNS = ", ".join(EVENT_COLUMNS)
-_SQLITE_INSERT = (
-    f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
-    "ON CONFLICT (decision_id) DO NOTHING"
-)
-_PG_INSERT = (
-    f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))}) "
-    "ON CONFLICT (decision_id) DO NOTHING"
-)
-_PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN"
 #: Longest wait between flush retries while the store is down.
 MAX_RETRY_DELAY = 5.0
-#: Advisory lock key ("pcev") serialising event writers on PostgreSQL; see ``_write``.
-EVENT_WRITER_LOCK = 0x70_63_65_76
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,28 +62,12 @@ class IngestStats:
         )
 
 
-def _transient(error: BaseException) -> bool:
-    """True for "cannot reach / cannot lock the database": retry later, keep the batch."""
-    if isinstance(error, StoreUnavailableError | exc.OperationalError | exc.InterfaceError):
-        return True
-    # Raw driver errors from the COPY/executemany path are not wrapped by SQLAlchemy.
-    name = type(error).__name__
-    return name in {"OperationalError", "InterfaceError"}
-
-
-def _integrity(error: BaseException) -> bool:
-    return isinstance(error, exc.IntegrityError) or type(error).__name__ in {
-        "IntegrityError",
-        "UniqueViolation",
-    }
-
-
 class EventBuffer:
     """A bounded buffer of event and feedback rows, and the batched writer that drains it."""
 
     def __init__(
         self,
-        store: Store,
+        link: Link,
         *,
         now: Callable[[], datetime],
         capacity: int,
@@ -117,7 +76,7 @@ class EventBuffer:
     ) -> None:
         if capacity < 1 or batch_size < 1:
             raise InputError("buffer_size and batch_size must be at least 1")
-        self._store = store
+        self._link = link
         self._now = now
         self._capacity = capacity
         self._batch_size = batch_size
@@ -138,7 +97,6 @@ class EventBuffer:
         self._last_flush_at: datetime | None = None
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
-        self._sqlite = store.dialect == "sqlite"
 
     # -- the flusher thread ----------------------------------------------------------------
 
@@ -172,7 +130,7 @@ class EventBuffer:
                 closing.wait(delay)
             if housekeeping and time.monotonic() - last_housekeeping > housekeeping_interval:
                 last_housekeeping = time.monotonic()
-                with contextlib.suppress(CanaryError, exc.SQLAlchemyError):
+                with contextlib.suppress(CanaryError):
                     housekeeping()
 
     # -- producers (the agent's threads) --------------------------------------------------
@@ -252,16 +210,17 @@ class EventBuffer:
 
         Raises only when the store is unreachable or locked (the batch is then retried).
         """
+        link = self._link
         try:
             try:
-                return 0, self._write(rows, fb_rows, fast=True)
+                return 0, link.write(rows, fb_rows, retry=False)
             except Exception as error:
-                if not _integrity(error):
+                if not link.is_duplicate(error):
                     raise
                 # A retried batch whose first commit did land: write it idempotently.
-                return 0, self._write(rows, fb_rows, fast=False)
+                return 0, link.write(rows, fb_rows, retry=True)
         except Exception as error:
-            if _transient(error):
+            if link.is_transient(error):
                 raise
         # The store refused the batch for its content: isolate the bad rows.
         return self._write_one_by_one(rows, fb_rows)
@@ -273,57 +232,23 @@ class EventBuffer:
             self._last_error = f"{type(error).__name__}: {message}"
             self._last_error_at = self._now()
 
-    def _write(
-        self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow], *, fast: bool
-    ) -> int:
-        """Write one batch in one transaction; return how many feedback rows were refused."""
-        with self._store.begin() as conn:
-            if not self._sqlite:
-                # Monitors read events (and feedback) past an id cursor. PostgreSQL hands out
-                # ids when rows are inserted but shows them when their transaction commits,
-                # so two concurrent writers could make a higher id visible before a lower
-                # one and the cursor would skip the lower. Holding this lock from the first
-                # id to the commit makes ids visible in order. (SQLite's write transactions
-                # are already serial.) One writer at a time still clears tens of thousands
-                # of rows a second: COPY, not the lock, is the bottleneck.
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVENT_WRITER_LOCK})")
-            if rows:
-                self._insert_events(conn, rows, fast=fast)
-            return _insert_feedback(conn, fb_rows) if fb_rows else 0
-
-    def _insert_events(self, conn: Connection, rows: Sequence[EventRow], *, fast: bool) -> None:
-        if self._sqlite:
-            conn.exec_driver_sql(
-                _SQLITE_INSERT,
-                [
-                    (*row[:AT_INDEX], sqlite_time(row[AT_INDEX]), *row[AT_INDEX + 1 :])
-                    for row in rows
-                ],
-            )
-        elif fast:
-            raw = conn.connection.dbapi_connection
-            with raw.cursor() as cursor, cursor.copy(_PG_COPY) as copy:  # type: ignore[union-attr]
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            conn.exec_driver_sql(_PG_INSERT, list(rows))
-
     def _write_one_by_one(
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow]
     ) -> tuple[int, int]:
+        link = self._link
         rejected = rejected_fb = 0
         for row in rows:
             try:
-                self._write([row], [], fast=False)
+                link.write([row], [], retry=True)
             except Exception as error:
-                if _transient(error):
+                if link.is_transient(error):
                     raise
                 rejected += 1
         for fb in fb_rows:
             try:
-                rejected_fb += self._write([], [fb], fast=False)
+                rejected_fb += link.write([], [fb], retry=True)
             except Exception as error:
-                if _transient(error):
+                if link.is_transient(error):
                     raise
                 rejected_fb += 1
         return rejected, rejected_fb
@@ -348,53 +273,8 @@ class EventBuffer:
             )
 
 
-def sqlite_time(at: datetime) -> str:
-    """The text SQLAlchemy stores on SQLite for the aware time ``at`` (a test pins equality).
-
-    Bypassing SQLAlchemy's per-row machinery is what makes the SQLite path fast; the
-    C-implemented ``isoformat`` writes the same ``YYYY-MM-DD HH:MM:SS.ffffff`` text that
-    its ``DATETIME`` type writes and parses back, in a third of the time.
-    """
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
 def _take(queue: deque[Any], limit: int) -> list[Any]:
     """Pop up to ``limit`` items from the left; safe against concurrent appends."""
     count = min(limit, len(queue))
     popleft = queue.popleft
     return [popleft() for _ in range(count)]
-
-
-def _insert_feedback(conn: Connection, rows: Sequence[FeedbackRow]) -> int:
-    """Insert feedback rows whose decision exists; return how many were refused as unknown.
-
-    Rows verified at the call go straight in. The others (accepted while the store was
-    unreachable) are checked against ``events`` now, after this batch's events went in.
-    """
-    unverified = {row[0] for row in rows if not row[4]}
-    known: set[str] = set()
-    if unverified:
-        known = set(
-            conn.execute(
-                select(events.c.decision_id).where(events.c.decision_id.in_(unverified))
-            ).scalars()
-        )
-    keep = [row for row in rows if row[4] or row[0] in known]
-    if keep:
-        insert = (
-            sqlite_insert(feedback) if conn.dialect.name == "sqlite" else pg_insert(feedback)
-        ).on_conflict_do_nothing(index_elements=["key"])
-        conn.execute(
-            insert,
-            [
-                {
-                    "decision_id": row[0],
-                    "at": row[1],
-                    "quality": row[2],
-                    "metrics": row[3],
-                    "key": row[5],
-                }
-                for row in keep
-            ],
-        )
-    return len(rows) - len(keep)

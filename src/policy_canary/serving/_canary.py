@@ -37,30 +37,26 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from sqlalchemy import exc, select
-
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.errors import (
     CanaryError,
     InputError,
     InvalidMetricError,
     NotFoundError,
-    StoreError,
     first_line,
 )
 from policy_canary.serving._buffer import EventBuffer, IngestStats
 from policy_canary.serving._gate import Gate, GateStatus
+from policy_canary.serving._link import Link, PruneResult
 from policy_canary.serving._outcomes import metrics_json, quality_value
 from policy_canary.serving._refresher import Refresher
-from policy_canary.serving._retention import PruneResult, prune_rows
-from policy_canary.serving._routing import RouteTable, SpecCache, load_tables
-from policy_canary.store import Store
-from policy_canary.store.schema import events
+from policy_canary.serving._routing import SpecCache
 
 if TYPE_CHECKING:  # loaded on first use: an agent that only routes never pays for them
     from policy_canary.controller import Controller, TickReport
     from policy_canary.controller._rollouts import Rollouts
     from policy_canary.registry import Registry
+    from policy_canary.store import Store
 
 __all__ = ["Canary", "IngestStats", "PruneResult"]
 
@@ -117,7 +113,11 @@ class Canary:
             raise InputError("refresh_interval, flush_interval and prune_interval must be > 0")
         if retention is not None and retention <= timedelta(0):
             raise InputError("retention must be a positive timedelta, or None to keep all")
+        # The store's side of the serving path; loaded with the store (and SQLAlchemy).
+        from policy_canary.serving._direct import StoreLink
+
         self._store = store
+        self._link: Link = StoreLink(store)
         self._clock: Clock = clock or SystemClock()
         # Every record() stamps its event; for the wall clock, calling datetime.now directly
         # skips a Python frame (a tenth of record()'s budget). Any other clock is honoured.
@@ -178,6 +178,8 @@ class Canary:
         Raises :class:`StoreUnavailableError` when the database cannot be reached: without a
         routing table there is nothing safe to serve. See the class for the options.
         """
+        from policy_canary.store import Store
+
         store = Store.open(db_url, migrate=migrate)
         return cls(
             store,
@@ -249,15 +251,8 @@ class Canary:
             gate = self._gates.get(policy)
             if gate is not None:
                 return gate
-            try:
-                with self._store.read() as conn:
-                    epoch = self._store.read_epoch(conn)
-                    table = load_tables(conn, [policy], epoch=epoch, specs=self._specs)[policy]
-            except exc.SQLAlchemyError as error:
-                raise StoreError(
-                    f"cannot load the routing table of {policy!r}: {first_line(error)}; "
-                    "is the database migrated (policy-canary's schema)?"
-                ) from error
+            epoch, tables = self._link.load([policy], specs=self._specs, known_epoch=None)
+            table = tables[policy]
             gate = Gate(
                 self,
                 table,
@@ -284,12 +279,10 @@ class Canary:
             now = self._clock.now()
             loaded_at = self._refreshed[0]
             try:
-                with self._store.read() as conn:
-                    epoch = self._store.read_epoch(conn)
-                    tables: dict[str, RouteTable] = {}
-                    if epoch != self._epoch:
-                        tables = load_tables(conn, self._gates, epoch=epoch, specs=self._specs)
-            except (CanaryError, exc.SQLAlchemyError) as error:
+                epoch, tables = self._link.load(
+                    self._gates, specs=self._specs, known_epoch=self._epoch
+                )
+            except CanaryError as error:
                 self._refreshed = (loaded_at, now, f"{type(error).__name__}: {first_line(error)}")
                 return False
             for name, table in tables.items():
@@ -356,21 +349,15 @@ class Canary:
         # agent wait for a connection timeout, check the id when the row is written.
         store_down = self._refreshed[2] is not None
         if not verified and not store_down:
-            try:
-                with self._store.read() as conn:
-                    found = conn.execute(
-                        select(events.c.id).where(events.c.decision_id == decision_id)
-                    ).first()
-            except (StoreError, exc.SQLAlchemyError):
-                found = None  # cannot check now: buffered, checked when written
-            else:
-                if found is None:
-                    raise NotFoundError(
-                        f"no decision {decision_id!r} in the store; feedback must name a "
-                        "decision routed by a gate (its events reach the store within a "
-                        "flush interval)"
-                    )
-                verified = True
+            found = self._link.decision_known(decision_id)
+            if found is False:
+                raise NotFoundError(
+                    f"no decision {decision_id!r} in the store; feedback must name a "
+                    "decision routed by a gate (its events reach the store within a "
+                    "flush interval)"
+                )
+            # None: cannot check now; buffered, and checked when it is written.
+            verified = found is True
         key = f"{self._id_prefix}f{self._next_feedback()}"
         self._buffer.add_feedback(
             (decision_id, self._clock.now(), score, metrics_text, verified, key)
@@ -401,7 +388,7 @@ class Canary:
         keep_for = retention or self._retention
         if keep_for is None:
             raise InputError("no retention configured; pass retention=timedelta(days=...)")
-        return prune_rows(self._store, (now or self._clock.now()) - keep_for)
+        return self._link.prune((now or self._clock.now()) - keep_for)
 
     # -- background threads ---------------------------------------------------------------
 
@@ -410,14 +397,14 @@ class Canary:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._refresher = Refresher(
-            self._store,
+            self._link,
             refresh=self.refresh_now,
             interval=self._refresh_interval,
             closing=self._closing,
             listen=self._listen,
         )
         self._buffer = EventBuffer(
-            self._store,
+            self._link,
             now=self._clock.now,
             capacity=self._buffer_size,
             batch_size=self._batch_size,
@@ -448,7 +435,7 @@ class Canary:
         """
         if self._closed:
             return
-        self._store.engine.dispose(close=False)  # never touch the parent's connections
+        self._link.after_fork()  # never touch the parent's connections
         self._refresh_lock = threading.Lock()
         self._id_prefix = secrets.token_hex(8) + "-"
         self._next_id = itertools.count(1).__next__

@@ -2,8 +2,8 @@
 
 Every ``interval`` seconds it calls the canary's refresh (one indexed read of the counter;
 the tables are reloaded only when it moved). On PostgreSQL it also holds a LISTEN connection
-(:meth:`Store.listen`) and waits on it instead of sleeping, so a committed change, above all a
-rollback, triggers the refresh at once. Polling stays as the safety net for anything a
+(the link's ``listen()``) and waits on it instead of sleeping, so a committed change, above
+all a rollback, triggers the refresh at once. Polling stays as the safety net for anything a
 listener misses.
 
 The listener is an optimisation, never a dependency: if it cannot be opened or its connection
@@ -21,10 +21,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from policy_canary.errors import CanaryError
-from policy_canary.store import Store
 
 if TYPE_CHECKING:
-    from policy_canary.store._notify import ChangeListener
+    from policy_canary.serving._link import Link, Listener
 
 _log = logging.getLogger("policy_canary.serving._canary")
 
@@ -52,24 +51,24 @@ class Refresher:
 
     def __init__(
         self,
-        store: Store,
+        link: Link,
         *,
         refresh: Callable[[], object],
         interval: float,
         closing: threading.Event,
         listen: bool = True,
     ) -> None:
-        self._store = store
+        self._link = link
         self._refresh = refresh
         self._interval = interval
         self._closing = closing
-        self._listen = listen and store.can_listen
-        self._listener: ChangeListener | None = None
+        self._listen = listen and link.can_listen
+        self._listener: Listener | None = None
         self._failures = 0  # consecutive listener failures; 0 while it works
         self._retry_at = 0.0  # monotonic time of the next attempt to open it
 
     @property
-    def listener(self) -> ChangeListener | None:
+    def listener(self) -> Listener | None:
         """The open LISTEN connection, if any (None on SQLite, or while polling only)."""
         return self._listener
 
@@ -109,7 +108,7 @@ class Refresher:
 
     def _open_listener(self) -> None:
         try:
-            listener = self._store.listen()
+            listener = self._link.listen()
         except CanaryError as error:
             self._failed(error)
             return
@@ -120,7 +119,7 @@ class Refresher:
         if not self._closing.is_set():
             self._refresh()
 
-    def _wait(self, listener: ChangeListener) -> None:
+    def _wait(self, listener: Listener) -> None:
         try:
             listener.wait(self._interval)
         except CanaryError as error:

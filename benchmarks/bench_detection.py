@@ -46,9 +46,10 @@ from scipy import stats as sps
 
 from _detection_report import render, render_targets
 from _floors import binomial_median_floor, gamma_median_floor, gaussian_median_floor
-from policy_canary._judges import MeanJudge, Setup
 from policy_canary.guardrails import Guardrail, Statistic
-from policy_canary.monitors import Baseline, MetricBaseline
+from policy_canary.monitoring import VerdictStatus
+from policy_canary.monitoring._judges import MeanJudge, Setup
+from policy_canary.monitoring._monitor import Baseline, MetricBaseline
 from policy_canary.stats import (
     RateMixture,
     bernoulli_kl,
@@ -57,7 +58,6 @@ from policy_canary.stats import (
     wald_bernoulli_floor,
     wald_gaussian_floor,
 )
-from policy_canary.verdict import VerdictStatus
 
 ALPHA = 0.01
 BETA = 0.2

@@ -29,13 +29,13 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, func, select, text
 
 from _common import median, no_gc, parse_args, print_table, write_json
-from policy_canary.canary import Canary
 from policy_canary.clock import SystemClock
-from policy_canary.gate import Decision, Gate
 from policy_canary.registry import Registry
-from policy_canary.splitter import new_salt
+from policy_canary.serving._canary import Canary
+from policy_canary.serving._gate import Decision, Gate
+from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
-from policy_canary.store._schema import events, rollouts
+from policy_canary.store.schema import events, rollouts
 
 TARGET_RECORD_US = 3.0
 TARGET_SQLITE = 50_000

@@ -9,14 +9,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from policy_canary.clock import ManualClock
 from policy_canary.guardrails import GuardrailKind
-from policy_canary.monitors import MonitorEvent
+from policy_canary.monitoring import Verdict, VerdictStatus
+from policy_canary.monitoring._monitor import MonitorEvent
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import Registry
 from policy_canary.store import Store
-from policy_canary.store._schema import events
-from policy_canary.verdict import Verdict, VerdictStatus
+from policy_canary.store.schema import events
+from policy_canary.testing import ManualClock
 
 POLICY = "support-agent"
 

@@ -18,9 +18,9 @@ from sqlalchemy.pool import NullPool
 
 from policy_canary.clock import Clock
 from policy_canary.registry import Registry
-from policy_canary.splitter import new_salt
+from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
-from policy_canary.store._schema import rollouts
+from policy_canary.store.schema import rollouts
 
 POLICY = "support-agent"
 STABLE_SPEC: dict[str, Any] = {"prompt": "You are a helpful support agent.", "tools": ["search"]}

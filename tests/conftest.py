@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from policy_canary.clock import ManualClock
 from policy_canary.store import Store
+from policy_canary.testing import ManualClock
 
 PG_URL = os.environ.get(
     "POLICY_CANARY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -27,7 +27,6 @@ from typing import Any
 from sqlalchemy import RowMapping, func, select
 from sqlalchemy.exc import IntegrityError
 
-from policy_canary._audit import default_actor, record_audit
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.errors import (
     AuthenticationError,
@@ -38,7 +37,8 @@ from policy_canary.errors import (
 )
 from policy_canary.registry import validate_policy_name
 from policy_canary.store import Store
-from policy_canary.store._schema import api_tokens
+from policy_canary.store._audit import default_actor, record_audit
+from policy_canary.store.schema import api_tokens
 
 __all__ = [
     "POLICY_SCOPED",

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from policy_canary.store import Store
-from policy_canary.store._schema import leases
+from policy_canary.store.schema import leases
 
 _MAIN = "from policy_canary.cli import main; main()"
 

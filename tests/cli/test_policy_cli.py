@@ -154,18 +154,3 @@ def test_not_a_database_exits_3(tmp_path: Path) -> None:
 def test_db_upgrade_reports_the_head(cli: Cli) -> None:
     data = cli("db", "upgrade", "--json").json()
     assert data["revision"] == data["head"]
-
-
-def test_every_command_has_help() -> None:
-    import typer.main
-
-    group = typer.main.get_command(app)
-
-    def walk(command: object, path: list[str]) -> list[tuple[str, object]]:
-        found = [(" ".join(path), command)]
-        for name, sub in getattr(command, "commands", {}).items():
-            found += walk(sub, [*path, name])
-        return found
-
-    for name, command in walk(group, []):
-        assert getattr(command, "help", None), f"'{name}' has no help text"

@@ -17,11 +17,11 @@ from _rollout_support import (
 )
 from policy_canary.clock import ManualClock
 from policy_canary.controller import ActionKind, Controller, RolloutState
-from policy_canary.incidents import Incidents
+from policy_canary.controller._incidents import Incidents
+from policy_canary.controller._rollouts import Rollouts
 from policy_canary.registry import Registry
-from policy_canary.rollouts import Rollouts
 from policy_canary.store import Store
-from policy_canary.store._schema import (
+from policy_canary.store.schema import (
     alerts,
     audit,
     incidents,
@@ -284,7 +284,8 @@ def test_run_ticks_and_delivers_alerts_until_stopped(
 ) -> None:
     import threading
 
-    from policy_canary.alerts import Dispatcher, MemorySink
+    from policy_canary.alerts import Dispatcher
+    from policy_canary.testing import MemorySink
 
     _, rollouts, controller = world
     row = rollouts.start(POLICY, candidate="v2", plan=small_plan())

@@ -16,7 +16,8 @@ from policy_canary.controller import (
     RolloutState,
     decide,
 )
-from policy_canary.verdict import GuardrailAction, Verdict, VerdictStatus
+from policy_canary.guardrails import GuardrailAction
+from policy_canary.monitoring import Verdict, VerdictStatus
 
 PLAN = small_plan()  # canary 1% (10m..1h, 10/arm), validation 10% strict (20m..2h, 20), soak 50%
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 from _rollout_support import POLICY, CountingMonitors, setup_policy, small_plan
-from policy_canary.canary import Canary
 from policy_canary.clock import ManualClock
 from policy_canary.controller import ActionKind, Controller
-from policy_canary.rollouts import Rollouts
+from policy_canary.controller._rollouts import Rollouts
+from policy_canary.serving._canary import Canary
 from policy_canary.store import Store
 
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 from _rollout_support import POLICY, insert_events, setup_policy
 from policy_canary.clock import ManualClock
 from policy_canary.controller import ActionKind, Controller, RolloutState
-from policy_canary.incidents import Incidents, replay
-from policy_canary.rollouts import Rollouts
+from policy_canary.controller._incidents import Incidents, replay
+from policy_canary.controller._rollouts import Rollouts
 from policy_canary.store import Store
 
 

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.clock import ManualClock
 from policy_canary.controller import Controller
-from policy_canary.rollouts import Rollouts
+from policy_canary.controller._rollouts import Rollouts
 from policy_canary.store import Store
-from policy_canary.store._schema import alerts, audit, release_history, rollout_ticks, rollouts
+from policy_canary.store.schema import alerts, audit, release_history, rollout_ticks, rollouts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: Simulated seconds per wall-clock second: the whole plan (60 min of dwell) runs in ~1.5 s.

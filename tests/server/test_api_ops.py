@@ -11,7 +11,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from policy_canary.cli import app as cli_app
-from policy_canary.store._schema import alert_deliveries, alerts
+from policy_canary.store.schema import alert_deliveries, alerts
 
 NAME = "support-agent"
 

@@ -8,9 +8,9 @@ from sqlalchemy import func, select
 
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError
-from policy_canary.gate import Decision
+from policy_canary.serving._gate import Decision
 from policy_canary.store import Store
-from policy_canary.store._schema import events, feedback
+from policy_canary.store.schema import events, feedback
 
 NAME = "support-agent"
 

@@ -12,7 +12,7 @@ from policy_canary.clock import ManualClock
 from policy_canary.errors import ConflictError
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.store import Store
-from policy_canary.store._schema import idempotency_keys
+from policy_canary.store.schema import idempotency_keys
 
 NAME = "support-agent"
 PUSH = f"/api/v1/policies/{NAME}/versions"

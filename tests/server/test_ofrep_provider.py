@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from _serving import update_rollout
 from policy_canary.registry import Registry
 from policy_canary.store import Store
-from policy_canary.store._schema import events
+from policy_canary.store.schema import events
 from policy_canary.tokens import Tokens
 
 NAME = "support-agent"

@@ -17,7 +17,7 @@ from policy_canary.cli import app as cli_app
 from policy_canary.errors import InputError
 from policy_canary.server._run import check_exposure, is_loopback
 from policy_canary.store import Store
-from policy_canary.store._schema import events, feedback
+from policy_canary.store.schema import events, feedback
 from policy_canary.tokens import Tokens
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"

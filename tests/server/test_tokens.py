@@ -21,7 +21,7 @@ from policy_canary.errors import (
     PermissionDeniedError,
 )
 from policy_canary.store import Store
-from policy_canary.store._schema import api_tokens, audit
+from policy_canary.store.schema import api_tokens, audit
 from policy_canary.tokens import (
     ROLE_PERMISSIONS,
     TOKEN_PREFIX,

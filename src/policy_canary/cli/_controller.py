@@ -12,12 +12,12 @@ from types import FrameType
 
 import typer
 
-from policy_canary._resilience import RECOVERED
 from policy_canary.alerts import Dispatcher, load_sinks
 from policy_canary.cli._output import JsonOption, console, emit_json, render, reporting, state
 from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import InputError
 from policy_canary.plan import parse_duration
+from policy_canary.resilience import RECOVERED
 
 
 def _human(report: TickReport) -> None:

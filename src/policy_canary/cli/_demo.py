@@ -19,14 +19,14 @@ from rich.panel import Panel
 from rich.table import Table
 
 from policy_canary.alerts import AlertSink, Dispatcher, LogSink, WebhookSink
-from policy_canary.canary import Canary
 from policy_canary.cli._output import JsonOption, console, emit_json, reporting
 from policy_canary.clock import Clock, ManualClock, SystemClock
 from policy_canary.errors import ConflictError
+from policy_canary.monitoring import VerdictStatus
 from policy_canary.registry import Registry
+from policy_canary.serving._canary import Canary
 from policy_canary.simulate import POLICY, DemoReport, DemoScenario, Progress, WebhookReceiver
 from policy_canary.store import Store
-from policy_canary.verdict import VerdictStatus
 
 DEMO_DB = Path("policy-canary-demo.db")
 ALERT_LOG = Path("policy-canary-demo-alerts.jsonl")

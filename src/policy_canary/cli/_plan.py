@@ -9,12 +9,12 @@ import typer
 import yaml
 from rich.table import Table
 
-from policy_canary._reports import plan_check_report
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.controller._rollouts import stable_baseline
 from policy_canary.errors import InputError
-from policy_canary.monitors import PreflightRow
+from policy_canary.monitoring._monitor import PreflightRow
 from policy_canary.plan import RolloutPlan, format_duration
-from policy_canary.rollouts import stable_baseline
+from policy_canary.reports import plan_check_report
 
 app = typer.Typer(help="Validate and show rollout plans.", no_args_is_help=True)
 

@@ -8,11 +8,11 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from policy_canary._reports import import_report, push_report, set_stable_report, versions_report
-from policy_canary._specfile import load_spec_file
 from policy_canary.canonical import canonical_json
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
 from policy_canary.registry import Registry, Version, split_ref
+from policy_canary.registry._specfile import load_spec_file
+from policy_canary.reports import import_report, push_report, set_stable_report, versions_report
 
 app = typer.Typer(help="Register and inspect policy versions.", no_args_is_help=True)
 

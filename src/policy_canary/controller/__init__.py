@@ -6,17 +6,26 @@ monitors (``_monitoring.py``), calls ``decide()`` and applies the action in one 
 (``_apply.py``, incidents from ``_bundle.py``), under a lock that lets one controller act at a
 time (``_lock.py``) and a compare-and-swap on the rollout's revision (``_rows.py``) that lets a
 transition apply at most once. ``_start.py`` and ``_restore.py`` hold the two writes that
-:class:`policy_canary.rollouts.Rollouts` adds: starting a rollout, and restoring the previous
-stable after a promotion. States, actions and every user-facing sentence live in ``_model.py``.
+:class:`Rollouts` (``_rollouts.py``) adds: starting a rollout, and restoring the previous stable
+after a promotion; ``_incidents.py`` lists, exports and replays incidents. States, actions
+and every user-facing sentence live in ``_model.py``.
 """
 
 from __future__ import annotations
 
-from ._apply import Decision
-from ._decide import decide
-from ._lock import ControllerLock, default_holder
-from ._loop import Controller, TickOutcome, TickReport
-from ._model import (
+from policy_canary.controller._apply import Decision
+from policy_canary.controller._decide import decide
+from policy_canary.controller._incidents import (
+    Incident,
+    Incidents,
+    ReplayResult,
+    ReplayStep,
+    replay,
+    replay_file,
+)
+from policy_canary.controller._lock import ControllerLock, default_holder
+from policy_canary.controller._loop import Controller, TickOutcome, TickReport
+from policy_canary.controller._model import (
     ACTIVE_STATES,
     MESSAGES,
     NOTICES,
@@ -28,8 +37,14 @@ from ._model import (
     message,
     notice,
 )
-from ._monitoring import Ledger, Monitor, MonitorFactory, StatisticalMonitors
-from ._rows import Rollout, StaleRevisionError
+from policy_canary.controller._monitoring import (
+    Ledger,
+    Monitor,
+    MonitorFactory,
+    StatisticalMonitors,
+)
+from policy_canary.controller._rollouts import RollbackResult, Rollouts, RolloutStatus
+from policy_canary.controller._rows import Rollout, StaleRevisionError
 
 __all__ = [
     "ACTIVE_STATES",
@@ -40,13 +55,20 @@ __all__ = [
     "Controller",
     "ControllerLock",
     "Decision",
+    "Incident",
+    "Incidents",
     "Ledger",
     "Monitor",
     "MonitorFactory",
     "Reason",
+    "ReplayResult",
+    "ReplayStep",
+    "RollbackResult",
     "Rollout",
     "RolloutSnapshot",
     "RolloutState",
+    "RolloutStatus",
+    "Rollouts",
     "StaleRevisionError",
     "StatisticalMonitors",
     "TickOutcome",
@@ -55,4 +77,6 @@ __all__ = [
     "default_holder",
     "message",
     "notice",
+    "replay",
+    "replay_file",
 ]

@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from policy_canary._audit import record_audit
 from policy_canary.alerts import enqueue_alert
 from policy_canary.controller._bundle import write_incident
 from policy_canary.controller._model import (
@@ -35,11 +34,12 @@ from policy_canary.controller._rows import (
     record_tick,
     save_monitor_row,
 )
+from policy_canary.monitoring import Verdict
 from policy_canary.plan import BPS
 from policy_canary.registry import ReleaseKind, move_stable
 from policy_canary.store import Store
-from policy_canary.store._schema import rejections
-from policy_canary.verdict import Verdict
+from policy_canary.store._audit import record_audit
+from policy_canary.store.schema import rejections
 
 #: Alert kind and severity of each transition (kinds are the alerts module's AlertKind).
 ALERTS: Mapping[ActionKind, tuple[str, str]] = {

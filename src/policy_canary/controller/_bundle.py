@@ -14,9 +14,9 @@ from policy_canary.canonical import canonical_json, digest
 from policy_canary.controller._model import Action, notice
 from policy_canary.controller._monitoring import Ledger
 from policy_canary.controller._rows import Cursors, Rollout, jsonable
+from policy_canary.monitoring import Verdict
 from policy_canary.registry import resolve_in
-from policy_canary.store._schema import incidents, rollout_ticks
-from policy_canary.verdict import Verdict
+from policy_canary.store.schema import incidents, rollout_ticks
 
 #: Identifies an exported incident file; bump the suffix on an incompatible change.
 INCIDENT_FORMAT = "policy-canary.incident/1"

@@ -30,8 +30,9 @@ from policy_canary.controller._model import (
     RolloutState,
     message,
 )
+from policy_canary.guardrails import GuardrailAction
+from policy_canary.monitoring import Verdict, VerdictStatus
 from policy_canary.plan import RolloutPlan, format_duration
-from policy_canary.verdict import GuardrailAction, Verdict, VerdictStatus
 
 
 def decide(

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from policy_canary.clock import Clock
 from policy_canary.errors import StoreUnavailableError, first_line
 from policy_canary.store import Store
-from policy_canary.store._schema import leases
+from policy_canary.store.schema import leases
 
 #: The lease row's name (SQLite).
 LEASE_NAME = "controller"

@@ -12,8 +12,6 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from policy_canary._feedback import first_observations
-from policy_canary._resilience import Outage
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._apply import Decision, apply_decision
 from policy_canary.controller._decide import decide
@@ -36,10 +34,12 @@ from policy_canary.controller._rows import (
     load_rollout,
 )
 from policy_canary.errors import StoreError, first_line
-from policy_canary.monitors import MonitorEvent
+from policy_canary.monitoring._monitor import MonitorEvent
 from policy_canary.registry import lock_policy
+from policy_canary.resilience import Outage
+from policy_canary.serving._feedback import first_observations
 from policy_canary.store import Store
-from policy_canary.store._schema import events, feedback
+from policy_canary.store.schema import events, feedback
 
 _log = logging.getLogger("policy_canary.controller")
 
@@ -351,6 +351,8 @@ def _first_values(
         [(f.decision_id, f.quality, f.metrics) for f in fresh],
     )
     return decisions, values
+
+
 def _outage(what: str) -> Outage:
     """A controller outage: the first failure logged as an error, one warning line per repeat."""
     return Outage(_log, what, level=logging.ERROR, repeat_level=logging.WARNING)

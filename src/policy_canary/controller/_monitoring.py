@@ -1,7 +1,7 @@
 """The controller's side of the monitors seam: event rows in, verdicts and stage ledgers out.
 
 :class:`MonitorFactory` is the extension point: the default :class:`StatisticalMonitors` wraps
-:class:`policy_canary.monitors.RolloutMonitor` (anytime-valid tests); tests and simulations may
+:class:`~policy_canary.monitoring.RolloutMonitor` (anytime-valid tests); tests and simulations may
 hand the controller any object with the same two methods. :class:`Ledger` is what the
 controller itself keeps next to the monitor state: requests and simple aggregates per stage
 and arm (``min_samples`` and incident bundles read them), the alert-only guardrails already
@@ -17,9 +17,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from policy_canary.clock import utc
-from policy_canary.monitors import ARMS, Baseline, MonitorEvent, RolloutMonitor
+from policy_canary.monitoring import Verdict
+from policy_canary.monitoring._monitor import ARMS, Baseline, MonitorEvent, RolloutMonitor
 from policy_canary.plan import RolloutPlan
-from policy_canary.verdict import Verdict
 
 #: How many of stable's most recent events the baseline snapshot summarises.
 BASELINE_EVENTS = 5_000
@@ -54,7 +54,7 @@ class MonitorFactory(Protocol):
 
 
 class StatisticalMonitors:
-    """The default factory: :class:`~policy_canary.monitors.RolloutMonitor` per rollout."""
+    """The default factory: :class:`~policy_canary.monitoring.RolloutMonitor` per rollout."""
 
     def create(self, plan: RolloutPlan, baseline: Sequence[MonitorEvent]) -> Monitor:
         """Freeze stable's baseline; every test is sized from its guardrail's ``detect``."""

@@ -18,7 +18,7 @@ from policy_canary.registry import (
     resolve_in,
 )
 from policy_canary.store import Store
-from policy_canary.store._schema import rejections, release_history
+from policy_canary.store.schema import rejections, release_history
 
 
 def restore_previous_stable(

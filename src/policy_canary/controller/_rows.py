@@ -15,9 +15,9 @@ from sqlalchemy import Connection, func, select
 from policy_canary.clock import utc
 from policy_canary.controller._model import ACTIVE_STATES, RolloutState
 from policy_canary.errors import ConflictError, NotFoundError
+from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan
-from policy_canary.store._schema import monitor_states, rollout_ticks, rollouts
-from policy_canary.verdict import Verdict
+from policy_canary.store.schema import monitor_states, rollout_ticks, rollouts
 
 
 class StaleRevisionError(ConflictError):

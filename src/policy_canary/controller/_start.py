@@ -9,7 +9,6 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
-from policy_canary._audit import record_audit
 from policy_canary.controller._model import RolloutSnapshot, RolloutState, notice
 from policy_canary.controller._monitoring import (
     BASELINE_EVENTS,
@@ -27,12 +26,13 @@ from policy_canary.controller._rows import (
     save_monitor_row,
 )
 from policy_canary.errors import ConflictError
-from policy_canary.monitors import Baseline, MonitorEvent
+from policy_canary.monitoring._monitor import Baseline, MonitorEvent
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import lock_policy, require_policy, resolve_in
-from policy_canary.splitter import new_salt
+from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
-from policy_canary.store._schema import events, rejections, rollouts
+from policy_canary.store._audit import record_audit
+from policy_canary.store.schema import events, rejections, rollouts
 
 
 def start_rollout(
@@ -50,7 +50,7 @@ def start_rollout(
 ) -> Rollout:
     """Check, then write the rollout, its frozen plan, its armed monitors and its first tick.
 
-    See :meth:`policy_canary.rollouts.Rollouts.start` for the rules.
+    See :meth:`policy_canary.controller._rollouts.Rollouts.start` for the rules.
     """
     first = plan.stage(0)
     try:

@@ -8,7 +8,7 @@ only together with an append-only release-history entry, in one transaction
 
 from __future__ import annotations
 
-from ._models import (
+from policy_canary.registry._models import (
     NAME_PATTERN,
     PolicySummary,
     RegisterResult,
@@ -19,8 +19,8 @@ from ._models import (
     split_ref,
     validate_policy_name,
 )
-from ._queries import lock_policy, move_stable, require_policy, resolve_in
-from ._registry import Registry
+from policy_canary.registry._queries import lock_policy, move_stable, require_policy, resolve_in
+from policy_canary.registry._registry import Registry
 
 __all__ = [
     "NAME_PATTERN",

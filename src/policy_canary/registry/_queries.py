@@ -9,12 +9,11 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, func, select, text
 
-from policy_canary._audit import record_audit
 from policy_canary.errors import AmbiguousReferenceError, NotFoundError
+from policy_canary.registry._models import ReleaseEntry, ReleaseKind, Version, validate_policy_name
 from policy_canary.store import Store
-from policy_canary.store._schema import policies, release_history, versions
-
-from ._models import ReleaseEntry, ReleaseKind, Version, validate_policy_name
+from policy_canary.store._audit import record_audit
+from policy_canary.store.schema import policies, release_history, versions
 
 _MIN_PREFIX = 6
 _HEX = re.compile(r"[0-9a-f]+")

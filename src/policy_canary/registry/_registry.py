@@ -10,16 +10,10 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, select
 from sqlalchemy.exc import IntegrityError
 
-from policy_canary._audit import default_actor, record_audit
-from policy_canary._specfile import EXPORT_FORMAT, dump_export, parse_spec, read_text
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.errors import ConflictError, InvalidSpecError
-from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
-from policy_canary.store import Store
-from policy_canary.store._schema import policies, release_history, rollouts, versions
-
-from ._models import (
+from policy_canary.registry._models import (
     PolicySummary,
     RegisterResult,
     ReleaseEntry,
@@ -28,7 +22,7 @@ from ._models import (
     VersionDiff,
     validate_policy_name,
 )
-from ._queries import (
+from policy_canary.registry._queries import (
     entry_from_row,
     latest_version_row,
     lock_policy,
@@ -38,6 +32,11 @@ from ._queries import (
     version_from_row,
     version_row,
 )
+from policy_canary.registry._specfile import EXPORT_FORMAT, dump_export, parse_spec, read_text
+from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
+from policy_canary.store import Store
+from policy_canary.store._audit import default_actor, record_audit
+from policy_canary.store.schema import policies, release_history, rollouts, versions
 
 _ACTIVE = ("running", "paused")
 

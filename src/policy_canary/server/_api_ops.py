@@ -9,16 +9,16 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from policy_canary import __version__
-from policy_canary._audit import audit_entries
 from policy_canary.alerts import list_alerts
+from policy_canary.controller._incidents import replay
 from policy_canary.errors import InputError
-from policy_canary.incidents import replay
 from policy_canary.plan import parse_duration
 from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import Body, any_object, json_body, model, schema
 from policy_canary.server._render import render_json
 from policy_canary.server._routes import IDEMPOTENCY_HEADER, mutation, with_extra
 from policy_canary.server._state import server_state
+from policy_canary.store._audit import audit_entries
 from policy_canary.tokens import Permission
 
 router = APIRouter(prefix="/api/v1")

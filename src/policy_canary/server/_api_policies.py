@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from policy_canary._reports import (
+from policy_canary.reports import (
     import_report,
     push_report,
     set_stable_report,

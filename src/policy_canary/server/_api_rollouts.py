@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from policy_canary._reports import plan_check_report
+from policy_canary.controller._rollouts import stable_baseline
 from policy_canary.errors import InputError, PlanError
 from policy_canary.plan import MAX_PLAN_BYTES, RolloutPlan
-from policy_canary.rollouts import stable_baseline
+from policy_canary.reports import plan_check_report
 from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import Body, json_body, model, schema
 from policy_canary.server._render import render_json

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from policy_canary._audit import default_actor
 from policy_canary.errors import AuthenticationError
 from policy_canary.server._state import server_state
+from policy_canary.store._audit import default_actor
 from policy_canary.tokens import Permission, TokenInfo
 
 _bearer = HTTPBearer(auto_error=False, description="A token from 'policy-canary token create'.")

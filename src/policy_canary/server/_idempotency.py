@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from policy_canary.clock import Clock
 from policy_canary.errors import ConflictError, InputError
 from policy_canary.store import Store
-from policy_canary.store._schema import idempotency_keys
+from policy_canary.store.schema import idempotency_keys
 
 KEEP_FOR = timedelta(hours=24)
 MAX_KEY = 200

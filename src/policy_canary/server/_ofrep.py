@@ -17,12 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from policy_canary.errors import CanaryError, ErrorCode, InputError
-from policy_canary.gate import Decision, Gate
 from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import parse_json, read_body
 from policy_canary.server._errors import ofrep_error
 from policy_canary.server._render import render_json
 from policy_canary.server._state import ServerState, server_state
+from policy_canary.serving._gate import Decision, Gate
 from policy_canary.tokens import Permission
 
 router = APIRouter(prefix="/ofrep/v1", tags=["OFREP"])

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
-from ._agent import MODELS, TOOLS, ModelProfile, Outcome, SimulatedAgent, ToolProfile, daily_rate
-from ._demo import POLICY, V1, V2, V3, Chapter, DemoReport, DemoScenario, Progress
-from ._receiver import WebhookReceiver
-from ._traffic import TrafficDriver, TrafficStats
+from policy_canary.simulate._agent import (
+    MODELS,
+    TOOLS,
+    ModelProfile,
+    Outcome,
+    SimulatedAgent,
+    ToolProfile,
+    daily_rate,
+)
+from policy_canary.simulate._demo import (
+    POLICY,
+    V1,
+    V2,
+    V3,
+    Chapter,
+    DemoReport,
+    DemoScenario,
+    Progress,
+)
+from policy_canary.simulate._receiver import WebhookReceiver
+from policy_canary.simulate._traffic import TrafficDriver, TrafficStats
 
 __all__ = [
     "MODELS",

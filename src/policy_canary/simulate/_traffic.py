@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from policy_canary.canary import Canary
-from policy_canary.gate import Gate
-
-from ._agent import SimulatedAgent, daily_rate
+from policy_canary.serving._canary import Canary
+from policy_canary.serving._gate import Gate
+from policy_canary.simulate._agent import SimulatedAgent, daily_rate
 
 
 @dataclass

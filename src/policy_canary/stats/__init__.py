@@ -7,7 +7,7 @@ controller continues the same test. See ``docs/statistics.md`` for the methods a
 
 from __future__ import annotations
 
-from .means import (
+from policy_canary.stats.means import (
     ConfidenceInterval,
     MeanDifferenceProcess,
     OneSampleMeanProcess,
@@ -16,7 +16,7 @@ from .means import (
     normal_mixture_radius,
     one_sided_normal_mixture_radius,
 )
-from .rates import (
+from policy_canary.stats.rates import (
     BPS,
     MAIN_WEIGHT,
     ConditionalRateProcess,
@@ -24,7 +24,7 @@ from .rates import (
     candidate_share_of_bad,
     conditional_log_evalue,
 )
-from .slo import (
+from policy_canary.stats.slo import (
     BETTING_GRID,
     UPPER_BOUND_FRACTIONS,
     BettingMeanProcess,
@@ -33,7 +33,7 @@ from .slo import (
     bernoulli_upper_bound,
     relative_bernoulli_log_evalue,
 )
-from .wald import (
+from policy_canary.stats.wald import (
     bernoulli_kl,
     gaussian_kl,
     wald_bernoulli_floor,

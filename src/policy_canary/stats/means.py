@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import log_ndtr
 
-from .rates import FAR_WEIGHT, MAIN_WEIGHT, MID_WEIGHT
+from policy_canary.stats.rates import FAR_WEIGHT, MAIN_WEIGHT, MID_WEIGHT
 
 __all__ = [
     "ConfidenceInterval",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._engine import DEFAULT_DB_URL, Store, normalize_url, resolve_db_url
-from ._schema import metadata
+from policy_canary.store._engine import DEFAULT_DB_URL, Store, normalize_url, resolve_db_url
+from policy_canary.store.schema import metadata
 
 __all__ = ["DEFAULT_DB_URL", "Store", "metadata", "normalize_url", "resolve_db_url"]

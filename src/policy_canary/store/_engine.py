@@ -6,19 +6,21 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, exc, select
 from sqlalchemy.engine import make_url
 
 from policy_canary.errors import StoreError, StoreUnavailableError, first_line
+from policy_canary.store._sqlite import sqlite_engine
+from policy_canary.store.schema import ROUTING_KEY, store_state
 
-from ._notify import ROUTING_KEY, ChangeListener, can_listen, notify_routing
-from ._schema import store_state
-from ._sqlite import sqlite_engine
+if TYPE_CHECKING:
+    # Alembic loads only when a migration has to run, psycopg's LISTEN support only on
+    # PostgreSQL: an agent on SQLite starts without either.
+    from alembic.config import Config
+
+    from policy_canary.store._notify import ChangeListener
 
 #: The embedded default: a SQLite file in the working directory.
 DEFAULT_DB_URL = "sqlite:///policy-canary.db"
@@ -26,6 +28,9 @@ DEFAULT_DB_URL = "sqlite:///policy-canary.db"
 ENV_VAR = "POLICY_CANARY_DB"
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+#: The newest migration's revision. Opening a store at this revision skips Alembic entirely;
+#: ``tests/store/test_store.py`` checks it against the migrations folder.
+SCHEMA_HEAD = "0005"
 # Arbitrary constant key: serialises concurrent migrations on PostgreSQL.
 _MIGRATION_LOCK = 0x70_63_6D_69  # "pcmi"
 
@@ -110,7 +115,7 @@ class Store:
         try:
             with store.read() as conn:
                 conn.exec_driver_sql("SELECT 1")
-            if migrate:
+            if migrate and store.current_revision() != SCHEMA_HEAD:
                 store.upgrade()
         except StoreUnavailableError:
             engine.dispose()
@@ -175,6 +180,8 @@ class Store:
     # -- migrations -----------------------------------------------------------------------
 
     def _alembic(self, conn: Connection) -> Config:
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         cfg.attributes["connection"] = conn
@@ -182,6 +189,8 @@ class Store:
 
     def upgrade(self) -> str | None:
         """Apply pending migrations (idempotent, safe to run from several processes)."""
+        from alembic import command
+
         with self.begin() as conn:
             if self.dialect == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
@@ -190,12 +199,18 @@ class Store:
 
     def current_revision(self) -> str | None:
         """Return the schema revision the database is at (``None`` for an empty database)."""
-        with self.read() as conn:
-            rev: str | None = MigrationContext.configure(conn).get_current_revision()
-            return rev
+        try:
+            with self.read() as conn:
+                rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except StoreError:  # no alembic_version table: nothing was ever migrated here
+            return None
+        return None if rev is None else str(rev)
 
     def head_revision(self) -> str | None:
         """Return the newest schema revision this version of policy-canary knows."""
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
         cfg = Config()
         cfg.set_main_option("script_location", str(_MIGRATIONS))
         head: str | None = ScriptDirectory.from_config(cfg).get_current_head()
@@ -220,6 +235,8 @@ class Store:
         if updated is None:
             conn.execute(store_state.insert().values(key=key, value=value))
         if key == ROUTING_KEY and self.dialect == "postgresql":
+            from policy_canary.store._notify import notify_routing
+
             notify_routing(conn, value)
         return value
 
@@ -233,7 +250,7 @@ class Store:
     @property
     def can_listen(self) -> bool:
         """Whether routing changes are pushed (PostgreSQL through psycopg 3), see :meth:`listen`."""
-        return can_listen(self.engine)
+        return self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg"
 
     def listen(self) -> ChangeListener:
         """Open a dedicated connection that waits for routing changes of this store.
@@ -246,6 +263,8 @@ class Store:
                 f"{self.dialect} through {self.engine.dialect.driver} cannot push routing "
                 "changes; they are polled (LISTEN/NOTIFY needs PostgreSQL through psycopg 3)"
             )
+        from policy_canary.store._notify import ChangeListener
+
         try:
             with self._errors():
                 return ChangeListener.open(self.engine)

@@ -27,13 +27,10 @@ from psycopg import sql
 from sqlalchemy import Connection, Engine, text
 
 from policy_canary.errors import StoreError, StoreUnavailableError, first_line
-
-from ._schema import store_state
+from policy_canary.store.schema import store_state
 
 #: The PostgreSQL channel every store's routing changes are announced on.
 ROUTING_CHANNEL = "policy_canary_routing"
-#: The change counter whose bumps are announced.
-ROUTING_KEY = "routing"
 
 # The schema of the table this connection's search_path resolves store_state to: the same
 # expression on the writer and the listener, so two connections agree exactly when they

@@ -1,0 +1,288 @@
+"""Incidents: the record of every rollback, exported as a file and replayable through decide().
+
+A bundle holds the rollout, its frozen plan, both versions' specs and digests, the verdicts
+with their evidence, per-stage aggregates per arm, the whole decision trace (each tick's
+action and the inputs decide() saw) and the time range of the events. ``replay`` calls
+:func:`~policy_canary.controller.decide` again on every automatic tick of the trace and
+checks that it reaches the same decision at the same point.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from policy_canary.canonical import digest
+from policy_canary.clock import utc
+from policy_canary.controller._bundle import INCIDENT_FORMAT
+from policy_canary.controller._decide import decide
+from policy_canary.controller._model import ActionKind, RolloutSnapshot
+from policy_canary.documents import load_document
+from policy_canary.errors import AmbiguousReferenceError, InputError, NotFoundError, PlanError
+from policy_canary.monitoring import Verdict
+from policy_canary.plan import RolloutPlan
+from policy_canary.store import Store
+from policy_canary.store.schema import incidents
+
+__all__ = ["INCIDENT_FORMAT", "Incident", "Incidents", "ReplayResult", "ReplayStep", "replay"]
+
+#: Largest incident file ``replay`` reads.
+MAX_INCIDENT_BYTES = 50_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One stored incident and its bundle."""
+
+    id: str
+    rollout_id: str
+    policy: str
+    created_at: datetime
+    kind: str
+    summary: str
+    bundle: Mapping[str, Any]
+    bundle_hash: str
+
+    def to_dict(self, *, with_bundle: bool = False) -> dict[str, Any]:
+        """JSON-ready metadata (and optionally the bundle)."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "rollout_id": self.rollout_id,
+            "policy": self.policy,
+            "created_at": self.created_at.isoformat(),
+            "kind": self.kind,
+            "summary": self.summary,
+            "bundle_hash": self.bundle_hash,
+        }
+        if with_bundle:
+            data["bundle"] = dict(self.bundle)
+        return data
+
+    def export_document(self) -> dict[str, Any]:
+        """The self-describing document ``incident export`` writes."""
+        return {
+            "format": INCIDENT_FORMAT,
+            "incident": self.to_dict(),
+            "bundle": dict(self.bundle),
+            "bundle_hash": self.bundle_hash,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStep:
+    """One automatic tick of the trace: what was recorded and what decide() says again."""
+
+    seq: int
+    at: str
+    recorded: str
+    replayed: str
+    recorded_reason: str
+    replayed_reason: str
+
+    @property
+    def matches(self) -> bool:
+        """True when the replayed action and reason code equal the recorded ones."""
+        return self.recorded == self.replayed and self.recorded_reason == self.replayed_reason
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "recorded": self.recorded,
+            "replayed": self.replayed,
+            "recorded_reason": self.recorded_reason,
+            "replayed_reason": self.replayed_reason,
+            "matches": self.matches,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """The verdict of a replay: ``ok`` when every step matches and the rollback lands where it did.
+
+    ``decisive_seq`` is the tick that rolled back in the trace; ``replayed_decisive_seq`` the
+    first tick at which decide() rolls back on replay (for a manual rollback, both name the
+    manual step, and only the automatic ticks before it are replayed).
+    """
+
+    incident_id: str
+    ok: bool
+    steps: tuple[ReplayStep, ...]
+    decisive_seq: int | None
+    replayed_decisive_seq: int | None
+    manual: bool
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "incident_id": self.incident_id,
+            "ok": self.ok,
+            "manual": self.manual,
+            "decisive_seq": self.decisive_seq,
+            "replayed_decisive_seq": self.replayed_decisive_seq,
+            "problems": list(self.problems),
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+class Incidents:
+    """Read and export the incidents of one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def list(self, *, policy: str | None = None, limit: int = 100) -> list[Incident]:
+        """Incidents, newest first (of ``policy`` or all)."""
+        query = select(incidents).order_by(incidents.c.created_at.desc(), incidents.c.id)
+        if policy is not None:
+            query = query.where(incidents.c.policy == policy)
+        with self.store.read() as conn:
+            return [_incident(r) for r in conn.execute(query.limit(limit)).mappings()]
+
+    def get(self, incident_id: str) -> Incident:
+        """One incident by id or unique id prefix."""
+        with self.store.read() as conn:
+            rows = (
+                conn.execute(
+                    select(incidents).where(incidents.c.id.startswith(incident_id)).limit(5)
+                )
+                .mappings()
+                .all()
+            )
+        exact = [r for r in rows if r["id"] == incident_id]
+        if exact:
+            return _incident(exact[0])
+        if not rows or not incident_id:
+            raise NotFoundError(
+                f"no incident {incident_id!r}; list them with 'policy-canary incident list'"
+            )
+        if len(rows) > 1:
+            ids = ", ".join(r["id"] for r in rows)
+            raise AmbiguousReferenceError(f"{incident_id!r} matches incidents {ids}; give more")
+        return _incident(rows[0])
+
+    def export(self, incident_id: str, path: Path) -> Incident:
+        """Write the incident's export document to ``path`` and return the incident."""
+        incident = self.get(incident_id)
+        path.write_text(
+            json.dumps(incident.export_document(), indent=2, sort_keys=True, ensure_ascii=False)
+            + "\n",
+            encoding="utf-8",
+        )
+        return incident
+
+
+def replay_file(path: Path) -> ReplayResult:
+    """Read an exported incident file and :func:`replay` it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read incident file {str(path)!r}: {exc.strerror}") from None
+    if len(raw) > MAX_INCIDENT_BYTES:
+        raise InputError(f"{path}: {len(raw):,} bytes is too large for an incident file")
+    document = load_document(raw.decode("utf-8", "replace"), source=str(path), fmt="json").value
+    if not isinstance(document, Mapping):
+        raise InputError(f"{path}: not an incident export (expected a JSON object)")
+    return replay(document, source=str(path))
+
+
+def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayResult:
+    """Re-run decide() on an exported incident's trace and compare with what was recorded."""
+    if document.get("format") != INCIDENT_FORMAT:
+        raise InputError(
+            f"{source}: not a policy-canary incident export (expected format "
+            f"{INCIDENT_FORMAT!r}, found {document.get('format')!r})"
+        )
+    bundle = document.get("bundle")
+    if not isinstance(bundle, Mapping):
+        raise InputError(f"{source}: the export has no 'bundle' object")
+    ident = str(bundle.get("id", "?"))
+    problems: list[str] = []
+    if digest(bundle) != document.get("bundle_hash"):
+        problems.append(
+            "the bundle does not hash to its recorded bundle_hash: the file was altered "
+            "after export, so the replay below is not evidence of the original decision"
+        )
+    try:
+        plan = RolloutPlan.from_dict(bundle["plan"], source=f"{source}: plan")
+        trace = list(bundle["trace"])
+    except (KeyError, TypeError, PlanError) as exc:
+        raise InputError(f"{source}: the bundle is incomplete or malformed ({exc})") from None
+    if plan.digest != bundle.get("plan_hash"):
+        problems.append("the plan does not hash to the rollout's frozen plan_hash")
+
+    steps: list[ReplayStep] = []
+    decisive: int | None = None
+    replayed_decisive: int | None = None
+    manual = False
+    for entry in trace:
+        inputs = entry.get("inputs", {})
+        if entry.get("action") == ActionKind.ROLLBACK.value:
+            decisive = int(entry["seq"])
+            manual = bool(inputs.get("manual"))
+        if inputs.get("manual") or entry.get("action") not in set(ActionKind):
+            continue
+        try:
+            snapshot = RolloutSnapshot.from_dict(inputs["snapshot"])
+            verdicts = [Verdict.from_dict(v) for v in entry["verdicts"]]
+            now = utc(datetime.fromisoformat(inputs["now"]))
+            recorded_reason = str(inputs["decision"]["reason"])
+            action = decide(plan, snapshot, verdicts, now)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            problems.append(f"tick {entry.get('seq')}: unreadable inputs ({exc})")
+            continue
+        step = ReplayStep(
+            seq=int(entry["seq"]),
+            at=str(entry["at"]),
+            recorded=str(entry["action"]),
+            replayed=action.kind.value,
+            recorded_reason=recorded_reason,
+            replayed_reason=action.reason.value,
+        )
+        steps.append(step)
+        if action.kind is ActionKind.ROLLBACK and replayed_decisive is None:
+            replayed_decisive = step.seq
+        if not step.matches:
+            problems.append(
+                f"tick {step.seq} at {step.at}: recorded {step.recorded} ({step.recorded_reason})"
+                f" but decide() now says {step.replayed} ({step.replayed_reason})"
+            )
+    if manual:
+        replayed_decisive = decisive
+    if decisive is None:
+        problems.append("the trace records no rollback")
+    elif replayed_decisive != decisive:
+        problems.append(
+            f"the rollback was recorded at tick {decisive} but decide() rolls back at "
+            f"{'tick ' + str(replayed_decisive) if replayed_decisive else 'no tick'}"
+        )
+    return ReplayResult(
+        incident_id=ident,
+        ok=not problems,
+        steps=tuple(steps),
+        decisive_seq=decisive,
+        replayed_decisive_seq=replayed_decisive,
+        manual=manual,
+        problems=tuple(problems),
+    )
+
+
+def _incident(row: Mapping[Any, Any]) -> Incident:
+    return Incident(
+        id=row["id"],
+        rollout_id=row["rollout_id"],
+        policy=row["policy"],
+        created_at=utc(row["created_at"]),
+        kind=row["kind"],
+        summary=row["summary"],
+        bundle=json.loads(row["bundle"]),
+        bundle_hash=row["bundle_hash"],
+    )

@@ -1,0 +1,35 @@
+"""Guardrails: the validated rule on one metric, its vocabulary and prices."""
+
+from __future__ import annotations
+
+from policy_canary.guardrails._guardrail import (
+    BUILTIN_METRICS,
+    DEFAULT_NEGLIGIBLE,
+    OVERRIDABLE_FIELDS,
+    Direction,
+    Guardrail,
+    GuardrailAction,
+    GuardrailKind,
+    MetricInfo,
+    ModelPrice,
+    Statistic,
+    check_unique_names,
+    price_of,
+    resolve_stage_guardrails,
+)
+
+__all__ = [
+    "BUILTIN_METRICS",
+    "DEFAULT_NEGLIGIBLE",
+    "OVERRIDABLE_FIELDS",
+    "Direction",
+    "Guardrail",
+    "GuardrailAction",
+    "GuardrailKind",
+    "MetricInfo",
+    "ModelPrice",
+    "Statistic",
+    "check_unique_names",
+    "price_of",
+    "resolve_stage_guardrails",
+]

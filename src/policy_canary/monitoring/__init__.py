@@ -1,0 +1,31 @@
+"""Monitors: events folded into anytime-valid tests, and the verdicts they give."""
+
+from __future__ import annotations
+
+from policy_canary.monitoring._monitor import (
+    ARMS,
+    Baseline,
+    MetricBaseline,
+    MonitorEvent,
+    PreflightRow,
+    RolloutMonitor,
+    StagePlan,
+    preflight,
+)
+from policy_canary.monitoring._verdict import (
+    Verdict,
+    VerdictStatus,
+)
+
+__all__ = [
+    "ARMS",
+    "Baseline",
+    "MetricBaseline",
+    "MonitorEvent",
+    "PreflightRow",
+    "RolloutMonitor",
+    "StagePlan",
+    "Verdict",
+    "VerdictStatus",
+    "preflight",
+]

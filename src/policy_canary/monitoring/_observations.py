@@ -1,0 +1,97 @@
+"""What the monitors observe of a request: :class:`MonitorEvent`, and one metric read from it.
+
+Shared by the baseline snapshot (``_baseline.py``) and
+:class:`policy_canary.monitoring._monitor.RolloutMonitor`; users import :class:`MonitorEvent` from
+:mod:`policy_canary.monitoring._monitor`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from policy_canary.errors import InvalidMetricError
+from policy_canary.guardrails import ModelPrice, price_of
+from policy_canary.stats import BPS
+
+#: The two arms of a rollout.
+ARMS = ("stable", "candidate")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorEvent:
+    """What happened on one request, as the monitors see it.
+
+    ``traffic_bp`` is the candidate's share (basis points) when the request was *routed*.
+    Late feedback (an LLM-judge score, a thumbs-up) is a separate event with ``feedback=True``
+    carrying only ``quality`` and/or ``metrics``, with the original decision's arm and share:
+    it adds observations of those metrics but never counts as a second request, so request
+    metrics (error, safety flags, latency, cost) are read from non-feedback events only.
+    """
+
+    arm: str
+    traffic_bp: int
+    at: datetime
+    latency_ms: float | None = None
+    error: bool | None = None
+    quality: float | None = None
+    safety_flags: tuple[str, ...] = ()
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    model: str | None = None
+    metrics: Mapping[str, float | bool] = field(default_factory=dict)
+    feedback: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arm not in ARMS:
+            raise InvalidMetricError(f"arm must be 'stable' or 'candidate'; got {self.arm!r}")
+        if isinstance(self.traffic_bp, bool) or not 0 <= self.traffic_bp <= BPS:
+            raise InvalidMetricError(f"traffic_bp must lie in 0..{BPS}; got {self.traffic_bp!r}")
+        for name in ("latency_ms", "cost_usd"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise InvalidMetricError(f"{name} must be a finite number >= 0; got {value!r}")
+        if self.quality is not None and not (
+            math.isfinite(self.quality) and 0.0 <= self.quality <= 1.0
+        ):
+            raise InvalidMetricError(f"quality must lie in [0, 1]; got {self.quality!r}")
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InvalidMetricError(f"{name} must be >= 0; got {value!r}")
+        for key, value in self.metrics.items():
+            if not isinstance(value, bool) and not math.isfinite(float(value)):
+                raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
+
+    @property
+    def is_candidate(self) -> bool:
+        """True when the candidate served this request."""
+        return self.arm == "candidate"
+
+
+def _observe(
+    metric: str, event: MonitorEvent, prices: Mapping[str, ModelPrice], flags: Sequence[str]
+) -> float | bool | None:
+    """Read one metric from an event, or ``None`` when the event does not carry it."""
+    if metric == "quality":
+        return event.quality
+    if metric.startswith("metrics."):
+        return event.metrics.get(metric[len("metrics.") :])
+    if event.feedback:
+        return None
+    if metric == "error":
+        return event.error
+    if metric == "safety_flags":
+        if flags:
+            return any(f in flags for f in event.safety_flags)
+        return bool(event.safety_flags)
+    if metric == "latency_ms":
+        return event.latency_ms
+    if metric == "cost_usd":
+        if event.cost_usd is not None:
+            return event.cost_usd
+        return price_of(prices, event.model, event.input_tokens, event.output_tokens)
+    return None

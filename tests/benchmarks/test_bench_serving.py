@@ -1,0 +1,78 @@
+"""Smoke tests of the serving benchmarks (route, ingest, start-up): end to end, tiny N, JSON.
+
+Timings are not asserted (they depend on the machine); the structure and the correctness
+evidence (realized shares, every event stored) are.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(script: str, out: Path, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "results:" in done.stdout
+    result: dict[str, object] = json.loads((out / script.replace(".py", ".json")).read_text())
+    return result
+
+
+@pytest.mark.slow
+def test_bench_route_smoke(tmp_path: Path) -> None:
+    result = _run("bench_route.py", tmp_path, "--n", "2000", "--repeats", "1")
+    assert result["n"] == 2000
+    assert result["share_bp"] == 500
+    rows = {row["name"]: row for row in result["results"]}  # type: ignore[attr-defined]
+    route = rows["policy-canary Gate.route()"]
+    floor = rows["floor: sha256 hash-and-compare"]
+    assert route["median_us"] > 0
+    # Same scheme, same keys: the gate and the floor agree exactly.
+    assert route["realized_share"] == floor["realized_share"]
+    assert 0.02 < route["realized_share"] < 0.08
+    assert len(rows) == 5
+    for row in rows.values():
+        assert row["status"] == "ok" or row["status"].startswith("unavailable")
+        if row["status"] == "ok":
+            assert 0.02 < row["realized_share"] < 0.08
+    assert set(result["verdict"]) >= {"route_us", "speedup_vs_fastest_sdk"}  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_bench_ingest_smoke(tmp_path: Path) -> None:
+    result = _run("bench_ingest.py", tmp_path, "--n", "500", "--repeats", "1")
+    operations = [row["operation"] for row in result["caller"]]  # type: ignore[attr-defined]
+    assert operations[0] == "record(): 7 fields"
+    assert len(operations) == 3
+    backends = result["throughput"]
+    assert isinstance(backends, list)
+    assert [b["backend"] for b in backends] == ["SQLite (file, WAL)", "PostgreSQL"]
+    sqlite = backends[0]
+    assert sqlite["status"] == "ok"
+    assert sqlite["all_stored"] is True
+    assert sqlite["dropped"] == 0
+    assert [run["stored"] for run in sqlite["runs"]] == [500]
+
+
+@pytest.mark.slow
+def test_bench_startup_smoke(tmp_path: Path) -> None:
+    result = _run("bench_startup.py", tmp_path, "--repeats", "1")
+    rows = {row["name"]: row for row in result["results"]}  # type: ignore[attr-defined]
+    ours = rows["(a) from policy_canary import Canary"]
+    opened = rows["(b) (a) + Canary.open(sqlite).gate()"]
+    assert ours["status"] == opened["status"] == "ok"
+    assert ours["cpu_ms"] > 0
+    assert opened["modules"] > ours["modules"]  # the store and its driver loaded
+    assert set(result["verdict"]) >= {"import_vs_growthbook", "open_vs_growthbook"}  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""An agent's cold start: importing the SDK loads the serving path and nothing heavier.
+
+Checked in a fresh interpreter, since this test process has long imported everything. The
+import-linter contracts in pyproject.toml hold the same line statically.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("numpy", "scipy", "pydantic", "yaml", "rich", "typer", "alembic", "psycopg")
+
+
+def _modules_after(code: str) -> list[str]:
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
+    ).stdout
+    loaded: list[str] = json.loads(out.splitlines()[-1])
+    return loaded
+
+
+def _top(modules: list[str], names: tuple[str, ...]) -> list[str]:
+    return sorted({m for m in modules if m.split(".")[0] in names})
+
+
+def test_importing_canary_loads_no_controller_statistics_or_database() -> None:
+    loaded = _modules_after("from policy_canary import Canary")
+    ours = [m for m in loaded if m.startswith("policy_canary.")]
+    assert not [
+        m
+        for m in ours
+        if not m.startswith(("policy_canary.serving", "policy_canary.store"))
+        and m
+        not in {
+            "policy_canary.clock",
+            "policy_canary.errors",
+            "policy_canary.limits",
+            "policy_canary.resilience",
+        }
+    ]
+    assert _top(loaded, (*HEAVY, "sqlalchemy")) == []
+
+
+def test_opening_a_sqlite_store_adds_sqlalchemy_but_not_alembic_or_psycopg(tmp_path: Path) -> None:
+    from policy_canary import Registry, Store
+
+    url = f"sqlite:///{tmp_path}/store.db"
+    store = Store.open(url)
+    Registry(store).register("support-agent", {"prompt": "hi"}, author="t", message="m")
+    store.close()
+    loaded = _modules_after(
+        f"from policy_canary import Canary\n"
+        f"canary = Canary.open({url!r}, background=False)\n"
+        "canary.gate('support-agent').route('u1')\n"
+        "canary.close()"
+    )
+    assert "sqlalchemy" in loaded
+    assert _top(loaded, HEAVY) == []
+    assert not [m for m in loaded if m.startswith("policy_canary.controller")]
+
+
+def test_public_names_still_resolve_lazily() -> None:
+    loaded = _modules_after("import policy_canary\nassert policy_canary.Controller.__doc__")
+    assert "policy_canary.controller" in loaded
+    assert json.dumps(sorted(dir(__import__("policy_canary"))))  # dir() lists the lazy names

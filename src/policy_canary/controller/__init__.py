@@ -13,7 +13,7 @@ and every user-facing sentence live in ``_model.py``.
 
 from __future__ import annotations
 
-from policy_canary.controller._apply import Decision
+from policy_canary.controller._apply import AppliedAction
 from policy_canary.controller._decide import decide
 from policy_canary.controller._incidents import (
     Incident,
@@ -52,9 +52,9 @@ __all__ = [
     "NOTICES",
     "Action",
     "ActionKind",
+    "AppliedAction",
     "Controller",
     "ControllerLock",
-    "Decision",
     "Incident",
     "Incidents",
     "Ledger",

@@ -52,7 +52,7 @@ GUARDRAIL_ALERT = ("guardrail_alert", "warning")
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AppliedAction:
     """An action together with everything that led to it (what the trace records)."""
 
     action: Action
@@ -77,19 +77,19 @@ def apply_decision(
     store: Store,
     conn: Connection,
     row: Rollout,
-    decision: Decision,
+    applied: AppliedAction,
     *,
     monitor: Mapping[str, Any],
     ledger: Ledger,
     cursors: Cursors,
     new_monitor_row: bool = False,
 ) -> Rollout:
-    """Write ``decision`` for ``row`` inside ``conn``'s transaction; return the row after it.
+    """Write ``applied`` for ``row`` inside ``conn``'s transaction; return the row after it.
 
     Raises :class:`~policy_canary.controller._rows.StaleRevisionError` (and so rolls the whole
     transaction back) when the rollout changed since ``row`` was read.
     """
-    action, now = decision.action, decision.now
+    action, now = applied.action, applied.now
     plan = row.plan
     values: dict[str, Any] = {}
     if action.kind is ActionKind.ADVANCE:
@@ -131,8 +131,8 @@ def apply_decision(
         traffic_bp=row.traffic_bp,
         action=action.kind.value,
         message=action.message,
-        verdicts=decision.verdicts,
-        inputs=decision.inputs(),
+        verdicts=applied.verdicts,
+        inputs=applied.inputs(),
         cursors=cursors,
     )
     subject = f"{row.policy}/{row.id}"
@@ -144,7 +144,7 @@ def apply_decision(
             kind=kind,
             severity=severity,
             summary=notice("guardrail_alert", policy=row.policy, guardrail=name),
-            payload=_payload(after, action, decision.verdicts),
+            payload=_payload(after, action, applied.verdicts),
             at=now,
             policy=row.policy,
             rollout_id=row.id,
@@ -155,7 +155,7 @@ def apply_decision(
     record_audit(
         conn,
         at=now,
-        actor=decision.actor,
+        actor=applied.actor,
         action=f"rollout.{action.kind.value}",
         subject=subject,
         reason=action.message,
@@ -182,9 +182,9 @@ def apply_decision(
             conn,
             before=row,
             after=after,
-            kind="manual_rollback" if decision.manual else "automatic_rollback",
+            kind="manual_rollback" if applied.manual else "automatic_rollback",
             action=action,
-            verdicts=decision.verdicts,
+            verdicts=applied.verdicts,
             ledger=ledger,
             cursors=cursors,
             at=now,
@@ -196,7 +196,7 @@ def apply_decision(
             policy=row.policy,
             to_id=row.candidate_digest,
             kind=ReleaseKind.PROMOTION,
-            actor=decision.actor,
+            actor=applied.actor,
             reason=action.message,
             at=now,
             rollout_id=row.id,
@@ -208,7 +208,7 @@ def apply_decision(
         kind=kind,
         severity=severity,
         summary=notice("alert", policy=row.policy, message=action.message),
-        payload=_payload(after, action, decision.verdicts),
+        payload=_payload(after, action, applied.verdicts),
         at=now,
         policy=row.policy,
         rollout_id=row.id,

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from policy_canary.clock import Clock, SystemClock
-from policy_canary.controller._apply import Decision, apply_decision
+from policy_canary.controller._apply import AppliedAction, apply_decision
 from policy_canary.controller._decide import decide
 from policy_canary.controller._lock import ControllerLock, default_holder
 from policy_canary.controller._model import Action, ActionKind, RolloutSnapshot
@@ -184,7 +184,7 @@ class Controller:
             self.store,
             conn,
             row,
-            Decision(action, snapshot, verdicts, now, self.actor),
+            AppliedAction(action, snapshot, verdicts, now, self.actor),
             monitor=monitor.to_dict(),
             ledger=ledger,
             cursors=new_cursors,

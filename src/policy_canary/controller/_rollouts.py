@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from policy_canary.clock import Clock, SystemClock
-from policy_canary.controller._apply import Decision, apply_decision
+from policy_canary.controller._apply import AppliedAction, apply_decision
 from policy_canary.controller._model import (
     Action,
     ActionKind,
@@ -369,7 +369,7 @@ class Rollouts:
                 self.store,
                 conn,
                 row,
-                Decision(action, snapshot, verdicts, now, who, manual=True),
+                AppliedAction(action, snapshot, verdicts, now, who, manual=True),
                 monitor=data["monitor"],
                 ledger=ledger,
                 cursors=cursors,

@@ -8,7 +8,6 @@ the stable pointer (design invariants 2, 6 and 7). If any of it fails, none of i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,15 +24,8 @@ from policy_canary.controller._model import (
     RolloutState,
     notice,
 )
-from policy_canary.controller._monitoring import Ledger
-from policy_canary.controller._rows import (
-    Cursors,
-    Rollout,
-    compare_and_swap,
-    jsonable,
-    record_tick,
-    save_monitor_row,
-)
+from policy_canary.controller._rows import Rollout, compare_and_swap, jsonable, record_tick
+from policy_canary.controller._state import StoredState, write_state
 from policy_canary.monitoring._verdict import Verdict
 from policy_canary.plan import BPS
 from policy_canary.registry import ReleaseKind, move_stable
@@ -79,12 +71,12 @@ def apply_decision(
     row: Rollout,
     applied: AppliedAction,
     *,
-    monitor: Mapping[str, Any],
-    ledger: Ledger,
-    cursors: Cursors,
-    new_monitor_row: bool = False,
+    state: StoredState,
 ) -> Rollout:
     """Write ``applied`` for ``row`` inside ``conn``'s transaction; return the row after it.
+
+    ``state`` is the rollout's stored state after this tick's events (saved with the alerts
+    the action raises added to its ledger).
 
     Raises :class:`~policy_canary.controller._rows.StaleRevisionError` (and so rolls the whole
     transaction back) when the rollout changed since ``row`` was read.
@@ -117,11 +109,8 @@ def apply_decision(
         }
     after = compare_and_swap(conn, row, **values)
 
-    ledger.alerted |= set(action.alerts)
-    state_text = json.dumps(
-        {"monitor": jsonable(monitor), "ledger": ledger.to_dict()}, sort_keys=True
-    )
-    save_monitor_row(conn, row.id, state_text, cursors, now, insert=new_monitor_row)
+    state.ledger.alerted |= set(action.alerts)
+    write_state(conn, row.id, state, now)
     record_tick(
         conn,
         rollout_id=row.id,
@@ -133,7 +122,7 @@ def apply_decision(
         message=action.message,
         verdicts=applied.verdicts,
         inputs=applied.inputs(),
-        cursors=cursors,
+        cursors=state.cursors,
     )
     subject = f"{row.policy}/{row.id}"
     for name in action.alerts:
@@ -185,8 +174,8 @@ def apply_decision(
             kind="manual_rollback" if applied.manual else "automatic_rollback",
             action=action,
             verdicts=applied.verdicts,
-            ledger=ledger,
-            cursors=cursors,
+            ledger=state.ledger,
+            cursors=state.cursors,
             at=now,
         )
     elif action.kind is ActionKind.PROMOTE:

@@ -36,18 +36,17 @@ from policy_canary.controller._monitoring import (
 )
 from policy_canary.controller._restore import restore_previous_stable
 from policy_canary.controller._rows import (
-    Cursors,
     Rollout,
     active_rollout,
     compare_and_swap,
     jsonable,
     last_tick,
-    load_monitor_row,
     load_rollout,
     record_tick,
 )
 from policy_canary.controller._start import baseline_events, stable_baseline, start_rollout
-from policy_canary.errors import ConflictError, InputError, NotFoundError, StoreError
+from policy_canary.controller._state import read_cursors, read_state, require_state
+from policy_canary.errors import ConflictError, InputError, NotFoundError
 from policy_canary.monitoring._verdict import Verdict
 from policy_canary.plan import RolloutPlan, Stage, format_duration
 from policy_canary.registry import (
@@ -300,8 +299,8 @@ class Rollouts:
     def _status(self, conn: Connection, row: Rollout) -> RolloutStatus:
         plan = row.plan
         stage = plan.stage(row.stage_index)
-        stored = load_monitor_row(conn, row.id)
-        ledger = Ledger.from_dict(json.loads(stored[0])["ledger"]) if stored else Ledger()
+        stored = read_state(conn, row.id)
+        ledger = stored.ledger if stored else Ledger()
         tick = last_tick(conn, row.id)
         verdicts: tuple[Verdict, ...] = ()
         last: dict[str, Any] | None = None
@@ -346,16 +345,12 @@ class Rollouts:
         with self.store.begin() as conn:
             row = self._locked_active(conn, policy)
             action = build(row)
-            stored = load_monitor_row(conn, row.id)
-            if stored is None:  # every start writes one; a missing row means a damaged store
-                raise StoreError(f"rollout {row.id} has no monitor state; abort it and restart")
-            text, cursors = stored
-            data = json.loads(text)
+            state = require_state(conn, row.id)
             tick = last_tick(conn, row.id)
             verdicts = (
                 tuple(Verdict.from_dict(v) for v in json.loads(tick["verdicts"])) if tick else ()
             )
-            ledger = Ledger.from_dict(data["ledger"])
+            ledger = state.ledger
             stage = row.plan.stage(row.stage_index)
             snapshot = RolloutSnapshot(
                 row.state,
@@ -370,9 +365,7 @@ class Rollouts:
                 conn,
                 row,
                 AppliedAction(action, snapshot, verdicts, now, who, manual=True),
-                monitor=data["monitor"],
-                ledger=ledger,
-                cursors=cursors,
+                state=state,
             )
 
     def _trace_manual(
@@ -385,8 +378,7 @@ class Rollouts:
         reason: str,
         now: datetime,
     ) -> None:
-        stored = load_monitor_row(conn, row.id)
-        cursors = stored[1] if stored else Cursors()
+        cursors = read_cursors(conn, row.id)
         text = message(Reason.MANUAL, verb=f"{verb}d" if verb.endswith("e") else f"{verb}ed",
                        actor=actor, reason=reason)  # fmt: skip
         record_tick(

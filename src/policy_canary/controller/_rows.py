@@ -17,7 +17,7 @@ from policy_canary.controller._model import ACTIVE_STATES, RolloutState
 from policy_canary.errors import ConflictError, NotFoundError
 from policy_canary.monitoring._verdict import Verdict
 from policy_canary.plan import RolloutPlan
-from policy_canary.store.schema import monitor_states, rollout_ticks, rollouts
+from policy_canary.store.schema import rollout_ticks, rollouts
 
 
 class StaleRevisionError(ConflictError):
@@ -153,34 +153,6 @@ class Cursors:
 
     events_through: int = 0
     feedback_through: int = 0
-
-
-def load_monitor_row(conn: Connection, rollout_id: str) -> tuple[str, Cursors] | None:
-    """The stored monitor state text and its cursors."""
-    row = conn.execute(
-        select(monitor_states).where(monitor_states.c.rollout_id == rollout_id)
-    ).first()
-    if row is None:
-        return None
-    return row.state, Cursors(int(row.events_through), int(row.feedback_through))
-
-
-def save_monitor_row(
-    conn: Connection, rollout_id: str, text: str, cursors: Cursors, at: datetime, *, insert: bool
-) -> None:
-    """Insert or update the rollout's monitor state and cursors."""
-    values = {
-        "state": text,
-        "events_through": cursors.events_through,
-        "feedback_through": cursors.feedback_through,
-        "updated_at": at,
-    }
-    if insert:
-        conn.execute(monitor_states.insert().values(rollout_id=rollout_id, **values))
-    else:
-        conn.execute(
-            monitor_states.update().where(monitor_states.c.rollout_id == rollout_id).values(values)
-        )
 
 
 def last_tick(conn: Connection, rollout_id: str) -> Mapping[Any, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from datetime import datetime
 
@@ -10,21 +9,9 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from policy_canary.controller._model import RolloutSnapshot, RolloutState, notice
-from policy_canary.controller._monitoring import (
-    BASELINE_EVENTS,
-    Ledger,
-    MonitorFactory,
-    event_from_row,
-)
-from policy_canary.controller._rows import (
-    Cursors,
-    Rollout,
-    active_rollout,
-    jsonable,
-    load_rollout,
-    record_tick,
-    save_monitor_row,
-)
+from policy_canary.controller._monitoring import BASELINE_EVENTS, MonitorFactory, event_from_row
+from policy_canary.controller._rows import Rollout, active_rollout, load_rollout, record_tick
+from policy_canary.controller._state import StoredState, write_state
 from policy_canary.errors import ConflictError
 from policy_canary.monitoring._monitor import Baseline, MonitorEvent
 from policy_canary.plan import RolloutPlan
@@ -110,12 +97,8 @@ def start_rollout(
                     stage_started_at=now,
                 )
             )
-            cursors = Cursors()
-            state = json.dumps(
-                {"monitor": jsonable(monitor.to_dict()), "ledger": Ledger().to_dict()},
-                sort_keys=True,
-            )
-            save_monitor_row(conn, rollout_id, state, cursors, now, insert=True)
+            state = StoredState.initial(monitor)
+            write_state(conn, rollout_id, state, now, insert=True)
             text = notice(
                 "started" if rejected is None else "started_forced",
                 candidate=target.label,
@@ -140,7 +123,7 @@ def start_rollout(
                     "manual": True,
                     "actor": actor,
                 },
-                cursors=cursors,
+                cursors=state.cursors,
             )
             record_audit(
                 conn,

@@ -24,14 +24,20 @@ from policy_canary.controller._model import (
     RolloutState,
     notice,
 )
-from policy_canary.controller._rows import Rollout, compare_and_swap, jsonable, record_tick
+from policy_canary.controller._rows import (
+    Rollout,
+    Tick,
+    compare_and_swap,
+    jsonable,
+    record_rejection,
+    record_tick,
+    record_transition,
+)
 from policy_canary.controller._state import StoredState, write_state
 from policy_canary.monitoring._verdict import Verdict
 from policy_canary.plan import BPS
 from policy_canary.registry import ReleaseKind, move_stable
 from policy_canary.store import Store
-from policy_canary.store._audit import record_audit
-from policy_canary.store.schema import rejections
 
 #: Alert kind and severity of each transition (kinds are the alerts module's AlertKind).
 ALERTS: Mapping[ActionKind, tuple[str, str]] = {
@@ -111,8 +117,7 @@ def apply_decision(
 
     state.ledger.alerted |= set(action.alerts)
     write_state(conn, row.id, state, now)
-    record_tick(
-        conn,
+    tick = Tick(
         rollout_id=row.id,
         at=now,
         revision=after.revision,
@@ -120,11 +125,28 @@ def apply_decision(
         traffic_bp=row.traffic_bp,
         action=action.kind.value,
         message=action.message,
-        verdicts=applied.verdicts,
         inputs=applied.inputs(),
         cursors=state.cursors,
+        verdicts=applied.verdicts,
     )
-    subject = f"{row.policy}/{row.id}"
+    if action.kind.is_transition():
+        record_transition(
+            store,
+            conn,
+            tick,
+            policy=row.policy,
+            actor=applied.actor,
+            reason=action.message,
+            details={
+                "revision": after.revision,
+                "stage_index": after.stage_index,
+                "traffic_bp": after.traffic_bp,
+                "code": action.reason.value,
+                "guardrails": list(action.guardrails),
+            },
+        )
+    else:
+        record_tick(conn, tick)
     for name in action.alerts:
         kind, severity = GUARDRAIL_ALERT
         enqueue_alert(
@@ -140,32 +162,14 @@ def apply_decision(
         )
     if not action.kind.is_transition():
         return after
-
-    record_audit(
-        conn,
-        at=now,
-        actor=applied.actor,
-        action=f"rollout.{action.kind.value}",
-        subject=subject,
-        reason=action.message,
-        details={
-            "revision": after.revision,
-            "stage_index": after.stage_index,
-            "traffic_bp": after.traffic_bp,
-            "code": action.reason.value,
-            "guardrails": list(action.guardrails),
-        },
-    )
-    store.bump_epoch(conn)
     if action.kind is ActionKind.ROLLBACK:
-        conn.execute(
-            rejections.insert().values(
-                policy=row.policy,
-                digest=row.candidate_digest,
-                rollout_id=row.id,
-                at=now,
-                reason=action.message,
-            )
+        record_rejection(
+            conn,
+            policy=row.policy,
+            digest=row.candidate_digest,
+            rollout_id=row.id,
+            at=now,
+            reason=action.message,
         )
         write_incident(
             conn,

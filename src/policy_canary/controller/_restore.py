@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from policy_canary.alerts import enqueue_alert
 from policy_canary.controller._model import notice
+from policy_canary.controller._rows import record_rejection
 from policy_canary.errors import ConflictError
 from policy_canary.registry import (
     ReleaseEntry,
@@ -18,7 +19,7 @@ from policy_canary.registry import (
     resolve_in,
 )
 from policy_canary.store import Store
-from policy_canary.store.schema import rejections, release_history
+from policy_canary.store.schema import release_history
 
 
 def restore_previous_stable(
@@ -79,14 +80,13 @@ def restore_previous_stable(
             rollout_id=latest["rollout_id"],
         )
         if latest["rollout_id"] is not None:
-            conn.execute(
-                rejections.insert().values(
-                    policy=policy,
-                    digest=current,
-                    rollout_id=latest["rollout_id"],
-                    at=now,
-                    reason=text,
-                )
+            record_rejection(
+                conn,
+                policy=policy,
+                digest=current,
+                rollout_id=latest["rollout_id"],
+                at=now,
+                reason=text,
             )
         assert entry is not None, "the target differs from the current stable"
         enqueue_alert(

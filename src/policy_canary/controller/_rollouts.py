@@ -37,12 +37,13 @@ from policy_canary.controller._monitoring import (
 from policy_canary.controller._restore import restore_previous_stable
 from policy_canary.controller._rows import (
     Rollout,
+    Tick,
     active_rollout,
     compare_and_swap,
     jsonable,
     last_tick,
     load_rollout,
-    record_tick,
+    record_transition,
 )
 from policy_canary.controller._start import baseline_events, stable_baseline, start_rollout
 from policy_canary.controller._state import read_cursors, read_state, require_state
@@ -56,7 +57,7 @@ from policy_canary.registry import (
     resolve_in,
 )
 from policy_canary.store import Store
-from policy_canary.store._audit import default_actor, record_audit
+from policy_canary.store._audit import default_actor
 from policy_canary.store.schema import rollouts
 
 #: A caller-chosen rollout salt (see :meth:`Rollouts.start`).
@@ -378,32 +379,21 @@ class Rollouts:
         reason: str,
         now: datetime,
     ) -> None:
-        cursors = read_cursors(conn, row.id)
         text = message(Reason.MANUAL, verb=f"{verb}d" if verb.endswith("e") else f"{verb}ed",
                        actor=actor, reason=reason)  # fmt: skip
-        record_tick(
+        inputs = {"manual": True, "actor": actor, "now": now.isoformat()}
+        cursors = read_cursors(conn, row.id)
+        tick = Tick(row.id, now, after.revision, row.stage_index, row.traffic_bp, verb, text,
+                    inputs, cursors)  # fmt: skip
+        record_transition(
+            self.store,
             conn,
-            rollout_id=row.id,
-            at=now,
-            revision=after.revision,
-            stage_index=row.stage_index,
-            traffic_bp=row.traffic_bp,
-            action=verb,
-            message=text,
-            verdicts=(),
-            inputs={"manual": True, "actor": actor, "now": now.isoformat()},
-            cursors=cursors,
-        )
-        record_audit(
-            conn,
-            at=now,
+            tick,
+            policy=row.policy,
             actor=actor,
-            action=f"rollout.{verb}",
-            subject=f"{row.policy}/{row.id}",
             reason=reason,
             details={"revision": after.revision, "state": after.state.value},
         )
-        self.store.bump_epoch(conn)
 
     def _restore_previous(self, policy: str, reason: str, actor: str) -> RollbackResult:
         entry, text = restore_previous_stable(

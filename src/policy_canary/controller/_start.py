@@ -10,7 +10,13 @@ from sqlalchemy.exc import IntegrityError
 
 from policy_canary.controller._model import RolloutSnapshot, RolloutState, notice
 from policy_canary.controller._monitoring import BASELINE_EVENTS, MonitorFactory, event_from_row
-from policy_canary.controller._rows import Rollout, active_rollout, load_rollout, record_tick
+from policy_canary.controller._rows import (
+    Rollout,
+    Tick,
+    active_rollout,
+    load_rollout,
+    record_transition,
+)
 from policy_canary.controller._state import StoredState, write_state
 from policy_canary.errors import ConflictError
 from policy_canary.monitoring._monitor import Baseline, MonitorEvent
@@ -18,7 +24,6 @@ from policy_canary.plan import RolloutPlan
 from policy_canary.registry import lock_policy, require_policy, resolve_in
 from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
-from policy_canary.store._audit import record_audit
 from policy_canary.store.schema import events, rejections, rollouts
 
 
@@ -107,30 +112,18 @@ def start_rollout(
                 reason=reason,
             )
             snapshot = RolloutSnapshot(RolloutState.RUNNING, 0, now)
-            record_tick(
+            inputs = {
+                "snapshot": snapshot.to_dict(),
+                "now": now.isoformat(),
+                "manual": True,
+                "actor": actor,
+            }
+            record_transition(
+                store,
                 conn,
-                rollout_id=rollout_id,
-                at=now,
-                revision=1,
-                stage_index=0,
-                traffic_bp=first.traffic_bp,
-                action="start",
-                message=text,
-                verdicts=(),
-                inputs={
-                    "snapshot": snapshot.to_dict(),
-                    "now": now.isoformat(),
-                    "manual": True,
-                    "actor": actor,
-                },
-                cursors=state.cursors,
-            )
-            record_audit(
-                conn,
-                at=now,
+                Tick(rollout_id, now, 1, 0, first.traffic_bp, "start", text, inputs, state.cursors),
+                policy=policy,
                 actor=actor,
-                action="rollout.start",
-                subject=f"{policy}/{rollout_id}",
                 reason=reason or text,
                 details={
                     "candidate": target.id,
@@ -139,7 +132,6 @@ def start_rollout(
                     "forced": rejected is not None,
                 },
             )
-            store.bump_epoch(conn)
             return load_rollout(conn, rollout_id)
     except IntegrityError:
         # Another process started a rollout of this policy between our check and insert

@@ -87,39 +87,50 @@ def apply_decision(
     Raises :class:`~policy_canary.controller._rows.StaleRevisionError` (and so rolls the whole
     transaction back) when the rollout changed since ``row`` was read.
     """
-    action, now = applied.action, applied.now
-    plan = row.plan
-    values: dict[str, Any] = {}
+    action = applied.action
+    after = compare_and_swap(conn, row, **_row_changes(row, action, applied.now))
+    state.ledger.alerted |= set(action.alerts)
+    write_state(conn, row.id, state, applied.now)
+    _record(store, conn, row, after, applied, state)
+    _enqueue_guardrail_alerts(conn, after, applied)
+    if action.kind.is_transition():
+        _write_consequences(store, conn, row, after, applied, state)
+        _enqueue_transition_alert(conn, after, applied)
+    return after
+
+
+def _row_changes(row: Rollout, action: Action, now: datetime) -> dict[str, Any]:
+    """The columns of the rollout row that ``action`` changes (none for a hold)."""
+    ended = {"ended_at": now, "end_reason": action.message}
     if action.kind is ActionKind.ADVANCE:
-        nxt = plan.stage(row.stage_index + 1)
-        values = {
+        nxt = row.plan.stage(row.stage_index + 1)
+        return {
             "stage_index": row.stage_index + 1,
             "traffic_bp": nxt.traffic_bp,
             "stage_started_at": now,
         }
-    elif action.kind is ActionKind.PAUSE:
-        values = {"state": RolloutState.PAUSED.value}
-    elif action.kind is ActionKind.ROLLBACK:
-        values = {
-            "state": RolloutState.ROLLED_BACK.value,
-            "traffic_bp": 0,
-            "ended_at": now,
-            "end_reason": action.message,
-        }
-    elif action.kind is ActionKind.PROMOTE:
-        values = {
-            "state": RolloutState.PROMOTED.value,
-            "traffic_bp": BPS,
-            "ended_at": now,
-            "end_reason": action.message,
-        }
-    after = compare_and_swap(conn, row, **values)
+    if action.kind is ActionKind.PAUSE:
+        return {"state": RolloutState.PAUSED.value}
+    if action.kind is ActionKind.ROLLBACK:
+        return {"state": RolloutState.ROLLED_BACK.value, "traffic_bp": 0, **ended}
+    if action.kind is ActionKind.PROMOTE:
+        return {"state": RolloutState.PROMOTED.value, "traffic_bp": BPS, **ended}
+    return {}
 
-    state.ledger.alerted |= set(action.alerts)
-    write_state(conn, row.id, state, now)
+
+def _record(
+    store: Store,
+    conn: Connection,
+    row: Rollout,
+    after: Rollout,
+    applied: AppliedAction,
+    state: StoredState,
+) -> None:
+    """The decision trace's tick; for a transition also its audit row and the epoch bump."""
+    action = applied.action
     tick = Tick(
         rollout_id=row.id,
-        at=now,
+        at=applied.now,
         revision=after.revision,
         stage_index=row.stage_index,
         traffic_bp=row.traffic_bp,
@@ -129,39 +140,36 @@ def apply_decision(
         cursors=state.cursors,
         verdicts=applied.verdicts,
     )
-    if action.kind.is_transition():
-        record_transition(
-            store,
-            conn,
-            tick,
-            policy=row.policy,
-            actor=applied.actor,
-            reason=action.message,
-            details={
-                "revision": after.revision,
-                "stage_index": after.stage_index,
-                "traffic_bp": after.traffic_bp,
-                "code": action.reason.value,
-                "guardrails": list(action.guardrails),
-            },
-        )
-    else:
-        record_tick(conn, tick)
-    for name in action.alerts:
-        kind, severity = GUARDRAIL_ALERT
-        enqueue_alert(
-            conn,
-            key=f"{row.id}:{kind}:{name}",
-            kind=kind,
-            severity=severity,
-            summary=notice("guardrail_alert", policy=row.policy, guardrail=name),
-            payload=_payload(after, action, applied.verdicts),
-            at=now,
-            policy=row.policy,
-            rollout_id=row.id,
-        )
     if not action.kind.is_transition():
-        return after
+        record_tick(conn, tick)
+        return
+    record_transition(
+        store,
+        conn,
+        tick,
+        policy=row.policy,
+        actor=applied.actor,
+        reason=action.message,
+        details={
+            "revision": after.revision,
+            "stage_index": after.stage_index,
+            "traffic_bp": after.traffic_bp,
+            "code": action.reason.value,
+            "guardrails": list(action.guardrails),
+        },
+    )
+
+
+def _write_consequences(
+    store: Store,
+    conn: Connection,
+    row: Rollout,
+    after: Rollout,
+    applied: AppliedAction,
+    state: StoredState,
+) -> None:
+    """A rollback's rejection and incident; a promotion's move of the stable pointer."""
+    action, now = applied.action, applied.now
     if action.kind is ActionKind.ROLLBACK:
         record_rejection(
             conn,
@@ -194,19 +202,59 @@ def apply_decision(
             at=now,
             rollout_id=row.id,
         )
+
+
+def _enqueue_guardrail_alerts(conn: Connection, after: Rollout, applied: AppliedAction) -> None:
+    """One alert per alert-only guardrail that fired for the first time."""
+    kind, severity = GUARDRAIL_ALERT
+    for name in applied.action.alerts:
+        _enqueue(
+            conn,
+            after,
+            applied,
+            key=f"{after.id}:{kind}:{name}",
+            kind=kind,
+            severity=severity,
+            summary=notice("guardrail_alert", policy=after.policy, guardrail=name),
+        )
+
+
+def _enqueue_transition_alert(conn: Connection, after: Rollout, applied: AppliedAction) -> None:
+    """The alert every transition raises (its kind and severity from :data:`ALERTS`)."""
+    action = applied.action
     kind, severity = ALERTS[action.kind]
-    enqueue_alert(
+    _enqueue(
         conn,
-        key=f"{row.id}:{kind}:{after.revision}",
+        after,
+        applied,
+        key=f"{after.id}:{kind}:{after.revision}",
         kind=kind,
         severity=severity,
-        summary=notice("alert", policy=row.policy, message=action.message),
-        payload=_payload(after, action, applied.verdicts),
-        at=now,
-        policy=row.policy,
-        rollout_id=row.id,
+        summary=notice("alert", policy=after.policy, message=action.message),
     )
-    return after
+
+
+def _enqueue(
+    conn: Connection,
+    after: Rollout,
+    applied: AppliedAction,
+    *,
+    key: str,
+    kind: str,
+    severity: str,
+    summary: str,
+) -> None:
+    enqueue_alert(
+        conn,
+        key=key,
+        kind=kind,
+        severity=severity,
+        summary=summary,
+        payload=_payload(after, applied.action, applied.verdicts),
+        at=applied.now,
+        policy=after.policy,
+        rollout_id=after.id,
+    )
 
 
 def _payload(row: Rollout, action: Action, verdicts: Sequence[Verdict]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from policy_canary.alerts import enqueue_alert
+from policy_canary.canonical import jsonable
 from policy_canary.controller._bundle import write_incident
 from policy_canary.controller._model import (
     Action,
@@ -28,7 +29,6 @@ from policy_canary.controller._rows import (
     Rollout,
     Tick,
     compare_and_swap,
-    jsonable,
     record_rejection,
     record_tick,
     record_transition,

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from policy_canary.canonical import jsonable
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._apply import AppliedAction, apply_decision
 from policy_canary.controller._model import (
@@ -40,7 +41,6 @@ from policy_canary.controller._rows import (
     Tick,
     active_rollout,
     compare_and_swap,
-    jsonable,
     last_tick,
     load_rollout,
     record_transition,

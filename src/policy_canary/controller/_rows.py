@@ -5,7 +5,6 @@ rejections)."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from policy_canary.canonical import jsonable
 from policy_canary.clock import utc
 from policy_canary.controller._model import ACTIVE_STATES, RolloutState
 from policy_canary.errors import ConflictError, NotFoundError
@@ -255,17 +255,6 @@ def record_rejection(
             policy=policy, digest=digest, rollout_id=rollout_id, at=at, reason=reason
         )
     )
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with non-finite floats spelled as strings (JSON has no Infinity or NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def dumps(value: Any) -> str:

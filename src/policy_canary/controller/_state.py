@@ -16,8 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from policy_canary.canonical import jsonable
 from policy_canary.controller._monitoring import Ledger, Monitor
-from policy_canary.controller._rows import Cursors, jsonable
+from policy_canary.controller._rows import Cursors
 from policy_canary.errors import StoreError
 from policy_canary.store.schema import monitor_states
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from policy_canary.alerts import enqueue_alert
+from policy_canary.alerts import AlertKind, Severity, enqueue_alert
 from policy_canary.canonical import jsonable
 from policy_canary.controller._bundle import write_incident
 from policy_canary.controller._model import (
@@ -39,14 +39,14 @@ from policy_canary.plan import BPS
 from policy_canary.registry import ReleaseKind, move_stable
 from policy_canary.store import Store
 
-#: Alert kind and severity of each transition (kinds are the alerts module's AlertKind).
-ALERTS: Mapping[ActionKind, tuple[str, str]] = {
-    ActionKind.ROLLBACK: ("rollback", "critical"),
-    ActionKind.PAUSE: ("paused", "warning"),
-    ActionKind.PROMOTE: ("promoted", "info"),
-    ActionKind.ADVANCE: ("stage_advanced", "info"),
+#: Alert kind and severity of each transition.
+ALERTS: Mapping[ActionKind, tuple[AlertKind, Severity]] = {
+    ActionKind.ROLLBACK: (AlertKind.ROLLBACK, Severity.CRITICAL),
+    ActionKind.PAUSE: (AlertKind.PAUSED, Severity.WARNING),
+    ActionKind.PROMOTE: (AlertKind.PROMOTED, Severity.INFO),
+    ActionKind.ADVANCE: (AlertKind.STAGE_ADVANCED, Severity.INFO),
 }
-GUARDRAIL_ALERT = ("guardrail_alert", "warning")
+GUARDRAIL_ALERT = (AlertKind.GUARDRAIL_ALERT, Severity.WARNING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +240,8 @@ def _enqueue(
     applied: AppliedAction,
     *,
     key: str,
-    kind: str,
-    severity: str,
+    kind: AlertKind,
+    severity: Severity,
     summary: str,
 ) -> None:
     enqueue_alert(

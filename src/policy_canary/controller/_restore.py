@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, RowMapping, select
 
-from policy_canary.alerts import enqueue_alert
+from policy_canary.alerts import AlertKind, Severity, enqueue_alert
 from policy_canary.controller._model import notice
 from policy_canary.controller._rows import record_rejection
 from policy_canary.errors import ConflictError
@@ -68,8 +68,8 @@ def restore_previous_stable(
         enqueue_alert(
             conn,
             key=f"{policy}:stable_rollback:{entry.seq}",
-            kind="rollback",
-            severity="critical",
+            kind=AlertKind.ROLLBACK,
+            severity=Severity.CRITICAL,
             summary=text,
             payload={"release": entry.to_dict()},
             at=now,

@@ -17,10 +17,10 @@ from policy_canary.monitoring._judges._base import (
     Judge,
     Setup,
     Values,
-    _e,
-    _finite,
-    _fmt,
-    _too_few,
+    e_from_log,
+    finite_or_none,
+    fmt,
+    too_few,
 )
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 from policy_canary.stats import ConditionalRateProcess, RateMixture, bernoulli_upper_bound
@@ -86,20 +86,20 @@ class RateJudge(Judge):
         p, alpha, up = self.process, self.setup.alpha, tests.up
         change = "rise" if up else "drop"
         tol = f"{100 * g.tolerance:.3g}%"
-        cand, stable = _fmt(tests.cand_rate, pct=True), _fmt(tests.stable_rate, pct=True)
+        cand, stable = fmt(tests.cand_rate, pct=True), fmt(tests.stable_rate, pct=True)
         if tests.log_k >= math.log(1.0 / alpha):
             reason = (
                 f"{g.name}: {what} is {cand} on the candidate vs {stable} on stable "
-                f"(x{_fmt(tests.ratio)}); e-value {_fmt(_e(tests.log_k))} >= {_fmt(1 / alpha)} "
-                f"establishes a {change} beyond {tol}."
+                f"(x{fmt(tests.ratio)}); e-value {fmt(e_from_log(tests.log_k))} >= "
+                f"{fmt(1 / alpha)} establishes a {change} beyond {tol}."
             )
             return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
         if min(p.requests) < g.min_samples:
             return self._verdict(
-                g, VerdictStatus.INSUFFICIENT_DATA, _too_few(g, p.requests), evidence
+                g, VerdictStatus.INSUFFICIENT_DATA, too_few(g, p.requests), evidence
             )
         reason = (
-            f"{g.name}: {what} {cand} vs {stable} (x{_fmt(tests.ratio)}) shows no {change} "
+            f"{g.name}: {what} {cand} vs {stable} (x{fmt(tests.ratio)}) shows no {change} "
             f"beyond {tol} after {p.requests[1]} candidate and {p.requests[0]} stable "
             "observations."
         ) + _non_inferiority_clause(tests, evidence["non_inferiority_bound"])
@@ -153,7 +153,7 @@ class RateJudge(Judge):
             "bad_candidate": p.bad_total[1],
             "rate_stable": t.stable_rate,
             "rate_candidate": t.cand_rate,
-            "ratio": _finite(t.ratio),
+            "ratio": finite_or_none(t.ratio),
             # The bound on the bad side is the breach test's (alpha), the good side the
             # ratio route's (ni_alpha).
             "ratio_lower": p.confidence_bound(
@@ -167,8 +167,8 @@ class RateJudge(Judge):
                 upper=True,
             ),
             "threshold_ratio": t.r0,
-            "e_value": _e(t.log_k),
-            "e_value_non_inferiority": _e(t.log_ni),
+            "e_value": e_from_log(t.log_k),
+            "e_value_non_inferiority": e_from_log(t.log_ni),
             "e_value_threshold": 1.0 / alpha,
             "non_inferiority_alpha": t.ni_alpha,
             "negligible": t.negligible,
@@ -217,12 +217,12 @@ def _non_inferiority_clause(t: _RateTests, bound: float | None) -> str:
     """The sentence a passing verdict adds when a non-inferiority route succeeded."""
     if t.route == "ratio":
         return (
-            f" Non-inferior: the ratio is below x{_fmt(bound)}"
-            f" {'<=' if t.up else '>='} x{_fmt(t.r0)}."
+            f" Non-inferior: the ratio is below x{fmt(bound)}"
+            f" {'<=' if t.up else '>='} x{fmt(t.r0)}."
         )
     if t.route == "absolute":
         return (
-            f" Non-inferior: the candidate's rate is below {_fmt(t.cand_upper, pct=True)}, "
-            f"within the negligible {_fmt(t.negligible, pct=True)}."
+            f" Non-inferior: the candidate's rate is below {fmt(t.cand_upper, pct=True)}, "
+            f"within the negligible {fmt(t.negligible, pct=True)}."
         )
     return ""

@@ -91,7 +91,13 @@ def apply_decision(
     after = compare_and_swap(conn, row, **_row_changes(row, action, applied.now))
     state.ledger.alerted |= set(action.alerts)
     write_state(conn, row.id, state, applied.now)
-    _record(store, conn, row, after, applied, state)
+    tick = _tick(row, after, applied, state)
+    if action.kind.is_transition():
+        details = _audit_details(after, action)
+        record_transition(store, conn, tick, policy=row.policy, actor=applied.actor,
+                          reason=action.message, details=details)  # fmt: skip
+    else:
+        record_tick(conn, tick)
     _enqueue_guardrail_alerts(conn, after, applied)
     if action.kind.is_transition():
         _write_consequences(store, conn, row, after, applied, state)
@@ -118,17 +124,10 @@ def _row_changes(row: Rollout, action: Action, now: datetime) -> dict[str, Any]:
     return {}
 
 
-def _record(
-    store: Store,
-    conn: Connection,
-    row: Rollout,
-    after: Rollout,
-    applied: AppliedAction,
-    state: StoredState,
-) -> None:
-    """The decision trace's tick; for a transition also its audit row and the epoch bump."""
+def _tick(row: Rollout, after: Rollout, applied: AppliedAction, state: StoredState) -> Tick:
+    """The decision trace's row of this action: the stage it was taken in, what decide() saw."""
     action = applied.action
-    tick = Tick(
+    return Tick(
         rollout_id=row.id,
         at=applied.now,
         revision=after.revision,
@@ -140,24 +139,17 @@ def _record(
         cursors=state.cursors,
         verdicts=applied.verdicts,
     )
-    if not action.kind.is_transition():
-        record_tick(conn, tick)
-        return
-    record_transition(
-        store,
-        conn,
-        tick,
-        policy=row.policy,
-        actor=applied.actor,
-        reason=action.message,
-        details={
-            "revision": after.revision,
-            "stage_index": after.stage_index,
-            "traffic_bp": after.traffic_bp,
-            "code": action.reason.value,
-            "guardrails": list(action.guardrails),
-        },
-    )
+
+
+def _audit_details(after: Rollout, action: Action) -> dict[str, Any]:
+    """What a transition's audit row records besides its actor and reason."""
+    return {
+        "revision": after.revision,
+        "stage_index": after.stage_index,
+        "traffic_bp": after.traffic_bp,
+        "code": action.reason.value,
+        "guardrails": list(action.guardrails),
+    }
 
 
 def _write_consequences(

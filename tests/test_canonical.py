@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policy_canary.canonical import canonical_json, digest, format_number
+from policy_canary.canonical import canonical_json, digest, format_number, jsonable
 from policy_canary.errors import InvalidSpecError
 
 json_scalars = (
@@ -125,3 +127,35 @@ def test_pathologically_deep_nesting_is_rejected() -> None:
         value = [value]
     with pytest.raises(InvalidSpecError, match="nested deeper"):
         canonical_json(value)
+
+
+class _Colour(StrEnum):
+    RED = "red"
+
+
+odd_scalars = json_scalars | st.sampled_from(
+    [math.inf, -math.inf, math.nan, _Colour.RED, datetime(2026, 1, 1, tzinfo=UTC), b"x"]
+)
+odd_values = st.recursive(
+    odd_scalars,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)
+        | st.frozensets(st.integers(0, 9), max_size=4)
+        | st.dictionaries(st.text(max_size=10) | st.integers(0, 9), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@given(odd_values)
+def test_jsonable_makes_any_value_strict_json_and_is_idempotent(value: Any) -> None:
+    data = jsonable(value)
+    text = json.dumps(data, allow_nan=False, sort_keys=True)
+    assert json.loads(text) == data
+    assert jsonable(data) == data
+
+
+@given(json_values)
+def test_jsonable_leaves_json_data_alone(value: Any) -> None:
+    assert jsonable(value) == value

@@ -4,6 +4,9 @@ The canonical form of a JSON value is unique: object keys sorted by code point, 
 insignificant whitespace, UTF-8, and one normal form for every number (``1``, ``1.0`` and
 ``1.0e0`` all become ``1``; ``0.50`` becomes ``0.5``). NaN and Infinity are rejected. The sha256
 of the canonical bytes is the version id.
+
+:func:`jsonable` is the one conversion of arbitrary values into JSON data (what the trace,
+incident bundles and alert payloads store).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Context, Decimal
+from enum import Enum
 from typing import Any
 
 from policy_canary.errors import InvalidSpecError
@@ -66,6 +71,31 @@ def format_number(number: int | float | Decimal) -> str:
     if not integral and -7 <= dec.adjusted() < 21:
         return format(dec, "f")
     return format(dec, "e")
+
+
+def jsonable(value: Any) -> Any:
+    """Turn ``value`` into plain JSON data, never failing (the one JSON-safe conversion).
+
+    Alert payloads, incident bundles, the decision trace and ``--json`` output are written
+    inside the transaction that rolls a rollout back, so a value ``json`` cannot encode (an
+    ``inf`` e-value, a datetime, an enum) must not abort the rollback: non-finite floats
+    become ``"inf"``/``"nan"``, enums their values, datetimes ISO text, sets sorted lists and
+    anything else its ``str()``.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [jsonable(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    return str(value)
 
 
 def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: int | None) -> None:

@@ -1,4 +1,7 @@
-"""Clocks: the only way policy-canary learns the time, so tests and simulations control it."""
+"""Clocks: the only way policy-canary learns the time, so tests and simulations control it.
+
+Also the one exponential backoff every retrying loop uses (:func:`exponential_backoff`).
+"""
 
 from __future__ import annotations
 
@@ -63,3 +66,19 @@ def utc(when: datetime) -> datetime:
     if when.tzinfo is None:
         return when.replace(tzinfo=UTC)
     return when.astimezone(UTC)
+
+
+def exponential_backoff(retry: int, *, first: float, cap: float) -> float:
+    """Seconds before retry number ``retry`` (0 for the first): ``min(cap, first * 2**retry)``.
+
+    Exact for every ``retry`` and never overflows: the doubling stops once it reaches ``cap``
+    (so a store that stays down for days costs nothing extra). Callers add their own jitter.
+    """
+    if retry < 0:
+        raise ValueError(f"retry counts from 0; got {retry}")
+    step = first
+    for _ in range(retry):
+        if step >= cap or step <= 0.0:
+            break
+        step *= 2.0
+    return min(cap, step)

@@ -15,8 +15,10 @@ from _rollout_support import (
     setup_policy,
     small_plan,
 )
+from policy_canary.alerts import AlertKind, Severity
 from policy_canary.clock import ManualClock
 from policy_canary.controller import ActionKind, Controller, RolloutState
+from policy_canary.controller._apply import ALERTS, GUARDRAIL_ALERT
 from policy_canary.controller._incidents import Incidents
 from policy_canary.controller._rollouts import Rollouts
 from policy_canary.registry import Registry
@@ -342,3 +344,10 @@ def test_a_failure_mid_rollback_leaves_nothing_half_done(
     assert retry.action.kind is ActionKind.ROLLBACK
     assert _count(store, rejections) == 1
     assert _alert_kinds(store) == ["rollback"]
+
+
+def test_every_transition_raises_an_alert_typed_with_the_alert_enums() -> None:
+    assert set(ALERTS) == {kind for kind in ActionKind if kind.is_transition()}
+    for kind, severity in [*ALERTS.values(), GUARDRAIL_ALERT]:
+        assert isinstance(kind, AlertKind)
+        assert isinstance(severity, Severity)

@@ -16,7 +16,7 @@ from policy_canary.controller._rollouts import Rollouts
 from policy_canary.errors import ConflictError, InputError, NotFoundError
 from policy_canary.registry import Registry
 from policy_canary.store import Store
-from policy_canary.store.schema import alerts, monitor_states, rejections, rollout_ticks
+from policy_canary.store.schema import alerts, audit, monitor_states, rejections, rollout_ticks
 
 
 @pytest.fixture
@@ -184,3 +184,25 @@ def test_a_chosen_salt_reproduces_the_assignment_and_a_bad_one_is_refused(
     assert rollouts.status(POLICY) == []
     row = rollouts.start(POLICY, candidate="v2", plan=small_plan(), salt="ab" * 16)
     assert row.salt == "ab" * 16
+
+
+def test_every_transition_writes_one_tick_one_audit_row_and_one_routing_bump(
+    store: Store, clock: ManualClock, rollouts: Rollouts
+) -> None:
+    def counts() -> tuple[int, int, int]:
+        with store.read() as conn:
+            ticks = len(conn.execute(select(rollout_ticks.c.seq)).all())
+            audits = len(conn.execute(select(audit.c.id)).all())
+            return ticks, audits, store.read_epoch(conn)
+
+    before = counts()
+    steps = [
+        lambda: rollouts.start(POLICY, candidate="v2", plan=small_plan(), reason="go"),
+        lambda: rollouts.pause(POLICY, reason="look"),
+        lambda: rollouts.resume(POLICY, reason="ok"),
+        lambda: rollouts.promote(POLICY, reason="fine"),
+        lambda: rollouts.abort(POLICY, reason="stop"),
+    ]
+    for n, step in enumerate(steps, start=1):
+        step()
+        assert counts() == (before[0] + n, before[1] + n, before[2] + n)

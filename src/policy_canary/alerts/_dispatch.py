@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from policy_canary.alerts._outbox import alert_from_row, routed, undelivered
 from policy_canary.alerts._sinks import AlertSink, DeliveryError, HttpSink
 from policy_canary.alerts._types import Alert, DeliveryStatus
-from policy_canary.clock import Clock, SystemClock
+from policy_canary.clock import Clock, SystemClock, exponential_backoff
 from policy_canary.errors import InputError
 from policy_canary.store import Store
 from policy_canary.store.schema import alert_deliveries, alerts
@@ -49,8 +49,8 @@ def retry_delay(
     """
     if attempts < 1:
         raise ValueError("retry_delay counts failed attempts from 1")
-    # Compare in float seconds: 2**attempts grows past what timedelta can hold.
-    step = min(base.total_seconds() * 2.0 ** min(attempts - 1, 60), cap.total_seconds())
+    # In float seconds: 2**attempts grows past what timedelta can hold.
+    step = exponential_backoff(attempts - 1, first=base.total_seconds(), cap=cap.total_seconds())
     seed = hashlib.sha256(f"{key}\0{sink}\0{attempts}".encode()).digest()
     fraction = int.from_bytes(seed[:8], "big") / 2**64
     return timedelta(microseconds=round(step * (1 - JITTER * fraction) * 1_000_000))

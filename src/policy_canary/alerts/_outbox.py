@@ -39,8 +39,8 @@ def enqueue_alert(
     conn: Connection,
     *,
     key: str,
-    kind: str,
-    severity: str,
+    kind: AlertKind | str,
+    severity: Severity | str,
     summary: str,
     payload: Mapping[str, Any],
     at: datetime,
@@ -53,6 +53,8 @@ def enqueue_alert(
     is returned, without disturbing the caller's transaction (``INSERT ... ON CONFLICT DO
     NOTHING``). ``payload`` values JSON cannot hold (``inf``, datetimes) are stored as strings
     rather than failing the caller's transition.
+    ``kind`` and ``severity`` are an :class:`AlertKind` and a :class:`Severity` (or their
+    values, which are checked).
     """
     alert_kind = parse_enum(AlertKind, kind, "alert kind")
     alert_severity = parse_enum(Severity, severity, "alert severity")

@@ -7,13 +7,13 @@ can both import them without a cycle; users import everything from ``policy_cana
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any, TypeVar
 
+from policy_canary.canonical import jsonable
 from policy_canary.errors import InputError
 
 E = TypeVar("E", bound=Enum)
@@ -122,29 +122,6 @@ class Alert:
             "rollout_id": self.rollout_id,
             "payload": dict(self.payload),
         }
-
-
-def jsonable(value: Any) -> Any:
-    """Turn ``value`` into plain JSON data, never failing.
-
-    The controller enqueues alerts inside the transaction that rolls a rollout back, so a
-    payload that ``json`` cannot encode (an ``inf`` e-value, a datetime, an enum) must not abort
-    the rollback: such values become strings instead of errors.
-    """
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Enum):
-        return jsonable(value.value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [jsonable(v) for v in value]
-        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
-    return str(value)
 
 
 def dump_payload(payload: Mapping[str, Any]) -> str:

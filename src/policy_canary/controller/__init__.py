@@ -2,18 +2,19 @@
 
 ``decide(plan, rollout_state, verdicts, now) -> Action`` is a function (``_decide.py``);
 :class:`Controller` (``_loop.py``) loads every active rollout, folds its new events into the
-monitors (``_monitoring.py``), calls ``decide()`` and applies the action in one transaction
-(``_apply.py``, incidents from ``_bundle.py``), under a lock that lets one controller act at a
-time (``_lock.py``) and a compare-and-swap on the rollout's revision (``_rows.py``) that lets a
-transition apply at most once. ``_start.py`` and ``_restore.py`` hold the two writes that
-:class:`Rollouts` (``_rollouts.py``) adds: starting a rollout, and restoring the previous stable
-after a promotion; ``_incidents.py`` lists, exports and replays incidents. States, actions
-and every user-facing sentence live in ``_model.py``.
+monitors (``_monitoring.py``; their stored state has one owner, ``_state.py``), calls
+``decide()`` and applies the action in one transaction (``_apply.py``, incidents from
+``_bundle.py``), under a lock that lets one controller act at a time (``_lock.py``) and a
+compare-and-swap on the rollout's revision (``_rows.py``) that lets a transition apply at
+most once. ``_start.py`` and ``_restore.py`` hold the two writes that :class:`Rollouts`
+(``_rollouts.py``) adds: starting a rollout, and restoring the previous stable after a
+promotion; ``_incidents.py`` lists, exports and replays incidents. States, actions and every
+user-facing sentence live in ``_model.py``.
 """
 
 from __future__ import annotations
 
-from policy_canary.controller._apply import Decision
+from policy_canary.controller._apply import AppliedAction
 from policy_canary.controller._decide import decide
 from policy_canary.controller._incidents import (
     Incident,
@@ -52,9 +53,9 @@ __all__ = [
     "NOTICES",
     "Action",
     "ActionKind",
+    "AppliedAction",
     "Controller",
     "ControllerLock",
-    "Decision",
     "Incident",
     "Incidents",
     "Ledger",

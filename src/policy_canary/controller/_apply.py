@@ -8,7 +8,6 @@ the stable pointer (design invariants 2, 6 and 7). If any of it fails, none of i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from policy_canary.alerts import enqueue_alert
+from policy_canary.alerts import AlertKind, Severity, enqueue_alert
+from policy_canary.canonical import jsonable
 from policy_canary.controller._bundle import write_incident
 from policy_canary.controller._model import (
     Action,
@@ -25,34 +25,32 @@ from policy_canary.controller._model import (
     RolloutState,
     notice,
 )
-from policy_canary.controller._monitoring import Ledger
 from policy_canary.controller._rows import (
-    Cursors,
     Rollout,
+    Tick,
     compare_and_swap,
-    jsonable,
+    record_rejection,
     record_tick,
-    save_monitor_row,
+    record_transition,
 )
+from policy_canary.controller._state import StoredState, write_state
 from policy_canary.monitoring import Verdict
 from policy_canary.plan import BPS
 from policy_canary.registry import ReleaseKind, move_stable
 from policy_canary.store import Store
-from policy_canary.store._audit import record_audit
-from policy_canary.store.schema import rejections
 
-#: Alert kind and severity of each transition (kinds are the alerts module's AlertKind).
-ALERTS: Mapping[ActionKind, tuple[str, str]] = {
-    ActionKind.ROLLBACK: ("rollback", "critical"),
-    ActionKind.PAUSE: ("paused", "warning"),
-    ActionKind.PROMOTE: ("promoted", "info"),
-    ActionKind.ADVANCE: ("stage_advanced", "info"),
+#: Alert kind and severity of each transition.
+ALERTS: Mapping[ActionKind, tuple[AlertKind, Severity]] = {
+    ActionKind.ROLLBACK: (AlertKind.ROLLBACK, Severity.CRITICAL),
+    ActionKind.PAUSE: (AlertKind.PAUSED, Severity.WARNING),
+    ActionKind.PROMOTE: (AlertKind.PROMOTED, Severity.INFO),
+    ActionKind.ADVANCE: (AlertKind.STAGE_ADVANCED, Severity.INFO),
 }
-GUARDRAIL_ALERT = ("guardrail_alert", "warning")
+GUARDRAIL_ALERT = (AlertKind.GUARDRAIL_ALERT, Severity.WARNING)
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AppliedAction:
     """An action together with everything that led to it (what the trace records)."""
 
     action: Action
@@ -77,116 +75,111 @@ def apply_decision(
     store: Store,
     conn: Connection,
     row: Rollout,
-    decision: Decision,
+    applied: AppliedAction,
     *,
-    monitor: Mapping[str, Any],
-    ledger: Ledger,
-    cursors: Cursors,
-    new_monitor_row: bool = False,
+    state: StoredState,
 ) -> Rollout:
-    """Write ``decision`` for ``row`` inside ``conn``'s transaction; return the row after it.
+    """Write ``applied`` for ``row`` inside ``conn``'s transaction; return the row after it.
+
+    ``state`` is the rollout's stored state after this tick's events (saved with the alerts
+    the action raises added to its ledger).
 
     Raises :class:`~policy_canary.controller._rows.StaleRevisionError` (and so rolls the whole
     transaction back) when the rollout changed since ``row`` was read.
     """
-    action, now = decision.action, decision.now
-    plan = row.plan
-    values: dict[str, Any] = {}
+    action = applied.action
+    after = compare_and_swap(conn, row, **_row_changes(row, action, applied.now))
+    state.ledger.alerted |= set(action.alerts)
+    write_state(conn, row.id, state, applied.now)
+    tick = _tick(row, after, applied, state)
+    if action.kind.is_transition():
+        details = _audit_details(after, action)
+        record_transition(store, conn, tick, policy=row.policy, actor=applied.actor,
+                          reason=action.message, details=details)  # fmt: skip
+    else:
+        record_tick(conn, tick)
+    _enqueue_guardrail_alerts(conn, after, applied)
+    if action.kind.is_transition():
+        _write_consequences(store, conn, row, after, applied, state)
+        _enqueue_transition_alert(conn, after, applied)
+    return after
+
+
+def _row_changes(row: Rollout, action: Action, now: datetime) -> dict[str, Any]:
+    """The columns of the rollout row that ``action`` changes (none for a hold)."""
+    ended = {"ended_at": now, "end_reason": action.message}
     if action.kind is ActionKind.ADVANCE:
-        nxt = plan.stage(row.stage_index + 1)
-        values = {
+        nxt = row.plan.stage(row.stage_index + 1)
+        return {
             "stage_index": row.stage_index + 1,
             "traffic_bp": nxt.traffic_bp,
             "stage_started_at": now,
         }
-    elif action.kind is ActionKind.PAUSE:
-        values = {"state": RolloutState.PAUSED.value}
-    elif action.kind is ActionKind.ROLLBACK:
-        values = {
-            "state": RolloutState.ROLLED_BACK.value,
-            "traffic_bp": 0,
-            "ended_at": now,
-            "end_reason": action.message,
-        }
-    elif action.kind is ActionKind.PROMOTE:
-        values = {
-            "state": RolloutState.PROMOTED.value,
-            "traffic_bp": BPS,
-            "ended_at": now,
-            "end_reason": action.message,
-        }
-    after = compare_and_swap(conn, row, **values)
+    if action.kind is ActionKind.PAUSE:
+        return {"state": RolloutState.PAUSED.value}
+    if action.kind is ActionKind.ROLLBACK:
+        return {"state": RolloutState.ROLLED_BACK.value, "traffic_bp": 0, **ended}
+    if action.kind is ActionKind.PROMOTE:
+        return {"state": RolloutState.PROMOTED.value, "traffic_bp": BPS, **ended}
+    return {}
 
-    ledger.alerted |= set(action.alerts)
-    state_text = json.dumps(
-        {"monitor": jsonable(monitor), "ledger": ledger.to_dict()}, sort_keys=True
-    )
-    save_monitor_row(conn, row.id, state_text, cursors, now, insert=new_monitor_row)
-    record_tick(
-        conn,
+
+def _tick(row: Rollout, after: Rollout, applied: AppliedAction, state: StoredState) -> Tick:
+    """The decision trace's row of this action: the stage it was taken in, what decide() saw."""
+    action = applied.action
+    return Tick(
         rollout_id=row.id,
-        at=now,
+        at=applied.now,
         revision=after.revision,
         stage_index=row.stage_index,
         traffic_bp=row.traffic_bp,
         action=action.kind.value,
         message=action.message,
-        verdicts=decision.verdicts,
-        inputs=decision.inputs(),
-        cursors=cursors,
+        inputs=applied.inputs(),
+        cursors=state.cursors,
+        verdicts=applied.verdicts,
     )
-    subject = f"{row.policy}/{row.id}"
-    for name in action.alerts:
-        kind, severity = GUARDRAIL_ALERT
-        enqueue_alert(
-            conn,
-            key=f"{row.id}:{kind}:{name}",
-            kind=kind,
-            severity=severity,
-            summary=notice("guardrail_alert", policy=row.policy, guardrail=name),
-            payload=_payload(after, action, decision.verdicts),
-            at=now,
-            policy=row.policy,
-            rollout_id=row.id,
-        )
-    if not action.kind.is_transition():
-        return after
 
-    record_audit(
-        conn,
-        at=now,
-        actor=decision.actor,
-        action=f"rollout.{action.kind.value}",
-        subject=subject,
-        reason=action.message,
-        details={
-            "revision": after.revision,
-            "stage_index": after.stage_index,
-            "traffic_bp": after.traffic_bp,
-            "code": action.reason.value,
-            "guardrails": list(action.guardrails),
-        },
-    )
-    store.bump_epoch(conn)
+
+def _audit_details(after: Rollout, action: Action) -> dict[str, Any]:
+    """What a transition's audit row records besides its actor and reason."""
+    return {
+        "revision": after.revision,
+        "stage_index": after.stage_index,
+        "traffic_bp": after.traffic_bp,
+        "code": action.reason.value,
+        "guardrails": list(action.guardrails),
+    }
+
+
+def _write_consequences(
+    store: Store,
+    conn: Connection,
+    row: Rollout,
+    after: Rollout,
+    applied: AppliedAction,
+    state: StoredState,
+) -> None:
+    """A rollback's rejection and incident; a promotion's move of the stable pointer."""
+    action, now = applied.action, applied.now
     if action.kind is ActionKind.ROLLBACK:
-        conn.execute(
-            rejections.insert().values(
-                policy=row.policy,
-                digest=row.candidate_digest,
-                rollout_id=row.id,
-                at=now,
-                reason=action.message,
-            )
+        record_rejection(
+            conn,
+            policy=row.policy,
+            digest=row.candidate_digest,
+            rollout_id=row.id,
+            at=now,
+            reason=action.message,
         )
         write_incident(
             conn,
             before=row,
             after=after,
-            kind="manual_rollback" if decision.manual else "automatic_rollback",
+            kind="manual_rollback" if applied.manual else "automatic_rollback",
             action=action,
-            verdicts=decision.verdicts,
-            ledger=ledger,
-            cursors=cursors,
+            verdicts=applied.verdicts,
+            ledger=state.ledger,
+            cursors=state.cursors,
             at=now,
         )
     elif action.kind is ActionKind.PROMOTE:
@@ -196,24 +189,64 @@ def apply_decision(
             policy=row.policy,
             to_id=row.candidate_digest,
             kind=ReleaseKind.PROMOTION,
-            actor=decision.actor,
+            actor=applied.actor,
             reason=action.message,
             at=now,
             rollout_id=row.id,
         )
+
+
+def _enqueue_guardrail_alerts(conn: Connection, after: Rollout, applied: AppliedAction) -> None:
+    """One alert per alert-only guardrail that fired for the first time."""
+    kind, severity = GUARDRAIL_ALERT
+    for name in applied.action.alerts:
+        _enqueue(
+            conn,
+            after,
+            applied,
+            key=f"{after.id}:{kind}:{name}",
+            kind=kind,
+            severity=severity,
+            summary=notice("guardrail_alert", policy=after.policy, guardrail=name),
+        )
+
+
+def _enqueue_transition_alert(conn: Connection, after: Rollout, applied: AppliedAction) -> None:
+    """The alert every transition raises (its kind and severity from :data:`ALERTS`)."""
+    action = applied.action
     kind, severity = ALERTS[action.kind]
-    enqueue_alert(
+    _enqueue(
         conn,
-        key=f"{row.id}:{kind}:{after.revision}",
+        after,
+        applied,
+        key=f"{after.id}:{kind}:{after.revision}",
         kind=kind,
         severity=severity,
-        summary=notice("alert", policy=row.policy, message=action.message),
-        payload=_payload(after, action, decision.verdicts),
-        at=now,
-        policy=row.policy,
-        rollout_id=row.id,
+        summary=notice("alert", policy=after.policy, message=action.message),
     )
-    return after
+
+
+def _enqueue(
+    conn: Connection,
+    after: Rollout,
+    applied: AppliedAction,
+    *,
+    key: str,
+    kind: AlertKind,
+    severity: Severity,
+    summary: str,
+) -> None:
+    enqueue_alert(
+        conn,
+        key=key,
+        kind=kind,
+        severity=severity,
+        summary=summary,
+        payload=_payload(after, applied.action, applied.verdicts),
+        at=applied.now,
+        policy=after.policy,
+        rollout_id=after.id,
+    )
 
 
 def _payload(row: Rollout, action: Action, verdicts: Sequence[Verdict]) -> dict[str, Any]:

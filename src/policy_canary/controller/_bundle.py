@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from policy_canary.canonical import canonical_json, digest
+from policy_canary.canonical import canonical_json, digest, jsonable
 from policy_canary.controller._model import Action, notice
 from policy_canary.controller._monitoring import Ledger
-from policy_canary.controller._rows import Cursors, Rollout, jsonable
+from policy_canary.controller._rows import Cursors, Rollout
 from policy_canary.monitoring import Verdict
 from policy_canary.registry import resolve_in
 from policy_canary.store.schema import incidents, rollout_ticks

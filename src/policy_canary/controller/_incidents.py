@@ -196,6 +196,36 @@ def replay_file(path: Path) -> ReplayResult:
 
 def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayResult:
     """Re-run decide() on an exported incident's trace and compare with what was recorded."""
+    bundle, plan, trace, problems = _read_export(document, source)
+    run = _Replay()
+    for entry in trace:
+        run.step(plan, entry)
+    problems += run.problems
+    decisive, replayed_decisive = run.decisive, run.replayed_decisive
+    if run.manual:
+        replayed_decisive = decisive
+    if decisive is None:
+        problems.append("the trace records no rollback")
+    elif replayed_decisive != decisive:
+        problems.append(
+            f"the rollback was recorded at tick {decisive} but decide() rolls back at "
+            f"{'tick ' + str(replayed_decisive) if replayed_decisive else 'no tick'}"
+        )
+    return ReplayResult(
+        incident_id=str(bundle.get("id", "?")),
+        ok=not problems,
+        steps=tuple(run.steps),
+        decisive_seq=decisive,
+        replayed_decisive_seq=replayed_decisive,
+        manual=run.manual,
+        problems=tuple(problems),
+    )
+
+
+def _read_export(
+    document: Mapping[str, Any], source: str
+) -> tuple[Mapping[str, Any], RolloutPlan, list[Any], list[str]]:
+    """The bundle, its plan and trace, and the problems of its hashes; InputError if unreadable."""
     if document.get("format") != INCIDENT_FORMAT:
         raise InputError(
             f"{source}: not a policy-canary incident export (expected format "
@@ -204,7 +234,6 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
     bundle = document.get("bundle")
     if not isinstance(bundle, Mapping):
         raise InputError(f"{source}: the export has no 'bundle' object")
-    ident = str(bundle.get("id", "?"))
     problems: list[str] = []
     if digest(bundle) != document.get("bundle_hash"):
         problems.append(
@@ -218,18 +247,27 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
         raise InputError(f"{source}: the bundle is incomplete or malformed ({exc})") from None
     if plan.digest != bundle.get("plan_hash"):
         problems.append("the plan does not hash to the rollout's frozen plan_hash")
+    return bundle, plan, trace, problems
 
-    steps: list[ReplayStep] = []
+
+@dataclass
+class _Replay:
+    """A replay in progress: the steps so far and where the rollback was and is."""
+
+    steps: list[ReplayStep] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     decisive: int | None = None
     replayed_decisive: int | None = None
-    manual = False
-    for entry in trace:
+    manual: bool = False
+
+    def step(self, plan: RolloutPlan, entry: Mapping[str, Any]) -> None:
+        """Replay one trace entry (manual and non-decision entries are only noted)."""
         inputs = entry.get("inputs", {})
         if entry.get("action") == ActionKind.ROLLBACK.value:
-            decisive = int(entry["seq"])
-            manual = bool(inputs.get("manual"))
+            self.decisive = int(entry["seq"])
+            self.manual = bool(inputs.get("manual"))
         if inputs.get("manual") or entry.get("action") not in set(ActionKind):
-            continue
+            return
         try:
             snapshot = RolloutSnapshot.from_dict(inputs["snapshot"])
             verdicts = [Verdict.from_dict(v) for v in entry["verdicts"]]
@@ -237,8 +275,8 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
             recorded_reason = str(inputs["decision"]["reason"])
             action = decide(plan, snapshot, verdicts, now)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            problems.append(f"tick {entry.get('seq')}: unreadable inputs ({exc})")
-            continue
+            self.problems.append(f"tick {entry.get('seq')}: unreadable inputs ({exc})")
+            return
         step = ReplayStep(
             seq=int(entry["seq"]),
             at=str(entry["at"]),
@@ -247,32 +285,14 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
             recorded_reason=recorded_reason,
             replayed_reason=action.reason.value,
         )
-        steps.append(step)
-        if action.kind is ActionKind.ROLLBACK and replayed_decisive is None:
-            replayed_decisive = step.seq
+        self.steps.append(step)
+        if action.kind is ActionKind.ROLLBACK and self.replayed_decisive is None:
+            self.replayed_decisive = step.seq
         if not step.matches:
-            problems.append(
+            self.problems.append(
                 f"tick {step.seq} at {step.at}: recorded {step.recorded} ({step.recorded_reason})"
                 f" but decide() now says {step.replayed} ({step.replayed_reason})"
             )
-    if manual:
-        replayed_decisive = decisive
-    if decisive is None:
-        problems.append("the trace records no rollback")
-    elif replayed_decisive != decisive:
-        problems.append(
-            f"the rollback was recorded at tick {decisive} but decide() rolls back at "
-            f"{'tick ' + str(replayed_decisive) if replayed_decisive else 'no tick'}"
-        )
-    return ReplayResult(
-        incident_id=ident,
-        ok=not problems,
-        steps=tuple(steps),
-        decisive_seq=decisive,
-        replayed_decisive_seq=replayed_decisive,
-        manual=manual,
-        problems=tuple(problems),
-    )
 
 
 def _incident(row: Mapping[Any, Any]) -> Incident:

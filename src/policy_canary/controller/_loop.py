@@ -13,12 +13,11 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from policy_canary.clock import Clock, SystemClock
-from policy_canary.controller._apply import Decision, apply_decision
+from policy_canary.controller._apply import AppliedAction, apply_decision
 from policy_canary.controller._decide import decide
 from policy_canary.controller._lock import ControllerLock, default_holder
 from policy_canary.controller._model import Action, ActionKind, RolloutSnapshot
 from policy_canary.controller._monitoring import (
-    Ledger,
     MonitorFactory,
     StatisticalMonitors,
     event_from_row,
@@ -30,10 +29,10 @@ from policy_canary.controller._rows import (
     StaleRevisionError,
     active_rollouts,
     last_tick,
-    load_monitor_row,
     load_rollout,
 )
-from policy_canary.errors import StoreError, first_line
+from policy_canary.controller._state import StoredState, require_state
+from policy_canary.errors import first_line
 from policy_canary.monitoring._monitor import MonitorEvent
 from policy_canary.registry import lock_policy
 from policy_canary.resilience import Outage
@@ -166,13 +165,9 @@ class Controller:
     def _evaluate(self, conn: Connection, row: Rollout, now: datetime) -> TickOutcome:
         plan = row.plan
         stage = plan.stage(row.stage_index)
-        stored = load_monitor_row(conn, row.id)
-        if stored is None:  # every start writes one; a missing row means a damaged store
-            raise StoreError(f"rollout {row.id} has no monitor state; abort it and restart")
-        text, cursors = stored
-        data = json.loads(text)
-        monitor = self.monitors.load(data["monitor"])
-        ledger = Ledger.from_dict(data["ledger"])
+        stored = require_state(conn, row.id)
+        monitor = self.monitors.load(stored.monitor)
+        ledger, cursors = stored.ledger, stored.cursors
         names = {s.name for s in plan.stages}
         folded = 0
         new_cursors = cursors
@@ -196,10 +191,8 @@ class Controller:
             self.store,
             conn,
             row,
-            Decision(action, snapshot, verdicts, now, self.actor),
-            monitor=monitor.to_dict(),
-            ledger=ledger,
-            cursors=new_cursors,
+            AppliedAction(action, snapshot, verdicts, now, self.actor),
+            state=StoredState(monitor.to_dict(), ledger, new_cursors),
         )
         if action.kind.is_transition():
             _log.info("%s %s: %s", row.policy, action.kind.value, action.message)

@@ -219,18 +219,3 @@ class Ledger:
             first_event_at=datetime.fromisoformat(first) if first else None,
             last_event_at=datetime.fromisoformat(last) if last else None,
         )
-
-
-def dump_state(monitor: Monitor, ledger: Ledger) -> str:
-    """The text stored in ``monitor_states.state``."""
-    return json.dumps(
-        {"monitor": monitor.to_dict(), "ledger": ledger.to_dict()},
-        sort_keys=True,
-        allow_nan=False,
-    )
-
-
-def load_state(factory: MonitorFactory, text: str) -> tuple[Monitor, Ledger]:
-    """Inverse of :func:`dump_state`."""
-    data = json.loads(text)
-    return factory.load(data["monitor"]), Ledger.from_dict(data["ledger"])

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Connection, RowMapping, select
 
-from policy_canary.alerts import enqueue_alert
+from policy_canary.alerts import AlertKind, Severity, enqueue_alert
 from policy_canary.controller._model import notice
+from policy_canary.controller._rows import record_rejection
 from policy_canary.errors import ConflictError
 from policy_canary.registry import (
     ReleaseEntry,
     ReleaseKind,
+    Version,
     lock_policy,
     move_stable,
     require_policy,
     resolve_in,
 )
 from policy_canary.store import Store
-from policy_canary.store.schema import rejections, release_history
+from policy_canary.store.schema import release_history
 
 
 def restore_previous_stable(
@@ -33,32 +35,11 @@ def restore_previous_stable(
     """
     with store.begin() as conn:
         lock_policy(store, conn, policy)
-        pol = require_policy(conn, policy)
-        latest = (
-            conn.execute(
-                select(release_history)
-                .where(release_history.c.policy == policy)
-                .order_by(release_history.c.id.desc())
-                .limit(1)
-            )
-            .mappings()
-            .first()
-        )
-        current = pol["stable_digest"]
+        current = require_policy(conn, policy)["stable_digest"]
+        latest = _latest_release(conn, policy)
         if latest is None or current is None or latest["to_digest"] != current:
             raise ConflictError(f"policy {policy!r} has no release history to roll back")
-        label = resolve_in(conn, policy, current).label
-        if latest["kind"] == ReleaseKind.ROLLBACK.value:
-            raise ConflictError(
-                f"{policy}@{label} is stable because of a rollback already; pick the "
-                f"version you want with 'policy-canary policy set-stable {policy} REF'"
-            )
-        if latest["from_digest"] is None:
-            raise ConflictError(
-                f"{policy}@{label} is the first stable version of {policy!r}; there is "
-                "nothing earlier to roll back to"
-            )
-        target = resolve_in(conn, policy, latest["from_digest"])
+        label, target = _restore_target(conn, policy, current, latest)
         text = notice(
             "stable_rollback",
             policy=policy,
@@ -67,6 +48,7 @@ def restore_previous_stable(
             actor=actor,
             reason=reason,
         )
+        rollout_id = latest["rollout_id"]
         entry = move_stable(
             store,
             conn,
@@ -76,28 +58,54 @@ def restore_previous_stable(
             actor=actor,
             reason=reason,
             at=now,
-            rollout_id=latest["rollout_id"],
+            rollout_id=rollout_id,
         )
-        if latest["rollout_id"] is not None:
-            conn.execute(
-                rejections.insert().values(
-                    policy=policy,
-                    digest=current,
-                    rollout_id=latest["rollout_id"],
-                    at=now,
-                    reason=text,
-                )
-            )
         assert entry is not None, "the target differs from the current stable"
+        if rollout_id is not None:
+            record_rejection(
+                conn, policy=policy, digest=current, rollout_id=rollout_id, at=now, reason=text
+            )
         enqueue_alert(
             conn,
             key=f"{policy}:stable_rollback:{entry.seq}",
-            kind="rollback",
-            severity="critical",
+            kind=AlertKind.ROLLBACK,
+            severity=Severity.CRITICAL,
             summary=text,
             payload={"release": entry.to_dict()},
             at=now,
             policy=policy,
-            rollout_id=latest["rollout_id"],
+            rollout_id=rollout_id,
         )
         return entry, text
+
+
+def _latest_release(conn: Connection, policy: str) -> RowMapping | None:
+    """The newest release-history entry of ``policy``: the one that made its stable stable."""
+    return (
+        conn.execute(
+            select(release_history)
+            .where(release_history.c.policy == policy)
+            .order_by(release_history.c.id.desc())
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+
+
+def _restore_target(
+    conn: Connection, policy: str, current: str, latest: RowMapping
+) -> tuple[str, Version]:
+    """The current stable's label and the version to restore; a ConflictError if there is none."""
+    label = resolve_in(conn, policy, current).label
+    if latest["kind"] == ReleaseKind.ROLLBACK.value:
+        raise ConflictError(
+            f"{policy}@{label} is stable because of a rollback already; pick the "
+            f"version you want with 'policy-canary policy set-stable {policy} REF'"
+        )
+    if latest["from_digest"] is None:
+        raise ConflictError(
+            f"{policy}@{label} is the first stable version of {policy!r}; there is "
+            "nothing earlier to roll back to"
+        )
+    return label, resolve_in(conn, policy, latest["from_digest"])

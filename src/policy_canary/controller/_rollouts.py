@@ -19,8 +19,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from policy_canary.canonical import jsonable
 from policy_canary.clock import Clock, SystemClock
-from policy_canary.controller._apply import Decision, apply_decision
+from policy_canary.controller._apply import AppliedAction, apply_decision
 from policy_canary.controller._model import (
     Action,
     ActionKind,
@@ -36,18 +37,17 @@ from policy_canary.controller._monitoring import (
 )
 from policy_canary.controller._restore import restore_previous_stable
 from policy_canary.controller._rows import (
-    Cursors,
     Rollout,
+    Tick,
     active_rollout,
     compare_and_swap,
-    jsonable,
     last_tick,
-    load_monitor_row,
     load_rollout,
-    record_tick,
+    record_transition,
 )
 from policy_canary.controller._start import baseline_events, stable_baseline, start_rollout
-from policy_canary.errors import ConflictError, InputError, NotFoundError, StoreError
+from policy_canary.controller._state import read_cursors, read_state, require_state
+from policy_canary.errors import ConflictError, InputError, NotFoundError
 from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan, Stage, format_duration
 from policy_canary.registry import (
@@ -57,7 +57,7 @@ from policy_canary.registry import (
     resolve_in,
 )
 from policy_canary.store import Store
-from policy_canary.store._audit import default_actor, record_audit
+from policy_canary.store._audit import default_actor
 from policy_canary.store.schema import rollouts
 
 #: A caller-chosen rollout salt (see :meth:`Rollouts.start`).
@@ -300,8 +300,8 @@ class Rollouts:
     def _status(self, conn: Connection, row: Rollout) -> RolloutStatus:
         plan = row.plan
         stage = plan.stage(row.stage_index)
-        stored = load_monitor_row(conn, row.id)
-        ledger = Ledger.from_dict(json.loads(stored[0])["ledger"]) if stored else Ledger()
+        stored = read_state(conn, row.id)
+        ledger = stored.ledger if stored else Ledger()
         tick = last_tick(conn, row.id)
         verdicts: tuple[Verdict, ...] = ()
         last: dict[str, Any] | None = None
@@ -346,16 +346,12 @@ class Rollouts:
         with self.store.begin() as conn:
             row = self._locked_active(conn, policy)
             action = build(row)
-            stored = load_monitor_row(conn, row.id)
-            if stored is None:  # every start writes one; a missing row means a damaged store
-                raise StoreError(f"rollout {row.id} has no monitor state; abort it and restart")
-            text, cursors = stored
-            data = json.loads(text)
+            state = require_state(conn, row.id)
             tick = last_tick(conn, row.id)
             verdicts = (
                 tuple(Verdict.from_dict(v) for v in json.loads(tick["verdicts"])) if tick else ()
             )
-            ledger = Ledger.from_dict(data["ledger"])
+            ledger = state.ledger
             stage = row.plan.stage(row.stage_index)
             snapshot = RolloutSnapshot(
                 row.state,
@@ -369,10 +365,8 @@ class Rollouts:
                 self.store,
                 conn,
                 row,
-                Decision(action, snapshot, verdicts, now, who, manual=True),
-                monitor=data["monitor"],
-                ledger=ledger,
-                cursors=cursors,
+                AppliedAction(action, snapshot, verdicts, now, who, manual=True),
+                state=state,
             )
 
     def _trace_manual(
@@ -385,33 +379,21 @@ class Rollouts:
         reason: str,
         now: datetime,
     ) -> None:
-        stored = load_monitor_row(conn, row.id)
-        cursors = stored[1] if stored else Cursors()
         text = message(Reason.MANUAL, verb=f"{verb}d" if verb.endswith("e") else f"{verb}ed",
                        actor=actor, reason=reason)  # fmt: skip
-        record_tick(
+        inputs = {"manual": True, "actor": actor, "now": now.isoformat()}
+        cursors = read_cursors(conn, row.id)
+        tick = Tick(row.id, now, after.revision, row.stage_index, row.traffic_bp, verb, text,
+                    inputs, cursors)  # fmt: skip
+        record_transition(
+            self.store,
             conn,
-            rollout_id=row.id,
-            at=now,
-            revision=after.revision,
-            stage_index=row.stage_index,
-            traffic_bp=row.traffic_bp,
-            action=verb,
-            message=text,
-            verdicts=(),
-            inputs={"manual": True, "actor": actor, "now": now.isoformat()},
-            cursors=cursors,
-        )
-        record_audit(
-            conn,
-            at=now,
+            tick,
+            policy=row.policy,
             actor=actor,
-            action=f"rollout.{verb}",
-            subject=f"{row.policy}/{row.id}",
             reason=reason,
             details={"revision": after.revision, "state": after.state.value},
         )
-        self.store.bump_epoch(conn)
 
     def _restore_previous(self, policy: str, reason: str, actor: str) -> RollbackResult:
         entry, text = restore_previous_stable(

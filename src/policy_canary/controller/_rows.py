@@ -1,10 +1,10 @@
 """Typed views of the controller's rows and the small queries both the controller and the
-manual rollout API share (load, compare-and-swap, tick records)."""
+manual rollout API share (load, compare-and-swap, tick records, a transition's tail,
+rejections)."""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,12 +12,15 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from policy_canary.canonical import jsonable
 from policy_canary.clock import utc
 from policy_canary.controller._model import ACTIVE_STATES, RolloutState
 from policy_canary.errors import ConflictError, NotFoundError
 from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan
-from policy_canary.store.schema import monitor_states, rollout_ticks, rollouts
+from policy_canary.store import Store
+from policy_canary.store._audit import record_audit
+from policy_canary.store.schema import rejections, rollout_ticks, rollouts
 
 
 class StaleRevisionError(ConflictError):
@@ -155,34 +158,6 @@ class Cursors:
     feedback_through: int = 0
 
 
-def load_monitor_row(conn: Connection, rollout_id: str) -> tuple[str, Cursors] | None:
-    """The stored monitor state text and its cursors."""
-    row = conn.execute(
-        select(monitor_states).where(monitor_states.c.rollout_id == rollout_id)
-    ).first()
-    if row is None:
-        return None
-    return row.state, Cursors(int(row.events_through), int(row.feedback_through))
-
-
-def save_monitor_row(
-    conn: Connection, rollout_id: str, text: str, cursors: Cursors, at: datetime, *, insert: bool
-) -> None:
-    """Insert or update the rollout's monitor state and cursors."""
-    values = {
-        "state": text,
-        "events_through": cursors.events_through,
-        "feedback_through": cursors.feedback_through,
-        "updated_at": at,
-    }
-    if insert:
-        conn.execute(monitor_states.insert().values(rollout_id=rollout_id, **values))
-    else:
-        conn.execute(
-            monitor_states.update().where(monitor_states.c.rollout_id == rollout_id).values(values)
-        )
-
-
 def last_tick(conn: Connection, rollout_id: str) -> Mapping[Any, Any] | None:
     """The newest decision-trace row of a rollout."""
     return (
@@ -197,57 +172,89 @@ def last_tick(conn: Connection, rollout_id: str) -> Mapping[Any, Any] | None:
     )
 
 
-def record_tick(
-    conn: Connection,
-    *,
-    rollout_id: str,
-    at: datetime,
-    revision: int,
-    stage_index: int,
-    traffic_bp: int,
-    action: str,
-    message: str,
-    verdicts: Sequence[Verdict],
-    inputs: Mapping[str, Any],
-    cursors: Cursors,
-) -> int:
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One row of the decision trace (its sequence number is given when it is recorded)."""
+
+    rollout_id: str
+    at: datetime
+    revision: int
+    stage_index: int
+    traffic_bp: int
+    action: str
+    message: str
+    inputs: Mapping[str, Any]
+    cursors: Cursors
+    verdicts: Sequence[Verdict] = ()
+
+
+def record_tick(conn: Connection, tick: Tick) -> int:
     """Append one row to the decision trace; return its sequence number."""
     seq = int(
         conn.execute(
             select(func.coalesce(func.max(rollout_ticks.c.seq), 0)).where(
-                rollout_ticks.c.rollout_id == rollout_id
+                rollout_ticks.c.rollout_id == tick.rollout_id
             )
         ).scalar_one()
         + 1
     )
     conn.execute(
         rollout_ticks.insert().values(
-            rollout_id=rollout_id,
+            rollout_id=tick.rollout_id,
             seq=seq,
-            at=at,
-            revision=revision,
-            stage_index=stage_index,
-            traffic_bp=traffic_bp,
-            action=action,
-            reason=message,
-            verdicts=dumps([v.to_dict() for v in verdicts]),
-            inputs=dumps(inputs),
-            events_through=cursors.events_through,
-            feedback_through=cursors.feedback_through,
+            at=tick.at,
+            revision=tick.revision,
+            stage_index=tick.stage_index,
+            traffic_bp=tick.traffic_bp,
+            action=tick.action,
+            reason=tick.message,
+            verdicts=dumps([v.to_dict() for v in tick.verdicts]),
+            inputs=dumps(tick.inputs),
+            events_through=tick.cursors.events_through,
+            feedback_through=tick.cursors.feedback_through,
         )
     )
     return seq
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` with non-finite floats spelled as strings (JSON has no Infinity or NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
+def record_transition(
+    store: Store,
+    conn: Connection,
+    tick: Tick,
+    *,
+    policy: str,
+    actor: str,
+    reason: str,
+    details: Mapping[str, Any],
+) -> int:
+    """Write the tail of every transition: its tick, its audit row, the routing epoch bump.
+
+    The audit action is ``rollout.<tick.action>``; the bump makes every SDK reload its
+    routing table. Returns the tick's sequence number.
+    """
+    seq = record_tick(conn, tick)
+    record_audit(
+        conn,
+        at=tick.at,
+        actor=actor,
+        action=f"rollout.{tick.action}",
+        subject=f"{policy}/{tick.rollout_id}",
+        reason=reason,
+        details=details,
+    )
+    store.bump_epoch(conn)
+    return seq
+
+
+def record_rejection(
+    conn: Connection, *, policy: str, digest: str, rollout_id: str, at: datetime, reason: str
+) -> None:
+    """Mark version ``digest`` rejected by ``rollout_id``: it is never retried automatically."""
+    conn.execute(
+        rejections.insert().values(
+            policy=policy, digest=digest, rollout_id=rollout_id, at=at, reason=reason
+        )
+    )
 
 
 def dumps(value: Any) -> str:

@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
 from policy_canary.controller._model import RolloutSnapshot, RolloutState, notice
-from policy_canary.controller._monitoring import (
-    BASELINE_EVENTS,
-    Ledger,
-    MonitorFactory,
-    event_from_row,
-)
+from policy_canary.controller._monitoring import BASELINE_EVENTS, MonitorFactory, event_from_row
 from policy_canary.controller._rows import (
     Cursors,
     Rollout,
+    Tick,
     active_rollout,
-    jsonable,
     load_rollout,
-    record_tick,
-    save_monitor_row,
+    record_transition,
 )
+from policy_canary.controller._state import StoredState, write_state
 from policy_canary.errors import ConflictError
 from policy_canary.monitoring._monitor import Baseline, MonitorEvent
 from policy_canary.plan import RolloutPlan
-from policy_canary.registry import lock_policy, require_policy, resolve_in
+from policy_canary.registry import Version, lock_policy, require_policy, resolve_in
 from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
-from policy_canary.store._audit import record_audit
 from policy_canary.store.schema import events, rejections, rollouts
 
 
@@ -52,111 +46,37 @@ def start_rollout(
 
     See :meth:`policy_canary.controller._rollouts.Rollouts.start` for the rules.
     """
-    first = plan.stage(0)
     try:
         with store.begin() as conn:
             lock_policy(store, conn, policy)
-            pol = require_policy(conn, policy)
-            target = resolve_in(conn, policy, candidate)
-            stable_id = pol["stable_digest"]
-            if stable_id is None:
-                raise ConflictError(
-                    f"policy {policy!r} has no stable version to compare against; "
-                    f"make one stable with 'policy-canary policy set-stable {policy} REF'"
-                )
-            stable = resolve_in(conn, policy, stable_id)
-            if target.id == stable.id:
-                raise ConflictError(
-                    f"{policy}@{target.label} is already the stable version; push a new "
-                    "version and roll that out"
-                )
-            active = active_rollout(conn, policy)
-            if active is not None:
-                raise ConflictError(
-                    f"policy {policy!r} already has an active rollout {active.id} "
-                    f"({active.state.value}); promote, roll back or abort it first"
-                )
-            rejected = conn.execute(
-                select(rejections)
-                .where(rejections.c.policy == policy, rejections.c.digest == target.id)
-                .order_by(rejections.c.at.desc())
-            ).first()
-            if rejected is not None and not force:
-                raise ConflictError(
-                    f"{policy}@{target.label} was rejected by rollout {rejected.rollout_id} "
-                    f"at {rejected.at:%Y-%m-%d %H:%M} ({rejected.reason}); a rejected "
-                    "candidate is never retried automatically: fix it and push a new "
-                    "version, or start it again with --force --reason TEXT"
-                )
-            baseline = baseline_events(conn, policy, stable.id)
-            monitor = monitors.create(plan, baseline)
+            target, stable, rejected = _check_start(conn, policy, candidate, force=force)
+            monitor = monitors.create(plan, baseline_events(conn, policy, stable.id))
             rollout_id = "ro_" + secrets.token_hex(8)
-            conn.execute(
-                rollouts.insert().values(
-                    id=rollout_id,
-                    policy=policy,
-                    baseline_digest=stable.id,
-                    candidate_digest=target.id,
-                    state=RolloutState.RUNNING.value,
-                    stage_index=0,
-                    traffic_bp=first.traffic_bp,
-                    salt=salt or new_salt(),
-                    plan=plan.canonical(),
-                    plan_hash=plan.digest,
-                    revision=1,
-                    actor=actor,
-                    reason=reason,
-                    created_at=now,
-                    stage_started_at=now,
-                )
-            )
-            cursors = Cursors()
-            state = json.dumps(
-                {"monitor": jsonable(monitor.to_dict()), "ledger": Ledger().to_dict()},
-                sort_keys=True,
-            )
-            save_monitor_row(conn, rollout_id, state, cursors, now, insert=True)
-            text = notice(
-                "started" if rejected is None else "started_forced",
-                candidate=target.label,
-                baseline=stable.label,
-                stage=first.describe(),
-                reason=reason,
-            )
-            snapshot = RolloutSnapshot(RolloutState.RUNNING, 0, now)
-            record_tick(
+            _insert_rollout(
                 conn,
-                rollout_id=rollout_id,
-                at=now,
-                revision=1,
-                stage_index=0,
-                traffic_bp=first.traffic_bp,
-                action="start",
-                message=text,
-                verdicts=(),
-                inputs={
-                    "snapshot": snapshot.to_dict(),
-                    "now": now.isoformat(),
-                    "manual": True,
-                    "actor": actor,
-                },
-                cursors=cursors,
-            )
-            record_audit(
-                conn,
-                at=now,
+                rollout_id,
+                target=target,
+                stable=stable,
+                plan=plan,
                 actor=actor,
-                action="rollout.start",
-                subject=f"{policy}/{rollout_id}",
-                reason=reason or text,
-                details={
-                    "candidate": target.id,
-                    "baseline": stable.id,
-                    "plan_hash": plan.digest,
-                    "forced": rejected is not None,
-                },
+                reason=reason,
+                now=now,
+                salt=salt,
             )
-            store.bump_epoch(conn)
+            state = StoredState.initial(monitor)
+            write_state(conn, rollout_id, state, now, insert=True)
+            _record_start(
+                store,
+                conn,
+                rollout_id,
+                target=target,
+                stable=stable,
+                plan=plan,
+                forced=rejected is not None,
+                actor=actor,
+                reason=reason,
+                now=now,
+            )
             return load_rollout(conn, rollout_id)
     except IntegrityError:
         # Another process started a rollout of this policy between our check and insert
@@ -165,6 +85,127 @@ def start_rollout(
             f"policy {policy!r} already has an active rollout; see "
             f"'policy-canary rollout status {policy}'"
         ) from None
+
+
+def _check_start(
+    conn: Connection, policy: str, candidate: str, *, force: bool
+) -> tuple[Version, Version, Row[Any] | None]:
+    """The candidate and stable versions, and the rejection ``force`` overrides (if any).
+
+    Raises a ConflictError when the rollout may not start.
+    """
+    pol = require_policy(conn, policy)
+    target = resolve_in(conn, policy, candidate)
+    stable_id = pol["stable_digest"]
+    if stable_id is None:
+        raise ConflictError(
+            f"policy {policy!r} has no stable version to compare against; "
+            f"make one stable with 'policy-canary policy set-stable {policy} REF'"
+        )
+    stable = resolve_in(conn, policy, stable_id)
+    if target.id == stable.id:
+        raise ConflictError(
+            f"{policy}@{target.label} is already the stable version; push a new "
+            "version and roll that out"
+        )
+    active = active_rollout(conn, policy)
+    if active is not None:
+        raise ConflictError(
+            f"policy {policy!r} already has an active rollout {active.id} "
+            f"({active.state.value}); promote, roll back or abort it first"
+        )
+    rejected = conn.execute(
+        select(rejections)
+        .where(rejections.c.policy == policy, rejections.c.digest == target.id)
+        .order_by(rejections.c.at.desc())
+    ).first()
+    if rejected is not None and not force:
+        raise ConflictError(
+            f"{policy}@{target.label} was rejected by rollout {rejected.rollout_id} "
+            f"at {rejected.at:%Y-%m-%d %H:%M} ({rejected.reason}); a rejected "
+            "candidate is never retried automatically: fix it and push a new "
+            "version, or start it again with --force --reason TEXT"
+        )
+    return target, stable, rejected
+
+
+def _insert_rollout(
+    conn: Connection,
+    rollout_id: str,
+    *,
+    target: Version,
+    stable: Version,
+    plan: RolloutPlan,
+    actor: str,
+    reason: str,
+    now: datetime,
+    salt: str | None,
+) -> None:
+    """The rollout row: running at the first stage's share, with its frozen plan."""
+    conn.execute(
+        rollouts.insert().values(
+            id=rollout_id,
+            policy=target.policy,
+            baseline_digest=stable.id,
+            candidate_digest=target.id,
+            state=RolloutState.RUNNING.value,
+            stage_index=0,
+            traffic_bp=plan.stage(0).traffic_bp,
+            salt=salt or new_salt(),
+            plan=plan.canonical(),
+            plan_hash=plan.digest,
+            revision=1,
+            actor=actor,
+            reason=reason,
+            created_at=now,
+            stage_started_at=now,
+        )
+    )
+
+
+def _record_start(
+    store: Store,
+    conn: Connection,
+    rollout_id: str,
+    *,
+    target: Version,
+    stable: Version,
+    plan: RolloutPlan,
+    forced: bool,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> None:
+    """The start's tail: its tick (what a replay reads), its audit row, the epoch bump."""
+    first = plan.stage(0)
+    text = notice(
+        "started_forced" if forced else "started",
+        candidate=target.label,
+        baseline=stable.label,
+        stage=first.describe(),
+        reason=reason,
+    )
+    snapshot = RolloutSnapshot(RolloutState.RUNNING, 0, now)
+    inputs = {
+        "snapshot": snapshot.to_dict(),
+        "now": now.isoformat(),
+        "manual": True,
+        "actor": actor,
+    }
+    record_transition(
+        store,
+        conn,
+        Tick(rollout_id, now, 1, 0, first.traffic_bp, "start", text, inputs, Cursors()),
+        policy=target.policy,
+        actor=actor,
+        reason=reason or text,
+        details={
+            "candidate": target.id,
+            "baseline": stable.id,
+            "plan_hash": plan.digest,
+            "forced": forced,
+        },
+    )
 
 
 def baseline_events(conn: Connection, policy: str, stable_id: str) -> list[MonitorEvent]:

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policy_canary.errors import PlanError
-from policy_canary.guardrails._input import _explain, _number
+from policy_canary.guardrails._input import explain_validation, parse_number
 from policy_canary.guardrails._prices import ModelPrice, price_of
 from policy_canary.guardrails._types import (
     BUILTIN_METRICS,
@@ -120,7 +120,7 @@ class Guardrail(BaseModel):
         name = str(values["name"])
         for key in (*_TOLERANCE_FIELDS, "max_value", "min_value", "detect", "negligible"):
             if key in values:
-                values[key] = _number(values[key], field=key, guardrail=name)
+                values[key] = parse_number(values[key], field=key, guardrail=name)
         if isinstance(values.get("flags"), str):
             values["flags"] = (values["flags"],)
         return values
@@ -390,7 +390,7 @@ class Guardrail(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise PlanError(_explain(exc, data)) from None
+            raise PlanError(explain_validation(exc, data)) from None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Guardrail:
         """Return this guardrail with a stage's overrides applied (thresholds, samples, action).

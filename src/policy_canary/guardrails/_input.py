@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from policy_canary.errors import PlanError
 
 
-def _number(value: Any, *, field: str, guardrail: str) -> float | None:
+def parse_number(value: Any, *, field: str, guardrail: str) -> float | None:
     """Read ``20%`` / ``"0.2"`` / ``0.2`` as a float; percentages are divided by 100."""
     if value is None:
         return None
@@ -35,7 +35,7 @@ def _number(value: Any, *, field: str, guardrail: str) -> float | None:
     return number
 
 
-def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
+def explain_validation(exc: ValidationError, data: Mapping[str, Any]) -> str:
     name = data.get("name", data.get("metric", "?"))
     parts = []
     for err in exc.errors():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from policy_canary.guardrails import ModelPrice
-from policy_canary.monitoring._observations import MonitorEvent, _observe
+from policy_canary.monitoring._observations import MonitorEvent, observe
 
 _QUANTILES = ("p50", "p90", "p95", "p99")
 
@@ -80,7 +80,7 @@ class Baseline:
             names = ["error", "safety_flags", "latency_ms", "cost_usd", "quality"]
             names += [f"metrics.{k}" for k in event.metrics]
             for name in names:
-                value = _observe(name, event, prices, ())
+                value = observe(name, event, prices, ())
                 if value is not None:
                     values.setdefault(name, []).append(value)
         summary = {name: _summarise(name, vals) for name, vals in values.items()}

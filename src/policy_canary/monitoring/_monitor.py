@@ -37,7 +37,7 @@ from policy_canary.guardrails import (
 )
 from policy_canary.monitoring._baseline import Baseline, MetricBaseline
 from policy_canary.monitoring._judges import Judge, Setup, build_judge
-from policy_canary.monitoring._observations import ARMS, MonitorEvent, _observe
+from policy_canary.monitoring._observations import ARMS, MonitorEvent, observe
 from policy_canary.monitoring._preflight import PreflightRow, StagePlan, preflight
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
@@ -129,7 +129,7 @@ class RolloutMonitor:
                     for e in batch
                 ]
             else:
-                observed = [_observe(g.metric, e, self.prices, g.flags) for e in batch]
+                observed = [observe(g.metric, e, self.prices, g.flags) for e in batch]
             idx = [i for i, v in enumerate(observed) if v is not None]
             if not idx:
                 continue

@@ -72,7 +72,7 @@ class MonitorEvent:
         return self.arm == "candidate"
 
 
-def _observe(
+def observe(
     metric: str, event: MonitorEvent, prices: Mapping[str, ModelPrice], flags: Sequence[str]
 ) -> float | bool | None:
     """Read one metric from an event, or ``None`` when the event does not carry it."""

@@ -12,7 +12,7 @@ from policy_canary.server._app import OPENAPI_URL, create_app
 from policy_canary.server._state import Limits
 from policy_canary.serving._canary import Canary
 from policy_canary.settings import Settings
-from policy_canary.store._engine import _safe
+from policy_canary.store import safe_url
 from policy_canary.tokens import Tokens
 
 #: Seconds uvicorn waits for in-flight requests after SIGTERM/SIGINT before closing them.
@@ -73,7 +73,7 @@ def serve(
         limits = Limits(spec_bytes=chosen.max_spec_bytes, rate_per_second=rate_limit)
         app = create_app(canary, auth=not no_auth, limits=limits, close_canary=True)
         where = f"[{host}]" if ":" in host else host
-        echo(f"policy-canary serve on http://{where}:{port}  (store: {_safe(canary.store.url)})")
+        echo(f"policy-canary serve on http://{where}:{port}  (store: {safe_url(canary.store.url)})")
         echo(auth_line)
         echo(f"API http://{where}:{port}/api/v1  OpenAPI {OPENAPI_URL}  OFREP /ofrep/v1")
         config = uvicorn.Config(

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from policy_canary.store._engine import DEFAULT_DB_URL, Store, normalize_url, resolve_db_url
+from policy_canary.store._engine import (
+    DEFAULT_DB_URL,
+    Store,
+    normalize_url,
+    resolve_db_url,
+    safe_url,
+)
 from policy_canary.store.schema import metadata
 
-__all__ = ["DEFAULT_DB_URL", "Store", "metadata", "normalize_url", "resolve_db_url"]
+__all__ = ["DEFAULT_DB_URL", "Store", "metadata", "normalize_url", "resolve_db_url", "safe_url"]

@@ -50,7 +50,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except exc.ArgumentError:
@@ -107,7 +107,7 @@ class Store:
             )
         else:
             raise StoreUnavailableError(
-                f"unsupported database {backend!r} in {_safe(resolved)}; "
+                f"unsupported database {backend!r} in {safe_url(resolved)}; "
                 "policy-canary stores state in SQLite or PostgreSQL"
             )
         store = cls(engine, resolved)
@@ -152,25 +152,25 @@ class Store:
             text = str(error.orig)
             if "no such table" in text or ("relation" in text and "does not exist" in text):
                 raise StoreError(
-                    f"the database at {_safe(self.url)} lacks policy-canary's tables (not "
+                    f"the database at {safe_url(self.url)} lacks policy-canary's tables (not "
                     f"migrated, or opened with migrate=False): {first_line(error)}; run "
                     "'policy-canary db upgrade'"
                 ) from error
             if isinstance(error, exc.ProgrammingError):
                 raise
             raise StoreUnavailableError(
-                f"the store at {_safe(self.url)} is unavailable: {first_line(error)}; "
+                f"the store at {safe_url(self.url)} is unavailable: {first_line(error)}; "
                 "check that the database is running and the URL is right"
             ) from error
         except exc.InterfaceError as error:
             raise StoreUnavailableError(
-                f"the store at {_safe(self.url)} is unavailable: {first_line(error)}; "
+                f"the store at {safe_url(self.url)} is unavailable: {first_line(error)}; "
                 "check that the database is running and the URL is right"
             ) from error
         except exc.DatabaseError as error:
             if "not a database" in str(error.orig):
                 raise StoreUnavailableError(
-                    f"{_safe(self.url)} is not a policy-canary database (the file is not "
+                    f"{safe_url(self.url)} is not a policy-canary database (the file is not "
                     "SQLite); point --db at a new or existing store"
                 ) from error
             if isinstance(error, exc.IntegrityError | exc.ProgrammingError):
@@ -270,5 +270,5 @@ class Store:
                 return ChangeListener.open(self.engine)
         except exc.SQLAlchemyError as error:  # e.g. the pool timed out
             raise StoreUnavailableError(
-                f"cannot listen for routing changes at {_safe(self.url)}: {first_line(error)}"
+                f"cannot listen for routing changes at {safe_url(self.url)}: {first_line(error)}"
             ) from error

@@ -39,21 +39,21 @@ class Setup:
     baseline: Baseline
 
 
-def _fmt(value: float | None, *, pct: bool = False) -> str:
+def fmt(value: float | None, *, pct: bool = False) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{100 * value:.3g}%" if pct else f"{value:.4g}"
 
 
-def _finite(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _e(log_value: float) -> float:
+def e_from_log(log_value: float) -> float:
     return math.exp(min(log_value, _MAX_LOG))
 
 
-def _too_few(g: Guardrail, counts: Sequence[int], *, per_arm: bool = True) -> str:
+def too_few(g: Guardrail, counts: Sequence[int], *, per_arm: bool = True) -> str:
     if not per_arm:
         return (
             f"{g.name}: {counts[1]} candidate observations so far; {g.min_samples} are needed "
@@ -113,7 +113,7 @@ class Judge(ABC):
         )
 
 
-def _numbers(values: Sequence[Any] | NDArray[np.float64]) -> tuple[Bools, NDArray[np.float64]]:
+def numeric(values: Sequence[Any] | NDArray[np.float64]) -> tuple[Bools, NDArray[np.float64]]:
     """Keep numbers (booleans as 0/1) within the SDK's magnitude; return the mask and floats.
 
     The SDK refuses larger values, but rows written by other means must not overflow a test's

@@ -16,10 +16,10 @@ from policy_canary.monitoring._judges._base import (
     Judge,
     Setup,
     Values,
-    _e,
-    _fmt,
-    _numbers,
-    _too_few,
+    e_from_log,
+    fmt,
+    numeric,
+    too_few,
 )
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 from policy_canary.stats import MeanDifferenceProcess, ShiftMixture, mixture_rho
@@ -93,7 +93,7 @@ class MeanJudge(Judge):
 
     def fold(self, cand: Bools, bp: Ints, values: Values, ats: Sequence[datetime]) -> None:
         """Fold observations in arrival order (booleans count as 0/1)."""
-        keep, y = _numbers(values)
+        keep, y = numeric(values)
         self.rejected += int((~keep).sum())
         if self.log_scale:
             y = np.log1p(np.maximum(y, 0.0))
@@ -130,31 +130,31 @@ class MeanJudge(Judge):
             "lower": ci.lower,
             "upper": ci.upper,
             "threshold": b,
-            "e_value": _e(log_e),
+            "e_value": e_from_log(log_e),
             "test_alpha": self.test_alpha,
         }
         enough = min(p.count) >= g.min_samples
         if ci.lower is None or ci.upper is None:
-            return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, _too_few(g, p.count), evidence)
+            return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, too_few(g, p.count), evidence)
         worse = ci.lower > b if self.sign > 0 else ci.upper < b
         better = ci.upper < b if self.sign > 0 else ci.lower > b
         tol = g.describe()
         relative = self.log_scale or self.ratio_scale
-        shown = f"change {_fmt(change, pct=relative)}"
+        shown = f"change {fmt(change, pct=relative)}"
         # The mean sequence is asymptotic (time-uniform CLT), so it may not act before
         # min_samples per arm, unlike the exact e-processes.
         if worse and enough:
             reason = (
                 f"{g.name}: the candidate's mean {g.metric} {shown} is "
                 f"beyond the tolerance ({tol}) with the whole confidence sequence "
-                f"[{_fmt(ci.lower)}, {_fmt(ci.upper)}] past {_fmt(b)}."
+                f"[{fmt(ci.lower)}, {fmt(ci.upper)}] past {fmt(b)}."
             )
             return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
         if not enough:
-            return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, _too_few(g, p.count), evidence)
+            return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, too_few(g, p.count), evidence)
         reason = (
             f"{g.name}: mean {g.metric} {shown} is not established beyond "
-            f"the tolerance ({tol}); confidence sequence [{_fmt(ci.lower)}, {_fmt(ci.upper)}]."
+            f"the tolerance ({tol}); confidence sequence [{fmt(ci.lower)}, {fmt(ci.upper)}]."
         )
         return self._verdict(g, VerdictStatus.PASS, reason, evidence, non_inferior=better)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,10 +17,10 @@ from policy_canary.monitoring._judges._base import (
     Judge,
     Setup,
     Values,
-    _e,
-    _finite,
-    _fmt,
-    _too_few,
+    e_from_log,
+    finite_or_none,
+    fmt,
+    too_few,
 )
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 from policy_canary.stats import ConditionalRateProcess, RateMixture, bernoulli_upper_bound
@@ -80,99 +81,110 @@ class RateJudge(Judge):
                     "(stable reported none when the rollout started), so it cannot be judged."
                 )
                 return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, reason, {})
+        tests = self._tests(g)
+        evidence = self._evidence(tests)
+        p, alpha, up = self.process, self.setup.alpha, tests.up
+        change = "rise" if up else "drop"
+        tol = f"{100 * g.tolerance:.3g}%"
+        cand, stable = fmt(tests.cand_rate, pct=True), fmt(tests.stable_rate, pct=True)
+        if tests.log_k >= math.log(1.0 / alpha):
+            reason = (
+                f"{g.name}: {what} is {cand} on the candidate vs {stable} on stable "
+                f"(x{fmt(tests.ratio)}); e-value {fmt(e_from_log(tests.log_k))} >= "
+                f"{fmt(1 / alpha)} establishes a {change} beyond {tol}."
+            )
+            return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
+        if min(p.requests) < g.min_samples:
+            return self._verdict(
+                g, VerdictStatus.INSUFFICIENT_DATA, too_few(g, p.requests), evidence
+            )
+        reason = (
+            f"{g.name}: {what} {cand} vs {stable} (x{fmt(tests.ratio)}) shows no {change} "
+            f"beyond {tol} after {p.requests[1]} candidate and {p.requests[0]} stable "
+            "observations."
+        ) + _non_inferiority_clause(tests, evidence["non_inferiority_bound"])
+        return self._verdict(
+            g, VerdictStatus.PASS, reason, evidence, non_inferior=tests.route is not None
+        )
+
+    def _tests(self, g: Guardrail) -> _RateTests:
+        """Both e-values and the non-inferiority routes for ``g``'s tolerance."""
         p = self.process
         alpha = self.setup.alpha
         r0 = 1.0 + self.sign * g.tolerance
-        log_k = p.log_e_value(null_ratio=r0, mixture=self.toward)
-        log_ni = p.log_e_value(null_ratio=r0, mixture=self.away)
-        limit = math.log(1.0 / alpha)
         up = self.sign > 0
+        log_ni = p.log_e_value(null_ratio=r0, mixture=self.away)
         # Non-inferiority has two routes, each at half the guardrail's alpha when both run, so
         # a false claim (candidate above both r0 x stable and the negligible rate) has
         # probability <= alpha: the ratio route rejects "ratio >= r0"; the absolute route
         # bounds the candidate's own rate below `negligible` (rare events: safety flags).
         negligible = g.effective_negligible if up else 0.0
         ni_alpha = alpha / 2.0 if negligible > 0.0 else alpha
-        ratio_ni = log_ni >= math.log(1.0 / ni_alpha)
         cand_upper = (
             bernoulli_upper_bound(p.bad_total[1], p.requests[1], alpha=ni_alpha)
             if negligible > 0.0
             else None
         )
         absolute_ni = cand_upper is not None and cand_upper <= negligible
+        ratio_ni = log_ni >= math.log(1.0 / ni_alpha)
         stable_rate, cand_rate = p.rates()
-        ratio = cand_rate / stable_rate if cand_rate is not None and stable_rate else None
+        return _RateTests(
+            up=up,
+            r0=r0,
+            log_k=p.log_e_value(null_ratio=r0, mixture=self.toward),
+            log_ni=log_ni,
+            ni_alpha=ni_alpha,
+            negligible=negligible,
+            cand_upper=cand_upper,
+            route="ratio" if ratio_ni else "absolute" if absolute_ni else None,
+            stable_rate=stable_rate,
+            cand_rate=cand_rate,
+            ratio=cand_rate / stable_rate if cand_rate is not None and stable_rate else None,
+        )
+
+    def _evidence(self, t: _RateTests) -> dict[str, Any]:
+        """What the verdict records: counts, rates, bounds, e-values and thresholds."""
+        p, alpha, up = self.process, self.setup.alpha, t.up
         evidence: dict[str, Any] = {
             "statistic": self.statistic.value,
             "n_stable": p.requests[0],
             "n_candidate": p.requests[1],
             "bad_stable": p.bad_total[0],
             "bad_candidate": p.bad_total[1],
-            "rate_stable": stable_rate,
-            "rate_candidate": cand_rate,
-            "ratio": _finite(ratio),
+            "rate_stable": t.stable_rate,
+            "rate_candidate": t.cand_rate,
+            "ratio": finite_or_none(t.ratio),
             # The bound on the bad side is the breach test's (alpha), the good side the
             # ratio route's (ni_alpha).
             "ratio_lower": p.confidence_bound(
-                alpha=alpha if up else ni_alpha,
+                alpha=alpha if up else t.ni_alpha,
                 mixture=self.toward if up else self.away,
                 upper=False,
             ),
             "ratio_upper": p.confidence_bound(
-                alpha=ni_alpha if up else alpha,
+                alpha=t.ni_alpha if up else alpha,
                 mixture=self.away if up else self.toward,
                 upper=True,
             ),
-            "threshold_ratio": r0,
-            "e_value": _e(log_k),
-            "e_value_non_inferiority": _e(log_ni),
+            "threshold_ratio": t.r0,
+            "e_value": e_from_log(t.log_k),
+            "e_value_non_inferiority": e_from_log(t.log_ni),
             "e_value_threshold": 1.0 / alpha,
-            "non_inferiority_alpha": ni_alpha,
-            "negligible": negligible,
-            "rate_candidate_upper": cand_upper,
+            "non_inferiority_alpha": t.ni_alpha,
+            "negligible": t.negligible,
+            "rate_candidate_upper": t.cand_upper,
         }
-        route: str | None = "ratio" if ratio_ni else "absolute" if absolute_ni else None
-        evidence["non_inferiority_route"] = route
+        evidence["non_inferiority_route"] = t.route
         evidence["non_inferiority_bound"] = (
             evidence["ratio_upper" if up else "ratio_lower"]
-            if route == "ratio"
-            else cand_upper
-            if route == "absolute"
+            if t.route == "ratio"
+            else t.cand_upper
+            if t.route == "absolute"
             else None
         )
         if self.line is not None:
             evidence["baseline_line"] = self.line
-        change = "rise" if up else "drop"
-        tol = f"{100 * g.tolerance:.3g}%"
-        if log_k >= limit:
-            reason = (
-                f"{g.name}: {what} is {_fmt(cand_rate, pct=True)} on the candidate vs "
-                f"{_fmt(stable_rate, pct=True)} on stable (x{_fmt(ratio)}); e-value "
-                f"{_fmt(_e(log_k))} >= {_fmt(1 / alpha)} establishes a {change} beyond {tol}."
-            )
-            return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
-        if min(p.requests) < g.min_samples:
-            return self._verdict(
-                g, VerdictStatus.INSUFFICIENT_DATA, _too_few(g, p.requests), evidence
-            )
-        reason = (
-            f"{g.name}: {what} {_fmt(cand_rate, pct=True)} vs {_fmt(stable_rate, pct=True)} "
-            f"(x{_fmt(ratio)}) shows no {change} beyond {tol} after {p.requests[1]} candidate "
-            f"and {p.requests[0]} stable observations."
-        )
-        if route == "ratio":
-            reason += (
-                f" Non-inferior: the ratio is below x{_fmt(evidence['non_inferiority_bound'])}"
-                f" {'<=' if up else '>='} x{_fmt(r0)}."
-            )
-        elif route == "absolute":
-            reason += (
-                f" Non-inferior: the candidate's rate is below {_fmt(cand_upper, pct=True)}, "
-                f"within the negligible {_fmt(negligible, pct=True)}."
-            )
-        return self._verdict(
-            g, VerdictStatus.PASS, reason, evidence, non_inferior=route is not None
-        )
+        return evidence
 
     def state(self) -> dict[str, Any]:
         """Return the JSON-ready state."""
@@ -182,3 +194,35 @@ class RateJudge(Judge):
         """Restore :meth:`state` output."""
         self.process = ConditionalRateProcess.from_dict(state["process"])
         self.rejected = int(state["rejected"])
+
+
+@dataclass(frozen=True, slots=True)
+class _RateTests:
+    """One evaluation of a rate guardrail's breach and non-inferiority tests."""
+
+    up: bool
+    r0: float
+    log_k: float
+    log_ni: float
+    ni_alpha: float
+    negligible: float
+    cand_upper: float | None
+    route: str | None
+    stable_rate: float | None
+    cand_rate: float | None
+    ratio: float | None
+
+
+def _non_inferiority_clause(t: _RateTests, bound: float | None) -> str:
+    """The sentence a passing verdict adds when a non-inferiority route succeeded."""
+    if t.route == "ratio":
+        return (
+            f" Non-inferior: the ratio is below x{fmt(bound)}"
+            f" {'<=' if t.up else '>='} x{fmt(t.r0)}."
+        )
+    if t.route == "absolute":
+        return (
+            f" Non-inferior: the candidate's rate is below {fmt(t.cand_upper, pct=True)}, "
+            f"within the negligible {fmt(t.negligible, pct=True)}."
+        )
+    return ""

@@ -16,10 +16,10 @@ from policy_canary.monitoring._judges._base import (
     Judge,
     Setup,
     Values,
-    _e,
-    _fmt,
-    _numbers,
-    _too_few,
+    e_from_log,
+    fmt,
+    numeric,
+    too_few,
 )
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 from policy_canary.stats import (
@@ -121,8 +121,8 @@ class IndicatorSLOJudge(Judge):
                 weights=self.away[1] if up else weights,
                 upper=True,
             ),
-            "e_value": _e(log_k),
-            "e_value_non_inferiority": _e(log_ni),
+            "e_value": e_from_log(log_k),
+            "e_value_non_inferiority": e_from_log(log_ni),
             "e_value_threshold": 1.0 / alpha,
             "test_alpha": alpha,
         }
@@ -135,20 +135,20 @@ class IndicatorSLOJudge(Judge):
         )
         if log_k >= math.log(1.0 / alpha):
             reason = (
-                f"{g.name}: {what} is {_fmt(rate, pct=True)} on the candidate; e-value "
-                f"{_fmt(_e(log_k))} >= {_fmt(1 / alpha)} establishes it breaks the SLO "
-                f"({_fmt(null, pct=True)} {'at most' if up else 'at least'})."
+                f"{g.name}: {what} is {fmt(rate, pct=True)} on the candidate; e-value "
+                f"{fmt(e_from_log(log_k))} >= {fmt(1 / alpha)} establishes it breaks the SLO "
+                f"({fmt(null, pct=True)} {'at most' if up else 'at least'})."
             )
             return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
         if p.count < g.min_samples:
             return self._verdict(
                 g,
                 VerdictStatus.INSUFFICIENT_DATA,
-                _too_few(g, [0, p.count], per_arm=False),
+                too_few(g, [0, p.count], per_arm=False),
                 evidence,
             )
         reason = (
-            f"{g.name}: {what} {_fmt(rate, pct=True)} after {p.count} candidate observations "
+            f"{g.name}: {what} {fmt(rate, pct=True)} after {p.count} candidate observations "
             f"does not establish a breach of the SLO ({g.describe()})."
         )
         limit = math.log(1.0 / alpha)
@@ -203,7 +203,7 @@ class MeanSLOJudge(Judge):
 
     def fold(self, cand: Bools, bp: Ints, values: Values, ats: Sequence[datetime]) -> None:
         """Fold the candidate's observations (booleans count as 0/1)."""
-        keep, y = _numbers(values)
+        keep, y = numeric(values)
         self.rejected += int((~keep).sum())
         x = y[keep & cand]
         self.betting.fold(x)
@@ -221,24 +221,24 @@ class MeanSLOJudge(Judge):
             "lower": ci.lower,
             "upper": ci.upper,
             "line": g.tolerance,
-            "e_value": _e(log_k),
+            "e_value": e_from_log(log_k),
             "e_value_threshold": 1.0 / alpha,
         }
         if log_k >= math.log(1.0 / alpha):
             reason = (
-                f"{g.name}: the candidate's mean {g.metric} is {_fmt(ci.estimate)}; e-value "
-                f"{_fmt(_e(log_k))} >= {_fmt(1 / alpha)} establishes it breaks the SLO "
+                f"{g.name}: the candidate's mean {g.metric} is {fmt(ci.estimate)}; e-value "
+                f"{fmt(e_from_log(log_k))} >= {fmt(1 / alpha)} establishes it breaks the SLO "
                 f"({g.describe()})."
             )
             return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
         if self.sums.count < g.min_samples or ci.lower is None or ci.upper is None:
             counts = [0, self.sums.count]
             return self._verdict(
-                g, VerdictStatus.INSUFFICIENT_DATA, _too_few(g, counts, per_arm=False), evidence
+                g, VerdictStatus.INSUFFICIENT_DATA, too_few(g, counts, per_arm=False), evidence
             )
         better = ci.upper < g.tolerance if self.up else ci.lower > g.tolerance
         reason = (
-            f"{g.name}: the candidate's mean {g.metric} {_fmt(ci.estimate)} after "
+            f"{g.name}: the candidate's mean {g.metric} {fmt(ci.estimate)} after "
             f"{self.sums.count} observations does not establish a breach of the SLO "
             f"({g.describe()})."
         )

@@ -1,0 +1,100 @@
+"""A rollout's stored state: the monitor's dict, the controller's ledger and the event cursors.
+
+This module is the one owner of the ``monitor_states`` row: it alone builds the text stored
+in ``monitor_states.state`` (``{"monitor": ..., "ledger": ...}``) and parses it back, so the
+start, the controller's ticks, manual transitions and ``rollout status`` all read and write
+the same format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from policy_canary.canonical import jsonable
+from policy_canary.controller._monitoring import Ledger, Monitor
+from policy_canary.controller._rows import Cursors
+from policy_canary.errors import StoreError
+from policy_canary.store.schema import monitor_states
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What ``monitor_states`` holds for one rollout.
+
+    ``monitor`` is the monitor's JSON-ready dict (:meth:`Monitor.to_dict` output; a
+    :class:`~policy_canary.controller.MonitorFactory` turns it back into a monitor);
+    ``ledger`` is mutable and is saved with whatever the caller added to it.
+    """
+
+    monitor: Mapping[str, Any]
+    ledger: Ledger = field(default_factory=Ledger)
+    cursors: Cursors = field(default_factory=Cursors)
+
+    @classmethod
+    def initial(cls, monitor: Monitor) -> StoredState:
+        """The state a rollout starts with: a fresh monitor, an empty ledger, no events read."""
+        return cls(monitor.to_dict())
+
+    def dump(self) -> str:
+        """The text stored in ``monitor_states.state``."""
+        return json.dumps(
+            {"monitor": jsonable(self.monitor), "ledger": self.ledger.to_dict()}, sort_keys=True
+        )
+
+    @classmethod
+    def parse(cls, text: str, cursors: Cursors) -> StoredState:
+        """Inverse of :meth:`dump` (the cursors are columns of their own)."""
+        data = json.loads(text)
+        return cls(data["monitor"], Ledger.from_dict(data["ledger"]), cursors)
+
+
+def read_state(conn: Connection, rollout_id: str) -> StoredState | None:
+    """The rollout's stored state, or None when it has none."""
+    row = conn.execute(
+        select(monitor_states).where(monitor_states.c.rollout_id == rollout_id)
+    ).first()
+    if row is None:
+        return None
+    return StoredState.parse(row.state, Cursors(int(row.events_through), int(row.feedback_through)))
+
+
+def require_state(conn: Connection, rollout_id: str) -> StoredState:
+    """The rollout's stored state; a StoreError when it is missing."""
+    state = read_state(conn, rollout_id)
+    if state is None:  # every start writes one; a missing row means a damaged store
+        raise StoreError(f"rollout {rollout_id} has no monitor state; abort it and restart")
+    return state
+
+
+def read_cursors(conn: Connection, rollout_id: str) -> Cursors:
+    """How far the rollout's stored state has read (no events yet when it has none)."""
+    row = conn.execute(
+        select(monitor_states.c.events_through, monitor_states.c.feedback_through).where(
+            monitor_states.c.rollout_id == rollout_id
+        )
+    ).first()
+    return Cursors() if row is None else Cursors(int(row[0]), int(row[1]))
+
+
+def write_state(
+    conn: Connection, rollout_id: str, state: StoredState, at: datetime, *, insert: bool = False
+) -> None:
+    """Insert (at the start) or update the rollout's stored state."""
+    values = {
+        "state": state.dump(),
+        "events_through": state.cursors.events_through,
+        "feedback_through": state.cursors.feedback_through,
+        "updated_at": at,
+    }
+    if insert:
+        conn.execute(monitor_states.insert().values(rollout_id=rollout_id, **values))
+    else:
+        conn.execute(
+            monitor_states.update().where(monitor_states.c.rollout_id == rollout_id).values(values)
+        )

@@ -123,7 +123,7 @@ def test_load_reads_files_and_reports_missing_ones(tmp_path: Path) -> None:
     path = tmp_path / "plan.yaml"
     path.write_text(PLAN_YAML, encoding="utf-8")
     assert RolloutPlan.load(path) == load(PLAN_YAML)
-    with pytest.raises(PlanError, match="cannot read plan file"):
+    with pytest.raises(PlanError, match="no such file"):
         RolloutPlan.load(tmp_path / "missing.yaml")
     path.write_text(PLAN_YAML.replace("traffic: 50", "traffic: 5"), encoding="utf-8")
     with pytest.raises(PlanError, match=rf"{re.escape(str(path))}:15:"):

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from policy_canary._files import read_text
 from policy_canary._sinks import (
     DEFAULT_TIMEOUT,
     AlertSink,
@@ -123,25 +124,8 @@ def _env_sink(var: str, build: Callable[[], AlertSink]) -> AlertSink:
         raise InputError(f"{var}: {exc.message}") from None
 
 
-def _read(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such alert sinks file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a YAML or JSON alert sinks file")
-    if size > MAX_CONFIG_BYTES:
-        raise InputError(f"{path}: {size:,} bytes is too large for an alert sinks file")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
 def _parse(path: Path) -> Loaded:
-    text = _read(path)
+    text = read_text(path, limit=MAX_CONFIG_BYTES, what="alert sinks file")
     source = str(path)
     if path.suffix.lower() != ".json":
         return load_document(text, source=source)

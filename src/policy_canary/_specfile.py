@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from policy_canary._files import read_text
 from policy_canary._yaml import load_document
 from policy_canary.canonical import canonical_json
 from policy_canary.errors import InvalidSpecError
@@ -14,27 +15,17 @@ from policy_canary.errors import InvalidSpecError
 EXPORT_FORMAT = "policy-canary.version/1"
 
 
-def read_text(path: Path, *, max_bytes: int, what: str = "spec") -> str:
-    """Read a UTF-8 file, refusing missing, oversized or non-text files with a clear message."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InvalidSpecError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InvalidSpecError(f"{path}: cannot read it ({exc.strerror})") from None
-    # Text may shrink when canonicalised, so allow some slack before refusing unread.
-    if size > 4 * max_bytes:
-        raise InvalidSpecError(
-            f"{path}: the file is {size:,} bytes; a {what} may be at most {max_bytes:,} bytes"
-        )
-    if path.is_dir():
-        raise InvalidSpecError(f"{path}: is a folder; give a YAML or JSON file")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidSpecError(
-            f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8"
-        ) from None
+def read_spec_text(path: Path, *, max_bytes: int, what: str = "spec") -> str:
+    """Read a spec (or export) file, allowing 4x ``max_bytes`` of text before canonicalising."""
+    # Text may shrink when canonicalised (indentation, comments), so allow some slack here;
+    # the canonical size is checked against ``max_bytes`` itself when the spec is registered.
+    return read_text(
+        path,
+        limit=4 * max_bytes,
+        what=f"{what} file",
+        error=InvalidSpecError,
+        hint=" (4 x POLICY_CANARY_MAX_SPEC_BYTES)",
+    )
 
 
 def parse_spec(text: str, *, source: str, fmt: str | None = None) -> dict[str, Any]:
@@ -51,7 +42,7 @@ def parse_spec(text: str, *, source: str, fmt: str | None = None) -> dict[str, A
 
 def load_spec_file(path: Path, *, max_bytes: int) -> dict[str, Any]:
     """Load a spec from a ``.json``, ``.yaml`` or ``.yml`` file."""
-    text = read_text(path, max_bytes=max_bytes)
+    text = read_spec_text(path, max_bytes=max_bytes)
     fmt = "json" if path.suffix.lower() == ".json" else None
     spec = parse_spec(text, source=str(path), fmt=fmt)
     canonical_json(spec)  # validate now so the error names the file's path

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from policy_canary._files import read_text
 from policy_canary._yaml import load_document
 from policy_canary.canonical import digest
 from policy_canary.clock import utc
@@ -182,13 +183,8 @@ class Incidents:
 
 def replay_file(path: Path) -> ReplayResult:
     """Read an exported incident file and :func:`replay` it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read incident file {str(path)!r}: {exc.strerror}") from None
-    if len(raw) > MAX_INCIDENT_BYTES:
-        raise InputError(f"{path}: {len(raw):,} bytes is too large for an incident file")
-    document = load_document(raw.decode("utf-8", "replace"), source=str(path), fmt="json").value
+    text = read_text(path, limit=MAX_INCIDENT_BYTES, what="incident file")
+    document = load_document(text, source=str(path), fmt="json").value
     if not isinstance(document, Mapping):
         raise InputError(f"{path}: not an incident export (expected a JSON object)")
     return replay(document, source=str(path))

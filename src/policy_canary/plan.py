@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from policy_canary._durations import format_duration, parse_duration
+from policy_canary._files import read_text
 from policy_canary._yaml import Loaded, load_document
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.errors import PlanError
@@ -132,16 +133,7 @@ class RolloutPlan:
     def load(cls, path: Path | str) -> RolloutPlan:
         """Read and validate a plan file (YAML or JSON)."""
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise PlanError(f"cannot read plan file {str(path)!r}: {exc.strerror}") from None
-        if len(raw) > MAX_PLAN_BYTES:
-            raise PlanError(f"{path}: {len(raw):,} bytes is too large for a plan file")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PlanError(f"{path}: not UTF-8 text") from None
+        text = read_text(path, limit=MAX_PLAN_BYTES, what="plan file", error=PlanError)
         return cls.loads(text, source=str(path))
 
     @classmethod

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, RowMapping, select
 from sqlalchemy.exc import IntegrityError
 
 from policy_canary._audit import default_actor, record_audit
-from policy_canary._specfile import EXPORT_FORMAT, dump_export, parse_spec, read_text
+from policy_canary._specfile import EXPORT_FORMAT, dump_export, parse_spec, read_spec_text
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.errors import ConflictError, InvalidSpecError
@@ -321,7 +321,7 @@ class Registry:
 
     def import_file(self, path: Path) -> RegisterResult:
         """Import a file written by :meth:`export_to_file`."""
-        text = read_text(path, max_bytes=self.max_spec_bytes, what="version export")
+        text = read_spec_text(path, max_bytes=self.max_spec_bytes, what="version export")
         return self.import_version(parse_spec(text, source=str(path), fmt="json"), source=str(path))
 
     def _require_policy(self, conn: Connection, policy: str) -> RowMapping:

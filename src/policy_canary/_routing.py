@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from policy_canary._frozen import freeze
+from policy_canary.canonical import loads as canonical_loads
 from policy_canary.errors import NotFoundError
 from policy_canary.splitter import BUCKETS, salt_prefix, threshold
 from policy_canary.store._schema import policies, rollouts, versions
@@ -73,7 +74,7 @@ class SpecCache:
         """Return the frozen spec of version ``digest`` (stored text ``text``)."""
         spec = self._specs.get(digest)
         if spec is None:
-            spec = freeze(json.loads(text))
+            spec = freeze(canonical_loads(text))
             self._specs[digest] = spec
         return spec
 

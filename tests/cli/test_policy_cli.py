@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,37 @@ def test_export_and_import_between_stores(
     assert result.exit_code == 0, result.stderr
     assert result.stdout
     assert '"id": "' + original_id in result.stdout
+
+
+BIG = 123456789012345678901234567890
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_integers_beyond_2_to_the_53_survive_show_export_and_import_exactly(
+    cli: Cli, tmp_path: Path, suffix: str
+) -> None:
+    spec = tmp_path / f"big{suffix}"
+    spec.write_text(
+        f"x: {BIG}\ny: {2**53 + 1}\nz: 1.5e+300\n"
+        if suffix == ".yaml"
+        else f'{{"x": {BIG}, "y": {2**53 + 1}, "z": 1.5e300}}'
+    )
+    pushed = cli("policy", "push", "agent", str(spec), "--json").json()["version"]
+    shown = cli("policy", "show", "agent@v1", "--json").json()
+    assert shown["spec"]["x"] == BIG
+    assert shown["spec"]["y"] == 2**53 + 1
+    assert shown["spec"]["z"] == int(Decimal("1.5e300"))
+    out = tmp_path / "export.json"
+    assert cli("policy", "export", "agent@v1", "-o", str(out)).code == 0
+    assert f'"x": {BIG}' in out.read_text()
+    again = cli("policy", "import", str(out), "--json")
+    assert again.code == 0, again.stderr
+    assert again.json()["version"]["id"] == pushed["id"]
+    other = CliRunner().invoke(
+        app, ["--db", f"sqlite:///{tmp_path}/other.db", "policy", "import", str(out), "--json"]
+    )
+    assert other.exit_code == 0, other.stderr
+    assert json.loads(other.stdout)["version"]["id"] == pushed["id"]
 
 
 @pytest.mark.parametrize(

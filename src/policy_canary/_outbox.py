@@ -23,6 +23,7 @@ from policy_canary._alert_types import (
     dump_payload,
     parse_enum,
 )
+from policy_canary._bounds import check_limit
 from policy_canary.clock import utc
 from policy_canary.errors import InputError, StoreError
 from policy_canary.store import Store
@@ -159,8 +160,7 @@ def list_alerts(store: Store, *, status: str | None = None, limit: int = 100) ->
     dispatcher has seen yet (no delivery rows) is pending too.
     """
     wanted = None if status is None else parse_enum(AlertStatus, status, "alert status")
-    if limit < 1:
-        raise InputError(f"limit must be at least 1; got {limit}")
+    check_limit(limit)
     query = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
     if wanted is AlertStatus.PENDING:
         query = query.where(or_(~routed(alerts.c.id), undelivered(alerts.c.id)))

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from policy_canary._bounds import check_limit
 from policy_canary._files import read_text
 from policy_canary._yaml import load_document
 from policy_canary.canonical import digest
@@ -142,6 +143,7 @@ class Incidents:
 
     def list(self, *, policy: str | None = None, limit: int = 100) -> list[Incident]:
         """Incidents, newest first (of ``policy`` or all)."""
+        check_limit(limit)
         query = select(incidents).order_by(incidents.c.created_at.desc(), incidents.c.id)
         if policy is not None:
             query = query.where(incidents.c.policy == policy)

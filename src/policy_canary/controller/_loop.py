@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from policy_canary._audit import check_short_text
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._apply import Decision, apply_decision
 from policy_canary.controller._decide import decide
@@ -118,9 +119,9 @@ class Controller:
         self.store = store
         self.clock = clock or SystemClock()
         self.monitors: MonitorFactory = monitors or StatisticalMonitors()
-        self.holder = holder or default_holder()
+        self.holder = check_short_text(holder or default_holder(), what="--holder")
         self.batch_size = batch_size
-        self.actor = actor
+        self.actor = check_short_text(actor, what="the controller's actor")
         self.lock = ControllerLock(store, holder=self.holder, ttl=lease_ttl, clock=self.clock)
 
     # -- one tick -------------------------------------------------------------------------

@@ -10,8 +10,14 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, select
 from sqlalchemy.exc import IntegrityError
 
-from policy_canary._audit import default_actor, record_audit
-from policy_canary._specfile import EXPORT_FORMAT, dump_export, parse_spec, read_spec_text
+from policy_canary._audit import actor_or_default, check_text, record_audit
+from policy_canary._specfile import (
+    EXPORT_FORMAT,
+    check_export,
+    dump_export,
+    parse_spec,
+    read_spec_text,
+)
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.errors import ConflictError, InvalidSpecError
@@ -73,6 +79,8 @@ class Registry:
         ``bootstrap=False``.
         """
         validate_policy_name(policy)
+        actor = actor_or_default(author, option="--author")
+        check_text(message, what="--message")
         if not isinstance(spec, Mapping):
             raise InvalidSpecError(
                 f"a policy spec must be a JSON object, not {type(spec).__name__}"
@@ -85,7 +93,6 @@ class Registry:
                 f"{self.max_spec_bytes:,} bytes (set POLICY_CANARY_MAX_SPEC_BYTES to change it)"
             )
         version_id = digest_text(canonical)
-        actor = author or default_actor()
         for _attempt in range(5):
             try:
                 return self._insert(policy, version_id, canonical, message, actor, bootstrap)
@@ -164,6 +171,8 @@ class Registry:
         """
         if not reason.strip():
             raise InvalidSpecError("give a reason for moving the stable pointer (--reason)")
+        check_text(reason, what="--reason")
+        who = actor_or_default(actor)
         target = self.resolve(policy, ref)
         now = self.clock.now()
         with self.store.begin() as conn:
@@ -183,7 +192,7 @@ class Registry:
                 policy=policy,
                 to_id=target.id,
                 kind=ReleaseKind.MANUAL,
-                actor=actor or default_actor(),
+                actor=who,
                 reason=reason,
                 at=now,
             )
@@ -294,14 +303,7 @@ class Registry:
         self, document: Mapping[str, Any], *, source: str = "import"
     ) -> RegisterResult:
         """Register an exported version here, verifying its digest reproduces bit for bit."""
-        if document.get("format") != EXPORT_FORMAT:
-            raise InvalidSpecError(
-                f"{source}: not a policy-canary version export (expected format "
-                f"{EXPORT_FORMAT!r}, found {document.get('format')!r})"
-            )
-        missing = [k for k in ("policy", "id", "spec") if k not in document]
-        if missing:
-            raise InvalidSpecError(f"{source}: missing field(s) {', '.join(missing)}")
+        check_export(document, source=source)
         spec = document["spec"]
         if not isinstance(spec, dict):
             raise InvalidSpecError(f"{source}: 'spec' must be a JSON object")
@@ -311,12 +313,11 @@ class Registry:
                 f"{source}: digest mismatch: the file says {document['id']!r} but its spec "
                 f"hashes to {actual!r}; the file was altered or corrupted"
             )
-        message = str(document.get("message") or "")
         return self.register(
-            str(document["policy"]),
+            document["policy"],
             spec,
-            message=message,
-            author=str(document.get("author") or default_actor()),
+            message=document.get("message") or "",
+            author=document.get("author") or None,
         )
 
     def import_file(self, path: Path) -> RegisterResult:

@@ -149,3 +149,33 @@ def test_parse_duration_refuses_nonsense(bad: object) -> None:
 def test_format_duration_round_trips(seconds: int) -> None:
     text = format_duration(timedelta(seconds=seconds))
     assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("min_samples: 30", "min_samples: 99999999999999999999999"),
+         r"plan.yaml:15:\d+: stage 'soak': min_samples must be a whole number from 0 to "
+         r"10,000,000 \(per arm\); got 99999999999999999999999"),
+        (("min_samples: 30", "min_samples: 10000001"), r"plan.yaml:15:\d+: .*from 0 to 10,000,000"),
+        (("traffic: 50", "traffic: " + "9" * 400), r"plan.yaml:15:\d+: .*must be above 0 and below"),
+        (("max_increase: 20%", "max_increase: " + "9" * 400),
+         r"plan.yaml:3:5: guardrail 'error_rate': max_increase must be finite"),
+    ],
+)  # fmt: skip
+def test_numbers_beyond_their_documented_bounds_are_refused(
+    edit: tuple[str, str], message: str
+) -> None:
+    old, new = edit
+    assert old in PLAN_YAML
+    with pytest.raises(PlanError, match=message):
+        load(PLAN_YAML.replace(old, new, 1))
+
+
+def test_a_guardrails_min_samples_is_bounded_too() -> None:
+    text = PLAN_YAML.replace(
+        "metric: error,", "metric: error, min_samples: 99999999999999999999,", 1
+    )
+    with pytest.raises(PlanError, match=r"plan.yaml:3:5: .*min_samples.*10000000"):
+        load(text)
+    assert load(PLAN_YAML.replace("metric: error,", "metric: error, min_samples: 10000000,", 1))

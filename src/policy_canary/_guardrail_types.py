@@ -87,6 +87,10 @@ OVERRIDABLE_FIELDS = frozenset(
     }
 )
 
+#: Largest ``min_samples`` (per arm) a stage or guardrail may ask for. A stage cannot pass
+#: before it has them, so a larger number is a typo that would hold the stage for ever.
+MAX_MIN_SAMPLES = 10_000_000
+
 #: Default ``negligible`` of a relative ``max_increase`` guardrail on a rate (or a quantile's
 #: exceedance rate): a candidate whose own rate is shown to be at most 1 in 1,000 requests is
 #: non-inferior whatever stable's rate (see docs/statistics.md, section 3).

@@ -37,6 +37,7 @@ from ._guardrail_input import _explain, _number
 from ._guardrail_types import (
     BUILTIN_METRICS,
     DEFAULT_NEGLIGIBLE,
+    MAX_MIN_SAMPLES,
     OVERRIDABLE_FIELDS,
     Direction,
     GuardrailKind,
@@ -50,6 +51,7 @@ from .verdict import GuardrailAction
 __all__ = [
     "BUILTIN_METRICS",
     "DEFAULT_NEGLIGIBLE",
+    "MAX_MIN_SAMPLES",
     "OVERRIDABLE_FIELDS",
     "Direction",
     "Guardrail",
@@ -96,7 +98,7 @@ class Guardrail(BaseModel):
     tripwire: bool = False
     flags: tuple[str, ...] = ()
     detect: float | None = None
-    min_samples: int = Field(default=100, ge=1)
+    min_samples: int = Field(default=100, ge=1, le=MAX_MIN_SAMPLES)
     action: GuardrailAction = GuardrailAction.ROLLBACK
     bounds: tuple[float, float] | None = None
     negligible: float | None = None

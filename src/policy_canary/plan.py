@@ -41,6 +41,7 @@ from policy_canary._yaml import Loaded, load_document
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.errors import PlanError
 from policy_canary.guardrails import (
+    MAX_MIN_SAMPLES,
     Guardrail,
     ModelPrice,
     check_unique_names,
@@ -378,11 +379,15 @@ class _Validator:
                     f"longer than min_duration {format_duration(min_duration)}",
                 )
         min_samples = item.get("min_samples", 0)
-        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 0:
+        if (
+            isinstance(min_samples, bool)
+            or not isinstance(min_samples, int)
+            or not 0 <= min_samples <= MAX_MIN_SAMPLES
+        ):
             raise self.fail(
                 (*path, "min_samples"),
-                f"stage {name!r}: min_samples must be a whole number >= 0 (per arm); "
-                f"got {min_samples!r}",
+                f"stage {name!r}: min_samples must be a whole number from 0 to "
+                f"{MAX_MIN_SAMPLES:,} (per arm); got {min_samples!r}",
             )
         strict = item.get("strict", False)
         if not isinstance(strict, bool):
@@ -423,6 +428,8 @@ class _Validator:
             raise self.fail(
                 path, f"stage {name!r}: traffic is a percentage such as 1, 10 or 0.5; got {value!r}"
             )
+        if isinstance(value, int) and not 0 < value < 100:  # may be past a double's range
+            raise self.fail(path, f"stage {name!r}: traffic {value}% must be above 0 and below 100")
         bp = round(float(value) * 100)
         if not math.isfinite(float(value)) or abs(float(value) * 100 - bp) > 1e-6:
             raise self.fail(path, f"stage {name!r}: traffic {value} is finer than 0.01%; round it")

@@ -202,3 +202,14 @@ def test_every_command_has_help() -> None:
 
     for name, command in walk(group, []):
         assert getattr(command, "help", None), f"'{name}' has no help text"
+
+
+def test_a_python_tag_in_a_spec_is_refused_and_nothing_is_stored(cli: Cli, tmp_path: Path) -> None:
+    spec = tmp_path / "evil.yaml"
+    spec.write_text("prompt: hi\ncmd: !!python/object/apply:os.system [echo pwned]\n")
+    result = cli("policy", "push", "agent", str(spec))
+    assert result.code == 1
+    assert "evil.yaml:2:6: YAML tag '!!python/object/apply:os.system' is not allowed" in (
+        result.stderr
+    )
+    assert "no policies yet" in cli("policy", "list").stdout

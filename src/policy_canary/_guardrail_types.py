@@ -52,6 +52,22 @@ class Direction(StrEnum):
     DOWN = "down"
 
 
+#: The direction each threshold field watches: ``max_increase: 10%`` guards against a rise.
+FIELD_DIRECTION: Mapping[str, Direction] = {
+    "max_increase": Direction.UP,
+    "max": Direction.UP,
+    "max_decrease": Direction.DOWN,
+    "min": Direction.DOWN,
+}
+#: The field that watches the other direction, suggested when a plan picks the wrong one.
+OPPOSITE_FIELD: Mapping[str, str] = {
+    "max_increase": "max_decrease",
+    "max_decrease": "max_increase",
+    "max": "min",
+    "min": "max",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class MetricInfo:
     """What the monitors know about a built-in metric."""

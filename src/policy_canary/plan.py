@@ -223,6 +223,16 @@ class RolloutPlan:
             baseline=baseline,
         )
 
+    def warnings(self) -> list[str]:
+        """Things that validate but deserve a second look: reversed metric directions."""
+        return [
+            f"guardrail {g.name!r} rolls back when {g.metric} goes {g.worse.value}, the "
+            "opposite of its usual direction (acknowledged with 'direction:'); check that "
+            "this is intended"
+            for g in self.guardrails
+            if g.reversed_direction
+        ]
+
     def overrides(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{stage_name: {guardrail: {field: value}}}`` for the monitors (every stage listed)."""
         return {s.name: {g: dict(o) for g, o in s.guardrails.items()} for s in self.stages}
@@ -330,7 +340,10 @@ class _Validator:
             try:
                 result.append(Guardrail.from_mapping(item))
             except PlanError as exc:
-                raise self.fail(("guardrails", i), exc.message) from None
+                at: PathT = ("guardrails", i)
+                if exc.field is not None and exc.field in item:
+                    at = (*at, exc.field)  # point at the key to fix
+                raise self.fail(at, exc.message) from None
         try:
             check_unique_names(result)
         except PlanError as exc:

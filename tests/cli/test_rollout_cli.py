@@ -132,6 +132,28 @@ def test_plan_check_and_show_default(cli: Cli, pushed: Path, tmp_path: Path) -> 
     assert cli("plan", "show-default").code == 0
 
 
+def test_plan_check_refuses_a_reversed_direction_and_warns_on_an_acknowledged_one(
+    cli: Cli, tmp_path: Path
+) -> None:
+    rule = "  - {name: error_rate, metric: error, max_increase: 20%}"
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(PLAN_YAML.replace(rule, rule + "\n  - {name: e, metric: error, "
+                                       "max_decrease: 10%}"))  # fmt: skip
+    refused = cli("plan", "check", str(wrong))
+    assert refused.code == 1
+    assert f"{wrong}:4:44: guardrail 'e': error gets worse going up" in refused.stderr
+    meant = tmp_path / "meant.yaml"
+    meant.write_text(wrong.read_text().replace("max_decrease: 10%}", "max_decrease: 10%, "
+                                               "direction: down}"))  # fmt: skip
+    checked = cli("plan", "check", str(meant), "--json")
+    assert checked.code == 0, checked.stderr
+    assert checked.json()["warnings"][0].startswith("guardrail 'e' rolls back when error goes down")
+    human = cli("plan", "check", str(meant))
+    assert "warning: guardrail 'e' rolls back when error goes down" in " ".join(
+        human.stdout.split()
+    )
+
+
 def test_controller_interval_must_be_a_duration(cli: Cli) -> None:
     result = cli("controller", "--interval", "soon", "--once")
     assert result.code == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
@@ -97,7 +98,7 @@ def check(
         rows = plan.preflight(
             requests_per_second=rps, baseline_rates=_rates(baseline_rate), baseline=baseline
         )
-        warnings = [r.warning for r in rows if r.warning]
+        warnings = [*plan.warnings(), *(r.warning for r in rows if r.warning)]
         data = {
             "ok": True,
             "plan_hash": plan.digest,
@@ -121,6 +122,8 @@ def check(
 
         def human() -> None:
             console.print(f"{file}: ok")
+            for warning in plan.warnings():
+                console.print(f"[yellow]warning:[/] {escape(warning)}")
             _describe(plan)
             _preflight(rows)
 

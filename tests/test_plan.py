@@ -229,3 +229,5 @@ def test_a_quantile_max_increase_watches_the_metrics_bad_side() -> None:
     extra = "\n  - {name: q, metric: quality, statistic: p50, max_increase: 20%, detect: 60%}"
     plan = load(PLAN_YAML.replace(_REVERSED, _REVERSED + extra, 1))
     assert plan.warnings() == []
+    with pytest.raises(PlanError, match="'direction' does not apply to max_increase on a quantile"):
+        load(PLAN_YAML.replace(_REVERSED, _REVERSED + extra.replace("}", ", direction: up}"), 1))

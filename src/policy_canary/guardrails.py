@@ -33,13 +33,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._guardrail_direction import check_direction, is_reversed, watched
 from ._guardrail_input import _explain, _number
 from ._guardrail_types import (
     BUILTIN_METRICS,
     DEFAULT_NEGLIGIBLE,
-    FIELD_DIRECTION,
     MAX_MIN_SAMPLES,
-    OPPOSITE_FIELD,
     OVERRIDABLE_FIELDS,
     Direction,
     GuardrailKind,
@@ -158,7 +157,9 @@ class Guardrail(BaseModel):
             )
         if self.flags and self.metric != "safety_flags":
             raise PlanError(f"{where}: 'flags' only applies to the safety_flags metric")
-        self._check_direction(where, set_fields[0])
+        check_direction(
+            where, self.metric, self.metric_info, set_fields[0], self.statistic, self.direction
+        )
         if self.bounds is not None:
             if info is not None:
                 raise PlanError(f"{where}: 'bounds' only applies to custom metrics")
@@ -182,57 +183,16 @@ class Guardrail(BaseModel):
         self._check_negligible(where)
         return self
 
-    def _check_direction(self, where: str, field: str) -> None:
-        """Refuse a threshold that watches a built-in metric's good direction, unacknowledged.
-
-        ``metric: error, max_decrease: 10%`` would roll back a candidate whose error rate
-        *improved*; such a plan is a mistake unless ``direction:`` says the reversal is meant.
-        """
-        watched = self._watched(field)
-        if watched is not None and self.direction not in (None, watched):
-            raise PlanError(
-                f"{where}: direction {self.direction.value} contradicts {field}, which "
-                f"watches the metric going {watched.value}",
-                field="direction",
-            )
-        info = self.metric_info
-        if info is None or watched is None or watched is info.worse:
-            return
-        if self.direction is watched:
-            return  # acknowledged: plan check still warns (see reversed_direction)
-        better = "rising" if info.worse is Direction.DOWN else "falling"
-        raise PlanError(
-            f"{where}: {self.metric} gets worse going {info.worse.value}, but {field} guards "
-            f"against it going {watched.value}, so the candidate would be rolled back for "
-            f"{better} {self.metric}; use {OPPOSITE_FIELD[field]}, or add 'direction: "
-            f"{watched.value}' if a {'rise' if watched is Direction.UP else 'fall'} really is "
-            "the regression here",
-            field=field,
-        )
-
     @property
     def reversed_direction(self) -> bool:
         """True when the guardrail watches a built-in metric against its usual direction.
 
         Only possible with an explicit ``direction:`` acknowledgement; ``plan check`` warns.
         """
-        info = self.metric_info
         field = self.tolerance_field
-        watched = self._watched(field) if field is not None else None
-        return info is not None and watched is not None and watched is not info.worse
-
-    def _watched(self, field: str) -> Direction | None:
-        """The direction ``field`` guards against (``None``: max_delta, which has none).
-
-        ``max_increase`` on a quantile bounds the rate of exceeding stable's quantile in the
-        metric's own bad direction (below it, for quality), so it always watches that.
-        """
-        if field == "max_increase" and self.statistic is not None and self.statistic.is_quantile():
-            info = self.metric_info
-            return info.worse if info is not None else None
-        if field == "max_delta":
-            return self.direction
-        return FIELD_DIRECTION.get(field)
+        return field is not None and is_reversed(
+            self.metric_info, watched(field, self.statistic, self.direction)
+        )
 
     def _check_negligible(self, where: str) -> None:
         if self.negligible is None:

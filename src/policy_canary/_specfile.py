@@ -130,4 +130,4 @@ def _check_created_at(document: Mapping[str, Any], source: str) -> None:
 
 
 def _kind(value: Any) -> str:
-    return "null" if value is None else f"a {type(value).__name__} ({value!r})"[:80]
+    return "null" if value is None else f"{value!r}"[:60] + f" ({type(value).__name__})"

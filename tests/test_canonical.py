@@ -13,13 +13,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policy_canary.canonical import canonical_json, digest, format_number, jsonable
+from policy_canary.canonical import (
+    MAX_INTEGER_DIGITS,
+    canonical_json,
+    digest,
+    format_number,
+    jsonable,
+    loads,
+)
 from policy_canary.errors import InvalidSpecError
 
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
@@ -50,7 +58,49 @@ def test_canonical_form_ignores_whitespace_and_round_trips(value: Any) -> None:
     pretty = json.dumps(value, indent=4)
     assert canonical_json(json.loads(pretty)) == canonical_json(value)
     # The canonical text parses back to a value with the same canonical text.
-    assert canonical_json(json.loads(canonical_json(value))) == canonical_json(value)
+    assert canonical_json(loads(canonical_json(value))) == canonical_json(value)
+
+
+@given(json_values)
+def test_every_accepted_value_reads_back_exactly(value: Any) -> None:
+    text = canonical_json(value)
+    back = loads(text)
+    assert canonical_json(back) == text
+    # What the CLI prints with --json (and writes into an export) reads back the same again.
+    assert canonical_json(json.loads(json.dumps(back))) == text
+
+
+@given(st.integers())
+def test_integers_of_any_accepted_size_come_back_as_the_same_int(n: int) -> None:
+    back = loads(canonical_json({"x": n}))["x"]
+    assert type(back) is int
+    assert back == n
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
+def test_decimals_are_either_read_back_exactly_or_refused(d: Decimal) -> None:
+    as_double = Decimal(format_number(float(d)))
+    if d != d.to_integral_value() and as_double != d:
+        with pytest.raises(InvalidSpecError, match="more digits than a double holds"):
+            canonical_json(d)
+        return
+    assert Decimal(format_number(loads(canonical_json(d)))) == d
+
+
+def test_a_decimal_more_precise_than_a_double_is_refused() -> None:
+    with pytest.raises(
+        InvalidSpecError, match=r"\$\.x: 0\.12345678901234567890123 has more digits"
+    ):
+        canonical_json({"x": Decimal("0.12345678901234567890123")})
+    assert canonical_json({"x": Decimal("0.25")}) == '{"x":0.25}'
+
+
+def test_integers_longer_than_the_limit_are_refused_with_their_path() -> None:
+    assert loads(canonical_json([10 ** (MAX_INTEGER_DIGITS - 1)])) == [
+        10 ** (MAX_INTEGER_DIGITS - 1)
+    ]
+    with pytest.raises(InvalidSpecError, match=r"\$\[0\]: an integer of 4,301 digits"):
+        canonical_json([10**MAX_INTEGER_DIGITS])
 
 
 @given(st.integers(min_value=-(2**53), max_value=2**53))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from policy_canary.documents import load_document
@@ -58,3 +60,32 @@ def test_settings_read_the_environment() -> None:
         Settings.from_env({"POLICY_CANARY_MAX_SPEC_BYTES": "lots"})
     with pytest.raises(InputError, match="positive"):
         Settings.from_env({"POLICY_CANARY_MAX_SPEC_BYTES": "0"})
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("c: !!python/object/apply:os.system [ls]\n", "!!python/object/apply:os.system"),
+        ("x: !!python/name:os.system\n", "!!python/name:os.system"),
+        ("s: !!set {a, b}\n", "!!set"),
+        ("o: !!omap [a: 1]\n", "!!omap"),
+        ("b: !!binary aGk=\n", "!!binary"),
+        ("c: !custom [1, 2]\n", "!custom"),
+        ("d: !custom {a: 1}\n", "!custom"),
+    ],
+)
+def test_unknown_yaml_tags_are_refused_not_dropped(text: str, tag: str) -> None:
+    with pytest.raises(
+        InputError, match=rf"f.yaml:1:4: YAML tag '{re.escape(tag)}' is not allowed"
+    ):
+        load_document(text, source="f.yaml")
+
+
+def test_standard_tags_still_read_as_json_values() -> None:
+    text = "a: !!str 5\nb: !!int '7'\nc: !!map {x: !!seq [1]}\nd: !!null ''\n"
+    assert load_document(text, source="f.yaml").value == {
+        "a": "5",
+        "b": 7,
+        "c": {"x": [1]},
+        "d": None,
+    }

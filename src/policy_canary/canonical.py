@@ -7,6 +7,12 @@ of the canonical bytes is the version id.
 
 :func:`jsonable` is the one conversion of arbitrary values into JSON data (what the trace,
 incident bundles and alert payloads store).
+Every value the canonical form accepts reads back exactly with :func:`loads`: a number whose
+canonical spelling is integral becomes an ``int`` (integers of 21 digits or more are spelled
+with an exponent, ``1.2345678901234567890123e+22``, which plain ``json.loads`` would round to a
+float), any other number a ``float``. So a non-integral number must be a double: a
+``Decimal`` with more digits than a double holds is refused, as is an integer of more than
+:data:`MAX_INTEGER_DIGITS` digits (past Python's own limit for printing one).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ _EXACT = Context(prec=100_000)
 #: Deepest nesting a spec may have; deeper values are almost certainly a mistake or an attack.
 MAX_DEPTH = 64
 
+#: Most digits an integral number may have (Python refuses to print longer ints by default).
+MAX_INTEGER_DIGITS = 4300
+
 JSONValue = Any  # a recursive JSON type buys nothing over Any at this boundary
 
 
@@ -40,6 +49,23 @@ def canonical_json(value: JSONValue, *, indent: int | None = None) -> str:
     parts: list[str] = []
     _write(value, parts, path="$", depth=0, indent=indent)
     return "".join(parts)
+
+
+def loads(text: str) -> JSONValue:
+    """Parse JSON text into the value whose canonical form it spells, exactly.
+
+    Unlike ``json.loads``, integral numbers written with an exponent or a fraction
+    (``1e+30``, ``2.0``) come back as exact ``int`` values, so
+    ``canonical_json(loads(canonical_json(v))) == canonical_json(v)`` for every accepted ``v``.
+    """
+    return json.loads(text, parse_float=_exact_number)
+
+
+def _exact_number(text: str) -> int | float:
+    number = Decimal(text)
+    if number == number.to_integral_value():
+        return int(number)
+    return float(text)
 
 
 def digest(value: JSONValue) -> str:
@@ -117,7 +143,7 @@ def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: i
             )
         if isinstance(value, Decimal) and not value.is_finite():
             raise InvalidSpecError(f"{path}: {value} is not allowed; use a finite number or null")
-        out.append(format_number(value))
+        out.append(_exact_spelling(value, path))
     elif isinstance(value, Mapping):
         _write_object(value, out, path=path, depth=depth, indent=indent)
     elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
@@ -128,6 +154,26 @@ def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: i
             f"{path}: a {kind} value is not JSON; quote it as a string"
             + (" (YAML reads unquoted dates as dates)" if kind in {"date", "datetime"} else "")
         )
+
+
+def _exact_spelling(value: int | float | Decimal, path: str) -> str:
+    """The canonical spelling of ``value``, refusing numbers :func:`loads` cannot give back."""
+    text = format_number(value)
+    if isinstance(value, float):
+        return text  # a double's shortest spelling reads back as that double
+    number = Decimal(text)
+    integral = number == number.to_integral_value()
+    if integral and number.adjusted() >= MAX_INTEGER_DIGITS:
+        raise InvalidSpecError(
+            f"{path}: an integer of {number.adjusted() + 1:,} digits is too long; at most "
+            f"{MAX_INTEGER_DIGITS:,} digits are allowed (store longer numbers as strings)"
+        )
+    if not integral and format_number(float(text)) != text:
+        raise InvalidSpecError(
+            f"{path}: {text} has more digits than a double holds, so it cannot be read back "
+            "exactly; round it to 17 significant digits or store it as a string"
+        )
+    return text
 
 
 def _write_object(

@@ -7,6 +7,7 @@ Both spec files and plan files go through here, so a user gets the same precise 
 from __future__ import annotations
 
 import json
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,14 @@ from policy_canary.errors import InputError
 
 #: Upper bound on nodes materialised from one document (stops alias "billion laughs" bombs).
 MAX_NODES = 500_000
+
+_CORE = "tag:yaml.org,2002:"
+#: The YAML tags a document may carry (explicitly or by resolution): plain JSON-like data.
+#: Anything else (``!!python/object/apply:...``, ``!!set``, ``!!binary``, ``!custom``) is
+#: refused rather than silently dropped or turned into something JSON cannot hold.
+ALLOWED_TAGS = frozenset(
+    _CORE + name for name in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")
+)
 
 Path = tuple[str | int, ...]
 
@@ -80,6 +89,7 @@ class _Walker:
         if self.count > MAX_NODES:
             raise self.error(f"{self.source}: more than {MAX_NODES} values (alias expansion?)")
         self.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        self._check_tag(node)
         if isinstance(node, yaml.MappingNode):
             self.loader.flatten_mapping(node)  # resolve YAML merge keys (<<) first
             result: dict[str, Any] = {}
@@ -97,13 +107,26 @@ class _Walker:
             return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
         return self._scalar(node)
 
+    def _check_tag(self, node: yaml.Node) -> None:
+        if node.tag not in ALLOWED_TAGS:
+            tag = node.tag.removeprefix(_CORE)
+            shown = f"!!{tag}" if tag != node.tag else tag
+            raise self.error(
+                f"{self._where(node)}: YAML tag {shown!r} is not allowed; write plain "
+                "mappings, lists, strings, numbers, booleans and nulls (quote the text if "
+                "it is meant literally)"
+            )
+
     def _scalar(self, node: yaml.Node) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.error(f"{self._where(node)}: a key must be a plain scalar")
+        self._check_tag(node)
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as exc:
             raise self.error(f"{self._where(node)}: {exc}") from None
+        except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
+            raise self.error(f"{self._where(node)}: cannot read this number ({exc})") from None
 
 
 def _load_json(text: str, *, source: str, error: type[InputError]) -> Any:
@@ -122,5 +145,39 @@ def _load_json(text: str, *, source: str, error: type[InputError]) -> Any:
         return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
     except json.JSONDecodeError as exc:
         raise error(f"{source}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
+        raise error(f"{source}: cannot read a number ({exc})") from None
     except RecursionError:
         raise error(f"{source}: nested too deeply") from None
+
+
+def read_text(
+    path: pathlib.Path,
+    *,
+    limit: int,
+    what: str,
+    error: type[InputError] = InputError,
+    hint: str = "",
+) -> str:
+    """Read ``path`` as UTF-8 text of at most ``limit`` bytes, or raise ``error`` saying why.
+
+    ``what`` names the kind of file in messages ("spec file", "plan file" ...); ``hint`` is
+    appended to the too-large message (e.g. which setting raises the limit).
+    """
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file; check the path of the {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder; give a {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read this {what} ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        raise error(f"{path}: the {what} is larger than {limit:,} bytes, the most accepted" + hint)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8"
+        ) from None

@@ -86,9 +86,17 @@ class InvalidMetricError(InputError):
 
 
 class PlanError(InputError):
-    """A rollout plan that does not validate."""
+    """A rollout plan that does not validate.
+
+    ``field`` names the key within the failing guardrail or stage, when one is to blame, so
+    a plan file's error can point at that key's line and column.
+    """
 
     code = ErrorCode.INVALID_PLAN
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NotFoundError(CanaryError):

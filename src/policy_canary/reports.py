@@ -44,7 +44,7 @@ def plan_check_report(plan: RolloutPlan, rows: Sequence[PreflightRow]) -> dict[s
         "ok": True,
         "plan_hash": plan.digest,
         "plan": plan.to_dict(),
-        "warnings": [r.warning for r in rows if r.warning],
+        "warnings": [*plan.warnings(), *(r.warning for r in rows if r.warning)],
         "preflight": [
             {
                 "stage": r.stage,

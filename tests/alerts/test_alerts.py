@@ -427,7 +427,7 @@ def test_list_alerts_orders_newest_first_limits_and_validates(
     assert list_alerts(store, status="delivered") == []
     with pytest.raises(InputError, match="unknown alert status 'open'; use one of pending"):
         list_alerts(store, status="open")
-    with pytest.raises(InputError, match="at least 1"):
+    with pytest.raises(InputError, match="limit must be a whole number from 1"):
         list_alerts(store, limit=0)
 
 

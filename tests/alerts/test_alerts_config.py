@@ -159,7 +159,7 @@ def test_bad_json_files_get_located_errors(tmp_path: Path) -> None:
 
 
 def test_missing_files_and_bad_environment_values_are_explained(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such alert sinks file"):
+    with pytest.raises(InputError, match="no such file; check the path of the alert sinks file"):
         load_sinks(tmp_path / "nope.yaml", {})
     with pytest.raises(InputError, match="is a folder"):
         load_sinks(tmp_path, {})

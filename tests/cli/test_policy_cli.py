@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,37 @@ def test_export_and_import_between_stores(
     assert '"id": "' + original_id in result.stdout
 
 
+BIG = 123456789012345678901234567890
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_integers_beyond_2_to_the_53_survive_show_export_and_import_exactly(
+    cli: Cli, tmp_path: Path, suffix: str
+) -> None:
+    spec = tmp_path / f"big{suffix}"
+    spec.write_text(
+        f"x: {BIG}\ny: {2**53 + 1}\nz: 1.5e+300\n"
+        if suffix == ".yaml"
+        else f'{{"x": {BIG}, "y": {2**53 + 1}, "z": 1.5e300}}'
+    )
+    pushed = cli("policy", "push", "agent", str(spec), "--json").json()["version"]
+    shown = cli("policy", "show", "agent@v1", "--json").json()
+    assert shown["spec"]["x"] == BIG
+    assert shown["spec"]["y"] == 2**53 + 1
+    assert shown["spec"]["z"] == int(Decimal("1.5e300"))
+    out = tmp_path / "export.json"
+    assert cli("policy", "export", "agent@v1", "-o", str(out)).code == 0
+    assert f'"x": {BIG}' in out.read_text()
+    again = cli("policy", "import", str(out), "--json")
+    assert again.code == 0, again.stderr
+    assert again.json()["version"]["id"] == pushed["id"]
+    other = CliRunner().invoke(
+        app, ["--db", f"sqlite:///{tmp_path}/other.db", "policy", "import", str(out), "--json"]
+    )
+    assert other.exit_code == 0, other.stderr
+    assert json.loads(other.stdout)["version"]["id"] == pushed["id"]
+
+
 @pytest.mark.parametrize(
     ("file", "message"),
     [
@@ -154,3 +187,14 @@ def test_not_a_database_exits_3(tmp_path: Path) -> None:
 def test_db_upgrade_reports_the_head(cli: Cli) -> None:
     data = cli("db", "upgrade", "--json").json()
     assert data["revision"] == data["head"]
+
+
+def test_a_python_tag_in_a_spec_is_refused_and_nothing_is_stored(cli: Cli, tmp_path: Path) -> None:
+    spec = tmp_path / "evil.yaml"
+    spec.write_text("prompt: hi\ncmd: !!python/object/apply:os.system [echo pwned]\n")
+    result = cli("policy", "push", "agent", str(spec))
+    assert result.code == 1
+    assert "evil.yaml:2:6: YAML tag '!!python/object/apply:os.system' is not allowed" in (
+        result.stderr
+    )
+    assert "no policies yet" in cli("policy", "list").stdout

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from _rollout_support import PLAN_YAML
+from policy_canary.canonical import digest
 
 Cli = Callable[..., Any]  # the `cli` fixture of tests/cli/conftest.py
 
@@ -105,6 +106,40 @@ def test_manual_rollback_writes_an_incident_that_replays(
     assert cli("rollout", "history", "support-agent").code == 0
 
 
+def test_incident_exports_are_signed_and_verified_with_the_environment_key(
+    cli: Cli, pushed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
+    cli("rollout", "rollback", "support-agent", "--reason", "bad vibes")
+    (incident,) = cli("incident", "list", "--json").json()
+    unsigned = tmp_path / "unsigned.json"
+    assert cli("incident", "export", incident["id"], "-o", str(unsigned)).code == 0
+    plain = cli("incident", "replay", str(unsigned))
+    assert plain.code == 0
+    assert "not signed: the bundle hash guards against accidents" in " ".join(plain.stdout.split())
+
+    monkeypatch.setenv("POLICY_CANARY_INCIDENT_KEY", "s3cret-s3cret-s3cret")
+    signed = tmp_path / "signed.json"
+    assert cli("incident", "export", incident["id"], "-o", str(signed)).code == 0
+    verified = cli("incident", "replay", str(signed), "--json")
+    assert verified.code == 0, verified.stderr
+    assert verified.json()["signature"] == "verified"
+    assert "signature verified" in cli("incident", "replay", str(signed)).stdout
+    refused = cli("incident", "replay", str(unsigned), "--json")
+    assert refused.code == 1
+    assert "not signed, but POLICY_CANARY_INCIDENT_KEY is set" in refused.json()["error"]["message"]
+
+    doc = json.loads(signed.read_text())
+    doc["bundle"]["summary"] = doc["incident"]["summary"] = "nothing happened"
+    doc["bundle_hash"] = doc["incident"]["bundle_hash"] = digest(doc["bundle"])
+    signed.write_text(json.dumps(doc))
+    forged = cli("incident", "replay", str(signed))
+    assert forged.code == 1
+    assert "the signature does not match" in forged.stderr
+    monkeypatch.setenv("POLICY_CANARY_INCIDENT_KEY", "short")
+    assert "at least 16" in cli("incident", "replay", str(signed)).stderr
+
+
 def test_commands_without_an_active_rollout_exit_1(cli: Cli, pushed: Path) -> None:
     result = cli("rollout", "pause", "support-agent", "--reason", "x", "--json")
     assert result.code == 1
@@ -130,6 +165,28 @@ def test_plan_check_and_show_default(cli: Cli, pushed: Path, tmp_path: Path) -> 
     written.write_text(default.stdout)
     assert cli("plan", "check", str(written)).code == 0
     assert cli("plan", "show-default").code == 0
+
+
+def test_plan_check_refuses_a_reversed_direction_and_warns_on_an_acknowledged_one(
+    cli: Cli, tmp_path: Path
+) -> None:
+    rule = "  - {name: error_rate, metric: error, max_increase: 20%}"
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(PLAN_YAML.replace(rule, rule + "\n  - {name: e, metric: error, "
+                                       "max_decrease: 10%}"))  # fmt: skip
+    refused = cli("plan", "check", str(wrong))
+    assert refused.code == 1
+    assert f"{wrong}:4:44: guardrail 'e': error gets worse going up" in refused.stderr
+    meant = tmp_path / "meant.yaml"
+    meant.write_text(wrong.read_text().replace("max_decrease: 10%}", "max_decrease: 10%, "
+                                               "direction: down}"))  # fmt: skip
+    checked = cli("plan", "check", str(meant), "--json")
+    assert checked.code == 0, checked.stderr
+    assert checked.json()["warnings"][0].startswith("guardrail 'e' rolls back when error goes down")
+    human = cli("plan", "check", str(meant))
+    assert "warning: guardrail 'e' rolls back when error goes down" in " ".join(
+        human.stdout.split()
+    )
 
 
 def test_controller_interval_must_be_a_duration(cli: Cli) -> None:

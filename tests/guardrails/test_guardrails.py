@@ -86,7 +86,7 @@ def test_tripwire_needs_flags_and_nothing_else() -> None:
         ({"metric": "error", "max": 0.1, "max_increase": 0.1}, "found: max_increase, max"),
         ({"metric": "error", "max_increase": "20%", "detect": "10%"}, "must exceed the tolerance"),
         ({"metric": "error", "max_increase": "20%", "colour": "red"}, "unknown field 'colour'"),
-        ({"metric": "latency_ms", "min": 10}, "needs an upper bound"),
+        ({"metric": "latency_ms", "min": 10, "direction": "down"}, "needs an upper bound"),
         ({"metric": "metrics.score", "max": 3}, "needs 'statistic: rate'"),
         ({"metric": "metrics.score", "statistic": "mean", "max": 3}, "needs bounds"),
         ({"metric": "error", "max_delta": 0}, "set 'detect'"),

@@ -123,7 +123,7 @@ def test_load_reads_files_and_reports_missing_ones(tmp_path: Path) -> None:
     path = tmp_path / "plan.yaml"
     path.write_text(PLAN_YAML, encoding="utf-8")
     assert RolloutPlan.load(path) == load(PLAN_YAML)
-    with pytest.raises(PlanError, match="cannot read plan file"):
+    with pytest.raises(PlanError, match="no such file"):
         RolloutPlan.load(tmp_path / "missing.yaml")
     path.write_text(PLAN_YAML.replace("traffic: 50", "traffic: 5"), encoding="utf-8")
     with pytest.raises(PlanError, match=rf"{re.escape(str(path))}:15:"):
@@ -149,3 +149,85 @@ def test_parse_duration_refuses_nonsense(bad: object) -> None:
 def test_format_duration_round_trips(seconds: int) -> None:
     text = format_duration(timedelta(seconds=seconds))
     assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("min_samples: 30", "min_samples: 99999999999999999999999"),
+         r"plan.yaml:15:\d+: stage 'soak': min_samples must be a whole number from 0 to "
+         r"10,000,000 \(per arm\); got 99999999999999999999999"),
+        (("min_samples: 30", "min_samples: 10000001"), r"plan.yaml:15:\d+: .*from 0 to 10,000,000"),
+        (("traffic: 50", "traffic: " + "9" * 400),
+         r"plan.yaml:15:\d+: .*must be above 0 and below"),
+        (("max_increase: 20%", "max_increase: " + "9" * 400),
+         r"plan.yaml:3:5: guardrail 'error_rate': max_increase must be finite"),
+    ],
+)  # fmt: skip
+def test_numbers_beyond_their_documented_bounds_are_refused(
+    edit: tuple[str, str], message: str
+) -> None:
+    old, new = edit
+    assert old in PLAN_YAML
+    with pytest.raises(PlanError, match=message):
+        load(PLAN_YAML.replace(old, new, 1))
+
+
+def test_a_guardrails_min_samples_is_bounded_too() -> None:
+    text = PLAN_YAML.replace(
+        "metric: error,", "metric: error, min_samples: 99999999999999999999,", 1
+    )
+    with pytest.raises(PlanError, match=r"plan.yaml:3:5: .*min_samples.*10000000"):
+        load(text)
+    assert load(PLAN_YAML.replace("metric: error,", "metric: error, min_samples: 10000000,", 1))
+
+
+_REVERSED = "  - {name: error_rate, metric: error, max_increase: 20%}"
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("{name: e, metric: error, max_decrease: 10%}",
+         r"plan.yaml:4:44: guardrail 'e': error gets worse going up, but max_decrease guards "
+         r"against it going down, so the candidate would be rolled back for falling error; use "
+         r"max_increase, or add 'direction: down'"),
+        ("{name: q, metric: quality, max_increase: 10%}",
+         r"plan.yaml:4:\d+: guardrail 'q': quality gets worse going down, .*use max_decrease"),
+        ("{name: q, metric: quality, max: 0.9}", r"plan.yaml:4:\d+: .*quality gets worse going "
+         r"down, but max guards against it going up.*use min"),
+        ("{name: l, metric: latency_ms, statistic: p95, min: 100}",
+         r"plan.yaml:4:\d+: .*latency_ms gets worse going up, but min .*use max"),
+        ("{name: c, metric: cost_usd, max_decrease: 10%}", r"cost_usd gets worse going up"),
+        ("{name: f, metric: safety_flags, max_decrease: 10%}", r"safety_flags gets worse going up"),
+        ("{name: e, metric: error, max_increase: 20%, direction: down}",
+         r"plan.yaml:4:\d+: guardrail 'e': direction down contradicts max_increase"),
+    ],
+)  # fmt: skip
+def test_a_threshold_against_the_metrics_direction_is_refused_where_it_is_written(
+    rule: str, message: str
+) -> None:
+    with pytest.raises(PlanError, match=message):
+        load(PLAN_YAML.replace(_REVERSED, f"{_REVERSED}\n  - {rule}", 1))
+
+
+def test_an_acknowledged_reversal_is_accepted_with_a_warning() -> None:
+    extra = "\n  - {name: e, metric: error, max_decrease: 10%, direction: down}"
+    plan = load(PLAN_YAML.replace(_REVERSED, _REVERSED + extra, 1))
+    (rule,) = [g for g in plan.guardrails if g.name == "e"]
+    assert rule.reversed_direction
+    assert plan.warnings() == [
+        "guardrail 'e' rolls back when error goes down, the opposite of its usual direction "
+        "(acknowledged with 'direction:'); check that this is intended"
+    ]
+    assert load(PLAN_YAML).warnings() == []
+    assert RolloutPlan.default().warnings() == []
+
+
+def test_a_quantile_max_increase_watches_the_metrics_bad_side() -> None:
+    # For quality, max_increase on p50 bounds the rate of falling below stable's median.
+    extra = "\n  - {name: q, metric: quality, statistic: p50, max_increase: 20%, detect: 60%}"
+    plan = load(PLAN_YAML.replace(_REVERSED, _REVERSED + extra, 1))
+    assert plan.warnings() == []
+    with pytest.raises(PlanError, match="'direction' does not apply to max_increase on a quantile"):
+        load(PLAN_YAML.replace(_REVERSED, _REVERSED + extra.replace("}", ", direction: up}"), 1))

@@ -252,3 +252,41 @@ def test_concurrent_registration_assigns_distinct_numbers(store: Store) -> None:
     assert errors == []
     assert sorted(v.number for v in registry.versions("agent")) == list(range(1, 9))
     assert ConflictError  # imported for the retry path's error type
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("author", 5, r"'author' must be a string, not 5 \(int\)"),
+        ("message", ["a"], r"'message' must be a string, not \['a'\] \(list\)"),
+        ("created_at", "yesterday", r"'created_at' must be an ISO 8601 time with a UTC offset"),
+        ("created_at", "2026-01-01T00:00:00", r"'created_at' must be an ISO 8601 time"),
+        ("number", "99", r"'number' must be a whole number from 1 to 2,147,483,647"),
+        ("number", 0, r"'number' must be a whole number"),
+        ("number", 2**31, r"'number' must be a whole number"),
+        ("parent_id", "abc", r"'parent_id' must be a version id"),
+        ("policy", 7, r"'policy' must be a string"),
+        ("extra", 1, r"unknown field\(s\) 'extra'; an export has format, policy"),
+    ],
+)
+def test_import_refuses_fields_of_the_wrong_type_instead_of_coercing(
+    registry: Registry, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    registry.register("agent", SPEC_V1)
+    document = registry.export_version("agent", "v1")
+    document[field] = value
+    other = Registry(Store.open(f"sqlite:///{tmp_path}/other.db"))
+    with pytest.raises(InvalidSpecError, match=message):
+        other.import_version(document, source="v1.json")
+    assert other.policies() == []
+
+
+def test_import_numbers_the_version_anew_and_keeps_author_and_message(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.register("agent", SPEC_V1, author="alice", message="first")
+    document = registry.export_version("agent", "v1")
+    document["number"] = 99
+    other = Registry(Store.open(f"sqlite:///{tmp_path}/other.db"))
+    imported = other.import_version(document).version
+    assert (imported.number, imported.author, imported.message) == (1, "alice", "first")

@@ -398,3 +398,14 @@ def test_rollouts_started_and_rolled_back_through_the_library_reach_the_gate(
         canary.refresh_now()
         assert gate.status().rollout_id is None
         assert {gate.route(key).version.number for key in KEYS} == {1}
+
+
+def test_decision_spec_keeps_integers_beyond_2_to_the_53_exact(
+    store: Store, clock: ManualClock, canary: Canary
+) -> None:
+    big = 123456789012345678901234567890
+    Registry(store, clock=clock).register("big-ints", {"n": big, "m": 2**60}, author="test")
+    spec = canary.gate("big-ints").route("u").spec
+    assert spec["n"] == big
+    assert type(spec["n"]) is int
+    assert spec["m"] == 2**60

@@ -16,7 +16,7 @@ status row in ``alert_deliveries``:
   the same ``Idempotency-Key`` (its ``key``), so receivers can drop the duplicate.
 
 This module is the public face; the code lives in ``_outbox.py`` (enqueue, list),
-``_dispatch.py`` (the dispatcher), ``_sinks.py`` (sinks) and ``_sink_config.py``
+``_dispatch.py`` (the dispatcher), ``_sinks.py`` (sinks) and ``_config.py``
 (:func:`load_sinks`). The operator's guide is the "Alerts" section of ``docs/operations.md``.
 """
 

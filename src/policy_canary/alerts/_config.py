@@ -36,7 +36,7 @@ from policy_canary.alerts._sinks import (
     SlackWebhookSink,
     WebhookSink,
 )
-from policy_canary.documents import Loaded, load_document
+from policy_canary.documents import Loaded, load_document, read_text
 from policy_canary.errors import InputError
 
 ENV_CONFIG = "POLICY_CANARY_ALERTS_CONFIG"
@@ -123,25 +123,8 @@ def _env_sink(var: str, build: Callable[[], AlertSink]) -> AlertSink:
         raise InputError(f"{var}: {exc.message}") from None
 
 
-def _read(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such alert sinks file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a YAML or JSON alert sinks file")
-    if size > MAX_CONFIG_BYTES:
-        raise InputError(f"{path}: {size:,} bytes is too large for an alert sinks file")
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
 def _parse(path: Path) -> Loaded:
-    text = _read(path)
+    text = read_text(path, limit=MAX_CONFIG_BYTES, what="alert sinks file")
     source = str(path)
     if path.suffix.lower() != ".json":
         return load_document(text, source=source)

@@ -25,6 +25,7 @@ from policy_canary.alerts._types import (
 )
 from policy_canary.clock import utc
 from policy_canary.errors import InputError, StoreError
+from policy_canary.limits import check_limit
 from policy_canary.store import Store
 from policy_canary.store.schema import alert_deliveries, alerts
 
@@ -162,8 +163,7 @@ def list_alerts(store: Store, *, status: str | None = None, limit: int = 100) ->
     dispatcher has seen yet (no delivery rows) is pending too.
     """
     wanted = None if status is None else parse_enum(AlertStatus, status, "alert status")
-    if limit < 1:
-        raise InputError(f"limit must be at least 1; got {limit}")
+    check_limit(limit)
     query = select(alerts).order_by(alerts.c.id.desc()).limit(limit)
     if wanted is AlertStatus.PENDING:
         query = query.where(or_(~routed(alerts.c.id), undelivered(alerts.c.id)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
@@ -103,7 +104,8 @@ def export(
 ) -> None:
     """Write an incident's bundle to a file that 'incident replay' can check."""
     with reporting(json_output):
-        incident = _incidents(ctx).export(incident_id, output)
+        key = state(ctx).settings.incident_key
+        incident = _incidents(ctx).export(incident_id, output, key=key)
         render(
             json_output,
             {"id": incident.id, "path": str(output), "bundle_hash": incident.bundle_hash},
@@ -113,12 +115,13 @@ def export(
 
 @app.command("replay")
 def replay(
+    ctx: typer.Context,
     file: Path = typer.Argument(..., help="A file written by 'incident export'."),
     json_output: bool = JsonOption,
 ) -> None:
     """Re-run decide() on an exported incident; exit 1 unless it decides the same, same tick."""
     with reporting(json_output):
-        result = replay_file(file)
+        result = replay_file(file, key=state(ctx).settings.incident_key)
         render(json_output, result.to_dict(), lambda: _print_replay(result))
         if not result.ok:
             raise typer.Exit(1)
@@ -136,6 +139,8 @@ def _print_replay(result: ReplayResult) -> None:
             mark,
         )
     console.print(table)
+    console.print(escape(result.summary), highlight=False)
+    console.print(_SIGNATURE[result.signature], highlight=False)
     if result.ok:
         how = "the manual rollback" if result.manual else "decide() rolls back"
         console.print(
@@ -145,6 +150,16 @@ def _print_replay(result: ReplayResult) -> None:
     else:
         for problem in result.problems:
             console.print(f"[bold red]mismatch:[/] {problem}", highlight=False)
+
+
+_SIGNATURE = {
+    "verified": "[green]signature verified[/] with POLICY_CANARY_INCIDENT_KEY: the file is "
+    "what a holder of the key exported",
+    "unchecked": "[yellow]signature not checked[/]: set POLICY_CANARY_INCIDENT_KEY to verify "
+    "it; the bundle hash alone guards against accidents, not deliberate edits",
+    "unsigned": "[yellow]not signed[/]: the bundle hash guards against accidents, not "
+    "deliberate edits (export with POLICY_CANARY_INCIDENT_KEY set to sign)",
+}
 
 
 def _pct(value: float | None) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
@@ -102,6 +103,8 @@ def check(
 
         def human() -> None:
             console.print(f"{file}: ok")
+            for warning in plan.warnings():
+                console.print(f"[yellow]warning:[/] {escape(warning)}")
             _describe(plan)
             _preflight(rows)
 

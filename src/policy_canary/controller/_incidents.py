@@ -5,6 +5,11 @@ with their evidence, per-stage aggregates per arm, the whole decision trace (eac
 action and the inputs decide() saw) and the time range of the events. ``replay`` calls
 :func:`~policy_canary.controller.decide` again on every automatic tick of the trace and
 checks that it reaches the same decision at the same point.
+
+What a file proves: ``bundle_hash`` guards against accidents only (anyone can re-hash an
+edit); the envelope is checked against the hashed bundle; with ``POLICY_CANARY_INCIDENT_KEY``
+set, exports carry an HMAC signature that replay verifies, which proves the file comes from
+a holder of the key (see ``_seal.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from policy_canary.clock import utc
 from policy_canary.controller._bundle import INCIDENT_FORMAT
 from policy_canary.controller._decide import decide
 from policy_canary.controller._model import ActionKind, RolloutSnapshot
-from policy_canary.documents import load_document
+from policy_canary.controller._seal import check_signature, envelope_problems, sign
+from policy_canary.documents import load_document, read_text
 from policy_canary.errors import AmbiguousReferenceError, InputError, NotFoundError, PlanError
+from policy_canary.limits import check_limit
 from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan
 from policy_canary.store import Store
@@ -64,14 +71,17 @@ class Incident:
             data["bundle"] = dict(self.bundle)
         return data
 
-    def export_document(self) -> dict[str, Any]:
-        """The self-describing document ``incident export`` writes."""
-        return {
+    def export_document(self, *, key: bytes | None = None) -> dict[str, Any]:
+        """The self-describing document ``incident export`` writes, signed when ``key`` is given."""
+        document: dict[str, Any] = {
             "format": INCIDENT_FORMAT,
             "incident": self.to_dict(),
             "bundle": dict(self.bundle),
             "bundle_hash": self.bundle_hash,
         }
+        if key is not None:
+            document["signature"] = sign(self.bundle, key)
+        return document
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +129,19 @@ class ReplayResult:
     replayed_decisive_seq: int | None
     manual: bool
     problems: tuple[str, ...] = field(default_factory=tuple)
+    #: ``verified`` (signature checked with the key), ``unchecked`` (signed, but no key
+    #: given) or ``unsigned``; only ``verified`` shows the file is what a key holder exported.
+    signature: str = "unsigned"
+    #: The incident's summary, read from the hashed bundle.
+    summary: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "incident_id": self.incident_id,
             "ok": self.ok,
+            "signature": self.signature,
+            "summary": self.summary,
             "manual": self.manual,
             "decisive_seq": self.decisive_seq,
             "replayed_decisive_seq": self.replayed_decisive_seq,
@@ -141,6 +158,7 @@ class Incidents:
 
     def list(self, *, policy: str | None = None, limit: int = 100) -> list[Incident]:
         """Incidents, newest first (of ``policy`` or all)."""
+        check_limit(limit)
         query = select(incidents).order_by(incidents.c.created_at.desc(), incidents.c.id)
         if policy is not None:
             query = query.where(incidents.c.policy == policy)
@@ -169,34 +187,34 @@ class Incidents:
             raise AmbiguousReferenceError(f"{incident_id!r} matches incidents {ids}; give more")
         return _incident(rows[0])
 
-    def export(self, incident_id: str, path: Path) -> Incident:
-        """Write the incident's export document to ``path`` and return the incident."""
+    def export(self, incident_id: str, path: Path, *, key: bytes | None = None) -> Incident:
+        """Write the incident's export document to ``path`` (signed with ``key``, if given)."""
         incident = self.get(incident_id)
+        document = incident.export_document(key=key)
         path.write_text(
-            json.dumps(incident.export_document(), indent=2, sort_keys=True, ensure_ascii=False)
-            + "\n",
+            json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
             encoding="utf-8",
         )
         return incident
 
 
-def replay_file(path: Path) -> ReplayResult:
-    """Read an exported incident file and :func:`replay` it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read incident file {str(path)!r}: {exc.strerror}") from None
-    if len(raw) > MAX_INCIDENT_BYTES:
-        raise InputError(f"{path}: {len(raw):,} bytes is too large for an incident file")
-    document = load_document(raw.decode("utf-8", "replace"), source=str(path), fmt="json").value
+def replay_file(path: Path, *, key: bytes | None = None) -> ReplayResult:
+    """Read an exported incident file and :func:`replay` it (verifying it with ``key``)."""
+    text = read_text(path, limit=MAX_INCIDENT_BYTES, what="incident file")
+    document = load_document(text, source=str(path), fmt="json").value
     if not isinstance(document, Mapping):
         raise InputError(f"{path}: not an incident export (expected a JSON object)")
-    return replay(document, source=str(path))
+    return replay(document, source=str(path), key=key)
 
 
-def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayResult:
-    """Re-run decide() on an exported incident's trace and compare with what was recorded."""
-    bundle, plan, trace, problems = _read_export(document, source)
+def replay(
+    document: Mapping[str, Any], *, source: str = "incident", key: bytes | None = None
+) -> ReplayResult:
+    """Re-run decide() on an exported incident's trace and compare with what was recorded.
+
+    With ``key``, the export's signature must verify (a missing or wrong one is refused).
+    """
+    bundle, plan, trace, problems, signature = _read_export(document, source, key)
     run = _Replay()
     for entry in trace:
         run.step(plan, entry)
@@ -219,13 +237,18 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
         replayed_decisive_seq=replayed_decisive,
         manual=run.manual,
         problems=tuple(problems),
+        signature=signature,
+        summary=str(bundle.get("summary", "")),
     )
 
 
 def _read_export(
-    document: Mapping[str, Any], source: str
-) -> tuple[Mapping[str, Any], RolloutPlan, list[Any], list[str]]:
-    """The bundle, its plan and trace, and the problems of its hashes; InputError if unreadable."""
+    document: Mapping[str, Any], source: str, key: bytes | None
+) -> tuple[Mapping[str, Any], RolloutPlan, list[Any], list[str], str]:
+    """The bundle, its plan and trace, the problems of its hashes, and its signature state.
+
+    InputError if unreadable, or if ``key`` is given and the signature does not verify.
+    """
     if document.get("format") != INCIDENT_FORMAT:
         raise InputError(
             f"{source}: not a policy-canary incident export (expected format "
@@ -234,12 +257,14 @@ def _read_export(
     bundle = document.get("bundle")
     if not isinstance(bundle, Mapping):
         raise InputError(f"{source}: the export has no 'bundle' object")
+    signature = check_signature(document, bundle, key, source=source)
     problems: list[str] = []
     if digest(bundle) != document.get("bundle_hash"):
         problems.append(
             "the bundle does not hash to its recorded bundle_hash: the file was altered "
             "after export, so the replay below is not evidence of the original decision"
         )
+    problems.extend(envelope_problems(document, bundle))
     try:
         plan = RolloutPlan.from_dict(bundle["plan"], source=f"{source}: plan")
         trace = list(bundle["trace"])
@@ -247,7 +272,7 @@ def _read_export(
         raise InputError(f"{source}: the bundle is incomplete or malformed ({exc})") from None
     if plan.digest != bundle.get("plan_hash"):
         problems.append("the plan does not hash to the rollout's frozen plan_hash")
-    return bundle, plan, trace, problems
+    return bundle, plan, trace, problems, signature
 
 
 @dataclass

@@ -38,6 +38,7 @@ from policy_canary.registry import lock_policy
 from policy_canary.resilience import Outage
 from policy_canary.serving._feedback import first_observations
 from policy_canary.store import Store
+from policy_canary.store._audit import check_short_text
 from policy_canary.store.schema import events, feedback
 
 _log = logging.getLogger("policy_canary.controller")
@@ -118,9 +119,9 @@ class Controller:
         self.store = store
         self.clock = clock or SystemClock()
         self.monitors: MonitorFactory = monitors or StatisticalMonitors()
-        self.holder = holder or default_holder()
+        self.holder = check_short_text(holder or default_holder(), what="--holder")
         self.batch_size = batch_size
-        self.actor = actor
+        self.actor = check_short_text(actor, what="the controller's actor")
         self.lock = ControllerLock(store, holder=self.holder, ttl=lease_ttl, clock=self.clock)
         # Rollouts whose tick keeps failing: each run of failures is logged in full once.
         self._failing: dict[str, Outage] = {}

@@ -57,7 +57,7 @@ from policy_canary.registry import (
     resolve_in,
 )
 from policy_canary.store import Store
-from policy_canary.store._audit import default_actor
+from policy_canary.store._audit import actor_or_default, check_text
 from policy_canary.store.schema import rollouts
 
 #: A caller-chosen rollout salt (see :meth:`Rollouts.start`).
@@ -166,8 +166,9 @@ class Rollouts:
             raise InputError("--force overrides an earlier rejection; say why with --reason TEXT")
         if salt is not None and not _SALT.fullmatch(salt):
             raise InputError(f"salt {salt!r} must be 32 to 64 lowercase hex characters")
+        who = actor_or_default(actor)
+        check_text(reason, what="--reason")
         frozen = _plan(plan)
-        who = actor or default_actor()
         now = self.clock.now()
         return start_rollout(
             self.store,
@@ -196,7 +197,7 @@ class Rollouts:
 
     def resume(self, policy: str, *, reason: str, actor: str | None = None) -> Rollout:
         """Resume a paused rollout; its stage's dwell clock starts again from now."""
-        who = actor or default_actor()
+        who = actor_or_default(actor)
         _need_reason(reason)
         now = self.clock.now()
         with self.store.begin() as conn:
@@ -230,6 +231,7 @@ class Rollouts:
         automatic rollback, recorded as kind ``rollback``.
         """
         _need_reason(reason)
+        who = actor_or_default(actor)
         with self.store.read() as conn:
             require_policy(conn, policy)
             active = active_rollout(conn, policy)
@@ -237,15 +239,15 @@ class Rollouts:
             row = self._transition(
                 policy,
                 reason,
-                actor,
-                lambda _: _manual(ActionKind.ROLLBACK, "rolled back", actor, reason),
+                who,
+                lambda _: _manual(ActionKind.ROLLBACK, "rolled back", who, reason),
             )
             return RollbackResult(policy, row, None, row.end_reason or "")
-        return self._restore_previous(policy, reason, actor or default_actor())
+        return self._restore_previous(policy, reason, who)
 
     def abort(self, policy: str, *, reason: str, actor: str | None = None) -> Rollout:
         """Stop the rollout without judging the candidate (no rejection, no incident)."""
-        who = actor or default_actor()
+        who = actor_or_default(actor)
         _need_reason(reason)
         now = self.clock.now()
         with self.store.begin() as conn:
@@ -342,6 +344,7 @@ class Rollouts:
         self, policy: str, reason: str, actor: str | None, build: Callable[[Rollout], Action]
     ) -> Rollout:
         _need_reason(reason)
+        who = actor_or_default(actor)
         now = self.clock.now()
         with self.store.begin() as conn:
             row = self._locked_active(conn, policy)
@@ -360,7 +363,6 @@ class Rollouts:
                 ledger.samples(stage.name),
                 frozenset(ledger.alerted),
             )
-            who = actor or default_actor()
             return apply_decision(
                 self.store,
                 conn,
@@ -413,8 +415,9 @@ def _plan(plan: RolloutPlan | Path | str | None) -> RolloutPlan:
 def _need_reason(reason: str) -> None:
     if not reason.strip():
         raise InputError("say why with --reason TEXT (it is recorded in the audit trail)")
+    check_text(reason, what="--reason")
 
 
 def _manual(kind: ActionKind, verb: str, actor: str | None, reason: str) -> Action:
-    who = actor or default_actor()
+    who = actor_or_default(actor)
     return Action(kind, Reason.MANUAL, message(Reason.MANUAL, verb=verb, actor=who, reason=reason))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from policy_canary.guardrails._guardrail import (
     BUILTIN_METRICS,
     DEFAULT_NEGLIGIBLE,
+    MAX_MIN_SAMPLES,
     OVERRIDABLE_FIELDS,
     Direction,
     Guardrail,
@@ -21,6 +22,7 @@ from policy_canary.guardrails._guardrail import (
 __all__ = [
     "BUILTIN_METRICS",
     "DEFAULT_NEGLIGIBLE",
+    "MAX_MIN_SAMPLES",
     "OVERRIDABLE_FIELDS",
     "Direction",
     "Guardrail",

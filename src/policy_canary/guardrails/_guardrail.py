@@ -20,7 +20,7 @@ write instead. Stages may override thresholds with :meth:`Guardrail.with_overrid
 :func:`resolve_stage_guardrails`); ``metric``, ``statistic`` and ``detect`` are fixed for the
 whole rollout because the sequential test is sized from them when the rollout starts.
 
-The metric vocabulary lives in ``_guardrail_types.py``, the price table in ``_prices.py`` and
+The metric vocabulary lives in ``_types.py``, the price table in ``_prices.py`` and
 the value parsing in ``_guardrail_input.py``; every public name is re-exported here.
 """
 
@@ -34,11 +34,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policy_canary.errors import PlanError
+from policy_canary.guardrails._direction import check_direction, is_reversed, watched
 from policy_canary.guardrails._input import explain_validation, parse_number
 from policy_canary.guardrails._prices import ModelPrice, price_of
 from policy_canary.guardrails._types import (
     BUILTIN_METRICS,
     DEFAULT_NEGLIGIBLE,
+    MAX_MIN_SAMPLES,
     OVERRIDABLE_FIELDS,
     Direction,
     GuardrailAction,
@@ -50,6 +52,7 @@ from policy_canary.guardrails._types import (
 __all__ = [
     "BUILTIN_METRICS",
     "DEFAULT_NEGLIGIBLE",
+    "MAX_MIN_SAMPLES",
     "OVERRIDABLE_FIELDS",
     "Direction",
     "Guardrail",
@@ -97,7 +100,7 @@ class Guardrail(BaseModel):
     tripwire: bool = False
     flags: tuple[str, ...] = ()
     detect: float | None = None
-    min_samples: int = Field(default=100, ge=1)
+    min_samples: int = Field(default=100, ge=1, le=MAX_MIN_SAMPLES)
     action: GuardrailAction = GuardrailAction.ROLLBACK
     bounds: tuple[float, float] | None = None
     negligible: float | None = None
@@ -155,8 +158,9 @@ class Guardrail(BaseModel):
             )
         if self.flags and self.metric != "safety_flags":
             raise PlanError(f"{where}: 'flags' only applies to the safety_flags metric")
-        if self.direction is not None and self.max_delta is None:
-            raise PlanError(f"{where}: 'direction' only applies with max_delta")
+        check_direction(
+            where, self.metric, self.metric_info, set_fields[0], self.statistic, self.direction
+        )
         if self.bounds is not None:
             if info is not None:
                 raise PlanError(f"{where}: 'bounds' only applies to custom metrics")
@@ -179,6 +183,17 @@ class Guardrail(BaseModel):
         self._check_threshold(where, set_fields[0])
         self._check_negligible(where)
         return self
+
+    @property
+    def reversed_direction(self) -> bool:
+        """True when the guardrail watches a built-in metric against its usual direction.
+
+        Only possible with an explicit ``direction:`` acknowledgement; ``plan check`` warns.
+        """
+        field = self.tolerance_field
+        return field is not None and is_reversed(
+            self.metric_info, watched(field, self.statistic, self.direction)
+        )
 
     def _check_negligible(self, where: str) -> None:
         if self.negligible is None:

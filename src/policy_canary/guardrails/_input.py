@@ -18,7 +18,10 @@ def parse_number(value: Any, *, field: str, guardrail: str) -> float | None:
     if isinstance(value, bool):
         raise PlanError(f"guardrail {guardrail!r}: {field} must be a number or a percentage")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past a double's range
+            number = math.inf
     elif isinstance(value, str):
         text = value.strip().replace("_", "")
         try:

@@ -60,6 +60,22 @@ class Direction(StrEnum):
     DOWN = "down"
 
 
+#: The direction each threshold field watches: ``max_increase: 10%`` guards against a rise.
+FIELD_DIRECTION: Mapping[str, Direction] = {
+    "max_increase": Direction.UP,
+    "max": Direction.UP,
+    "max_decrease": Direction.DOWN,
+    "min": Direction.DOWN,
+}
+#: The field that watches the other direction, suggested when a plan picks the wrong one.
+OPPOSITE_FIELD: Mapping[str, str] = {
+    "max_increase": "max_decrease",
+    "max_decrease": "max_increase",
+    "max": "min",
+    "min": "max",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class MetricInfo:
     """What the monitors know about a built-in metric."""
@@ -94,6 +110,10 @@ OVERRIDABLE_FIELDS = frozenset(
         "negligible",
     }
 )
+
+#: Largest ``min_samples`` (per arm) a stage or guardrail may ask for. A stage cannot pass
+#: before it has them, so a larger number is a typo that would hold the stage for ever.
+MAX_MIN_SAMPLES = 10_000_000
 
 #: Default ``negligible`` of a relative ``max_increase`` guardrail on a rate (or a quantile's
 #: exceedance rate): a candidate whose own rate is shown to be at most 1 in 1,000 requests is

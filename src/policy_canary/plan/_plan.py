@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from policy_canary.canonical import canonical_json, digest_text
-from policy_canary.documents import Loaded, load_document
+from policy_canary.documents import Loaded, load_document, read_text
 from policy_canary.errors import PlanError
 from policy_canary.guardrails import (
+    MAX_MIN_SAMPLES,
     Guardrail,
     ModelPrice,
     check_unique_names,
@@ -132,16 +133,7 @@ class RolloutPlan:
     def load(cls, path: Path | str) -> RolloutPlan:
         """Read and validate a plan file (YAML or JSON)."""
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise PlanError(f"cannot read plan file {str(path)!r}: {exc.strerror}") from None
-        if len(raw) > MAX_PLAN_BYTES:
-            raise PlanError(f"{path}: {len(raw):,} bytes is too large for a plan file")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PlanError(f"{path}: not UTF-8 text") from None
+        text = read_text(path, limit=MAX_PLAN_BYTES, what="plan file", error=PlanError)
         return cls.loads(text, source=str(path))
 
     @classmethod
@@ -229,6 +221,16 @@ class RolloutPlan:
             baseline_rates=baseline_rates,
             baseline=baseline,
         )
+
+    def warnings(self) -> list[str]:
+        """Things that validate but deserve a second look: reversed metric directions."""
+        return [
+            f"guardrail {g.name!r} rolls back when {g.metric} goes {g.worse.value}, the "
+            "opposite of its usual direction (acknowledged with 'direction:'); check that "
+            "this is intended"
+            for g in self.guardrails
+            if g.reversed_direction
+        ]
 
     def overrides(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{stage_name: {guardrail: {field: value}}}`` for the monitors (every stage listed)."""
@@ -337,7 +339,10 @@ class _Validator:
             try:
                 result.append(Guardrail.from_mapping(item))
             except PlanError as exc:
-                raise self.fail(("guardrails", i), exc.message) from None
+                at: PathT = ("guardrails", i)
+                if exc.field is not None and exc.field in item:
+                    at = (*at, exc.field)  # point at the key to fix
+                raise self.fail(at, exc.message) from None
         try:
             check_unique_names(result)
         except PlanError as exc:
@@ -386,11 +391,15 @@ class _Validator:
                     f"longer than min_duration {format_duration(min_duration)}",
                 )
         min_samples = item.get("min_samples", 0)
-        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 0:
+        if (
+            isinstance(min_samples, bool)
+            or not isinstance(min_samples, int)
+            or not 0 <= min_samples <= MAX_MIN_SAMPLES
+        ):
             raise self.fail(
                 (*path, "min_samples"),
-                f"stage {name!r}: min_samples must be a whole number >= 0 (per arm); "
-                f"got {min_samples!r}",
+                f"stage {name!r}: min_samples must be a whole number from 0 to "
+                f"{MAX_MIN_SAMPLES:,} (per arm); got {min_samples!r}",
             )
         strict = item.get("strict", False)
         if not isinstance(strict, bool):
@@ -431,6 +440,8 @@ class _Validator:
             raise self.fail(
                 path, f"stage {name!r}: traffic is a percentage such as 1, 10 or 0.5; got {value!r}"
             )
+        if isinstance(value, int) and not 0 < value < 100:  # may be past a double's range
+            raise self.fail(path, f"stage {name!r}: traffic {value}% must be above 0 and below 100")
         bp = round(float(value) * 100)
         if not math.isfinite(float(value)) or abs(float(value) * 100 - bp) > 1e-6:
             raise self.fail(path, f"stage {name!r}: traffic {value} is finer than 0.01%; round it")

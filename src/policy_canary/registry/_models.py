@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from policy_canary.canonical import loads as canonical_loads
 from policy_canary.errors import InvalidNameError, NotFoundError
 
 #: The documented charset of policy names.
@@ -50,7 +50,7 @@ class Version:
     @property
     def spec(self) -> dict[str, Any]:
         """The spec as a fresh dict (callers may mutate their copy freely)."""
-        value: dict[str, Any] = json.loads(self.canonical)
+        value: dict[str, Any] = canonical_loads(self.canonical)
         return value
 
     @property

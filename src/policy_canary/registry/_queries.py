@@ -11,6 +11,7 @@ from sqlalchemy import Connection, RowMapping, func, select, text
 
 from policy_canary.errors import AmbiguousReferenceError, NotFoundError
 from policy_canary.registry._models import ReleaseEntry, ReleaseKind, Version, validate_policy_name
+from policy_canary.registry._specfile import MAX_VERSION_NUMBER
 from policy_canary.store import Store
 from policy_canary.store._audit import record_audit
 from policy_canary.store.schema import policies, release_history, versions
@@ -61,10 +62,16 @@ def resolve_in(conn: Connection, policy: str, ref: str) -> Version:
         return version_from_row(latest)
     numbered = _NUMBERED.fullmatch(ref)
     if numbered:
+        digits = numbered.group(1)
+        # Past the INTEGER column's range no version can exist: say so before the database
+        # does ("integer out of range" on PostgreSQL, OverflowError on SQLite).
+        if len(digits) > len(str(MAX_VERSION_NUMBER)) or int(digits) > MAX_VERSION_NUMBER:
+            shown = ref if len(ref) <= 24 else f"{ref[:20]}...({len(digits)} digits)"
+            raise NotFoundError(f"no version {shown!r} of policy {policy!r}; it has {span}")
         found = (
             conn.execute(
                 select(versions).where(
-                    versions.c.policy == policy, versions.c.number == int(numbered.group(1))
+                    versions.c.policy == policy, versions.c.number == int(digits)
                 )
             )
             .mappings()

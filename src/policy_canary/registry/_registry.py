@@ -32,10 +32,16 @@ from policy_canary.registry._queries import (
     version_from_row,
     version_row,
 )
-from policy_canary.registry._specfile import EXPORT_FORMAT, dump_export, parse_spec, read_text
+from policy_canary.registry._specfile import (
+    EXPORT_FORMAT,
+    check_export,
+    dump_export,
+    parse_spec,
+    read_spec_text,
+)
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
 from policy_canary.store import Store
-from policy_canary.store._audit import default_actor, record_audit
+from policy_canary.store._audit import actor_or_default, check_text, record_audit
 from policy_canary.store.schema import policies, release_history, rollouts, versions
 
 _ACTIVE = ("running", "paused")
@@ -72,6 +78,8 @@ class Registry:
         ``bootstrap=False``.
         """
         validate_policy_name(policy)
+        actor = actor_or_default(author, option="--author")
+        check_text(message, what="--message")
         if not isinstance(spec, Mapping):
             raise InvalidSpecError(
                 f"a policy spec must be a JSON object, not {type(spec).__name__}"
@@ -84,7 +92,6 @@ class Registry:
                 f"{self.max_spec_bytes:,} bytes (set POLICY_CANARY_MAX_SPEC_BYTES to change it)"
             )
         version_id = digest_text(canonical)
-        actor = author or default_actor()
         for _attempt in range(5):
             try:
                 return self._insert(policy, version_id, canonical, message, actor, bootstrap)
@@ -163,6 +170,8 @@ class Registry:
         """
         if not reason.strip():
             raise InvalidSpecError("give a reason for moving the stable pointer (--reason)")
+        check_text(reason, what="--reason")
+        who = actor_or_default(actor)
         target = self.resolve(policy, ref)
         now = self.clock.now()
         with self.store.begin() as conn:
@@ -182,7 +191,7 @@ class Registry:
                 policy=policy,
                 to_id=target.id,
                 kind=ReleaseKind.MANUAL,
-                actor=actor or default_actor(),
+                actor=who,
                 reason=reason,
                 at=now,
             )
@@ -293,14 +302,7 @@ class Registry:
         self, document: Mapping[str, Any], *, source: str = "import"
     ) -> RegisterResult:
         """Register an exported version here, verifying its digest reproduces bit for bit."""
-        if document.get("format") != EXPORT_FORMAT:
-            raise InvalidSpecError(
-                f"{source}: not a policy-canary version export (expected format "
-                f"{EXPORT_FORMAT!r}, found {document.get('format')!r})"
-            )
-        missing = [k for k in ("policy", "id", "spec") if k not in document]
-        if missing:
-            raise InvalidSpecError(f"{source}: missing field(s) {', '.join(missing)}")
+        check_export(document, source=source)
         spec = document["spec"]
         if not isinstance(spec, dict):
             raise InvalidSpecError(f"{source}: 'spec' must be a JSON object")
@@ -310,17 +312,16 @@ class Registry:
                 f"{source}: digest mismatch: the file says {document['id']!r} but its spec "
                 f"hashes to {actual!r}; the file was altered or corrupted"
             )
-        message = str(document.get("message") or "")
         return self.register(
-            str(document["policy"]),
+            document["policy"],
             spec,
-            message=message,
-            author=str(document.get("author") or default_actor()),
+            message=document.get("message") or "",
+            author=document.get("author") or None,
         )
 
     def import_file(self, path: Path) -> RegisterResult:
         """Import a file written by :meth:`export_to_file`."""
-        text = read_text(path, max_bytes=self.max_spec_bytes, what="version export")
+        text = read_spec_text(path, max_bytes=self.max_spec_bytes, what="version export")
         return self.import_version(parse_spec(text, source=str(path), fmt="json"), source=str(path))
 
     def _require_policy(self, conn: Connection, policy: str) -> RowMapping:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policy_canary.canonical import loads as canonical_loads
 from policy_canary.serving._frozen import freeze
 
 #: Rollout states in which a candidate receives traffic. A paused rollout holds its current
@@ -67,7 +68,7 @@ class SpecCache:
         """Return the frozen spec of version ``digest`` (stored text ``text``)."""
         spec = self._specs.get(digest)
         if spec is None:
-            spec = freeze(json.loads(text))
+            spec = freeze(canonical_loads(text))
             self._specs[digest] = spec
         return spec
 

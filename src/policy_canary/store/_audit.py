@@ -12,7 +12,10 @@ from sqlalchemy import Connection, select
 
 from policy_canary.errors import InputError
 from policy_canary.store import Store
-from policy_canary.store.schema import audit
+from policy_canary.store.schema import ACTOR, audit
+
+#: Longest actor (``--actor``, ``--author``, an import's ``author``) the store accepts.
+MAX_ACTOR_CHARS = ACTOR
 
 
 def default_actor() -> str:
@@ -21,6 +24,43 @@ def default_actor() -> str:
         return getpass.getuser()
     except (OSError, KeyError):  # no passwd entry / no login name in containers
         return "unknown"
+
+
+def actor_or_default(actor: str | None, *, option: str = "--actor") -> str:
+    """Return ``actor`` (or the OS user when it is None or empty), validated for the store.
+
+    PostgreSQL refuses more than :data:`MAX_ACTOR_CHARS` characters and NUL bytes where
+    SQLite would store them; checking here gives both backends the same answer, a user error.
+    """
+    who = default_actor() if actor is None or actor == "" else actor
+    return check_short_text(who, what=option)
+
+
+def check_short_text(value: str, *, what: str, limit: int = MAX_ACTOR_CHARS) -> str:
+    """:func:`check_text` plus a length limit, for text stored in a ``varchar`` column."""
+    check_text(value, what=what)
+    if len(value) > limit:
+        raise InputError(
+            f"{what} is {len(value):,} characters long; give at most {limit} "
+            "(a user or service name)"
+        )
+    return value
+
+
+def check_text(value: str, *, what: str) -> str:
+    """Return ``value`` if every backend can store it: no NUL byte, no lone surrogate."""
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be text, not {type(value).__name__}")
+    if "\x00" in value:
+        raise InputError(f"{what} contains a NUL byte (\\x00); remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{what} contains a lone surrogate ({value[exc.start]!r} at {exc.start}); "
+            "it is not valid Unicode text"
+        ) from None
+    return value
 
 
 def record_audit(

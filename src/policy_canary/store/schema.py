@@ -40,6 +40,8 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 DIGEST = 64
 NAME = 64
+#: Width of every actor / author column; ``_audit.actor_or_default`` checks it before writes.
+ACTOR = 200
 
 policies = Table(
     "policies",
@@ -58,7 +60,7 @@ versions = Table(
     Column("parent_digest", String(DIGEST), nullable=True),
     Column("spec", Text, nullable=False),
     Column("size_bytes", Integer, nullable=False),
-    Column("author", String(200), nullable=False),
+    Column("author", String(ACTOR), nullable=False),
     Column("message", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     UniqueConstraint("policy", "number"),
@@ -72,7 +74,7 @@ release_history = Table(
     Column("from_digest", String(DIGEST), nullable=True),
     Column("to_digest", String(DIGEST), nullable=False),
     Column("kind", String(16), nullable=False),
-    Column("actor", String(200), nullable=False),
+    Column("actor", String(ACTOR), nullable=False),
     Column("reason", Text, nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Column("rollout_id", String(40), nullable=True),
@@ -85,7 +87,7 @@ audit = Table(
     metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime(), nullable=False),
-    Column("actor", String(200), nullable=False),
+    Column("actor", String(ACTOR), nullable=False),
     Column("action", String(64), nullable=False),
     Column("subject", String(200), nullable=False),
     Column("reason", Text, nullable=False),
@@ -117,7 +119,7 @@ rollouts = Table(
     Column("plan", Text, nullable=False),
     Column("plan_hash", String(DIGEST), nullable=False),
     Column("revision", Integer, nullable=False),
-    Column("actor", String(200), nullable=False),
+    Column("actor", String(ACTOR), nullable=False),
     Column("reason", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("stage_started_at", UTCDateTime(), nullable=False),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, exc, select
 
@@ -195,48 +196,11 @@ def load_tables(
     wanted = sorted(set(names))
     if not wanted:
         return {}
-    stable_of = dict(
-        conn.execute(
-            select(policies.c.name, policies.c.stable_digest).where(policies.c.name.in_(wanted))
-        ).all()
-    )
-    missing = [name for name in wanted if name not in stable_of]
-    if missing:
-        raise NotFoundError(
-            f"no policy {missing[0]!r} in the store; register a version of it first, "
-            "or check the name and the database URL"
-        )
-    unstable = [name for name in wanted if stable_of[name] is None]
-    if unstable:
-        raise NotFoundError(
-            f"policy {unstable[0]!r} has no stable version yet; register or promote one"
-        )
-    active = {
-        row.policy: row
-        for row in conn.execute(
-            select(
-                rollouts.c.id,
-                rollouts.c.policy,
-                rollouts.c.candidate_digest,
-                rollouts.c.state,
-                rollouts.c.traffic_bp,
-                rollouts.c.salt,
-                rollouts.c.plan,
-                rollouts.c.stage_index,
-            ).where(rollouts.c.policy.in_(wanted), rollouts.c.state.in_(SERVING_STATES))
-        )
-    }
+    stable_of = _stable_digests(conn, wanted)
+    active = _serving_rollouts(conn, wanted)
     keys = {(name, stable_of[name]) for name in wanted}
     keys |= {(name, row.candidate_digest) for name, row in active.items()}
-    found = {
-        (row.policy, row.digest): row
-        for row in conn.execute(
-            select(versions.c.policy, versions.c.digest, versions.c.number, versions.c.spec).where(
-                versions.c.policy.in_(wanted),
-                versions.c.digest.in_({digest for _, digest in keys}),
-            )
-        )
-    }
+    found = _version_rows(conn, wanted, {digest for _, digest in keys})
 
     def info(policy: str, digest: str) -> VersionInfo:
         row = found.get((policy, digest))
@@ -266,6 +230,52 @@ def load_tables(
             bound=threshold(share),
         )
     return tables
+
+
+def _stable_digests(conn: Connection, wanted: list[str]) -> dict[str, str]:
+    """Each wanted policy's stable digest; NotFoundError if one is unknown or has none."""
+    stable_of = dict(
+        conn.execute(
+            select(policies.c.name, policies.c.stable_digest).where(policies.c.name.in_(wanted))
+        ).all()
+    )
+    missing = [name for name in wanted if name not in stable_of]
+    if missing:
+        raise NotFoundError(
+            f"no policy {missing[0]!r} in the store; register a version of it first, "
+            "or check the name and the database URL"
+        )
+    unstable = [name for name in wanted if stable_of[name] is None]
+    if unstable:
+        raise NotFoundError(
+            f"policy {unstable[0]!r} has no stable version yet; register or promote one"
+        )
+    return stable_of
+
+
+def _serving_rollouts(conn: Connection, wanted: list[str]) -> dict[str, Any]:
+    """The rollout of each wanted policy whose candidate receives traffic, if any."""
+    query = select(
+        rollouts.c.id,
+        rollouts.c.policy,
+        rollouts.c.candidate_digest,
+        rollouts.c.state,
+        rollouts.c.traffic_bp,
+        rollouts.c.salt,
+        rollouts.c.plan,
+        rollouts.c.stage_index,
+    ).where(rollouts.c.policy.in_(wanted), rollouts.c.state.in_(SERVING_STATES))
+    return {row.policy: row for row in conn.execute(query)}
+
+
+def _version_rows(
+    conn: Connection, wanted: list[str], digests: set[str]
+) -> dict[tuple[str, str], Any]:
+    """The (policy, digest) -> version rows a set of tables needs, in one query."""
+    query = select(versions.c.policy, versions.c.digest, versions.c.number, versions.c.spec).where(
+        versions.c.policy.in_(wanted), versions.c.digest.in_(digests)
+    )
+    return {(row.policy, row.digest): row for row in conn.execute(query)}
 
 
 def sqlite_time(at: datetime) -> str:

@@ -47,9 +47,8 @@ from scipy import stats as sps
 from _detection_report import render, render_targets
 from _floors import binomial_median_floor, gamma_median_floor, gaussian_median_floor
 from policy_canary.guardrails import Guardrail, Statistic
-from policy_canary.monitoring import VerdictStatus
+from policy_canary.monitoring import Baseline, MetricBaseline, VerdictStatus
 from policy_canary.monitoring._judges import MeanJudge, Setup
-from policy_canary.monitoring._monitor import Baseline, MetricBaseline
 from policy_canary.stats import (
     RateMixture,
     bernoulli_kl,

@@ -31,8 +31,7 @@ from sqlalchemy import create_engine, func, select, text
 from _common import median, no_gc, parse_args, print_table, write_json
 from policy_canary.clock import SystemClock
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
-from policy_canary.serving._gate import Decision, Gate
+from policy_canary.serving import Canary, Decision, Gate
 from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
 from policy_canary.store.schema import events, rollouts

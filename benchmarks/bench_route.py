@@ -31,7 +31,7 @@ from typing import Any
 from _common import median, parse_args, per_call_us, print_table, write_json
 from policy_canary.clock import SystemClock
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.serving._splitter import new_salt, salt_prefix, threshold
 from policy_canary.store import Store
 from policy_canary.store.schema import rollouts

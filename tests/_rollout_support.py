@@ -10,8 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from policy_canary.guardrails import GuardrailKind
-from policy_canary.monitoring import Verdict, VerdictStatus
-from policy_canary.monitoring._monitor import MonitorEvent
+from policy_canary.monitoring import MonitorEvent, Verdict, VerdictStatus
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import Registry
 from policy_canary.store import Store

@@ -13,9 +13,7 @@ from sqlalchemy import Table, func, select
 from _rollout_support import POLICY, CountingMonitors, setup_policy, small_plan
 from policy_canary.alerts import list_alerts
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller
-from policy_canary.controller._incidents import Incidents
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Controller, Incidents, Rollouts
 from policy_canary.errors import InputError, NotFoundError
 from policy_canary.registry import Registry
 from policy_canary.store import Store

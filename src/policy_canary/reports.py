@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from policy_canary.monitoring._monitor import PreflightRow
+from policy_canary.monitoring import PreflightRow
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import RegisterResult, ReleaseEntry, Version
 

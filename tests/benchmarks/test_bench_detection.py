@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from policy_canary.guardrails import Guardrail
-from policy_canary.monitoring._monitor import MonitorEvent, RolloutMonitor
+from policy_canary.monitoring import MonitorEvent, RolloutMonitor
 from policy_canary.stats import RateMixture, candidate_share_of_bad, conditional_log_evalue
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_detection.py"

@@ -17,10 +17,8 @@ from _rollout_support import (
 )
 from policy_canary.alerts import AlertKind, Severity
 from policy_canary.clock import ManualClock
-from policy_canary.controller import ActionKind, Controller, RolloutState
+from policy_canary.controller import ActionKind, Controller, Incidents, Rollouts, RolloutState
 from policy_canary.controller._apply import ALERTS, GUARDRAIL_ALERT
-from policy_canary.controller._incidents import Incidents
-from policy_canary.controller._rollouts import Rollouts
 from policy_canary.registry import Registry
 from policy_canary.store import Store
 from policy_canary.store.schema import (

@@ -23,8 +23,7 @@ from _outage import eventually
 from _rollout_support import POLICY, CountingMonitors, setup_policy, small_plan
 from _serving import store_down
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller, TickReport, _loop
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Controller, Rollouts, TickReport, _loop
 from policy_canary.store import Store
 
 INTERVAL = timedelta(milliseconds=10)

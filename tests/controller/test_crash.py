@@ -34,8 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Controller, Rollouts
 from policy_canary.store import Store
 from policy_canary.store.schema import (
     alerts,

@@ -6,9 +6,8 @@ from datetime import timedelta
 
 from _rollout_support import POLICY, CountingMonitors, setup_policy, small_plan
 from policy_canary.clock import ManualClock
-from policy_canary.controller import ActionKind, Controller
-from policy_canary.controller._rollouts import Rollouts
-from policy_canary.serving._canary import Canary
+from policy_canary.controller import ActionKind, Controller, Rollouts
+from policy_canary.serving import Canary
 from policy_canary.store import Store
 
 

@@ -11,9 +11,7 @@ import pytest
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.canonical import digest
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller
-from policy_canary.controller._incidents import Incidents, replay, replay_file
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Controller, Incidents, Rollouts, replay, replay_file
 from policy_canary.errors import InputError, NotFoundError
 from policy_canary.store import Store
 

@@ -10,9 +10,7 @@ from sqlalchemy import select
 
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller, RolloutState
-from policy_canary.controller._incidents import Incidents
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Controller, Incidents, Rollouts, RolloutState
 from policy_canary.errors import ConflictError, InputError, NotFoundError
 from policy_canary.registry import Registry
 from policy_canary.store import Store

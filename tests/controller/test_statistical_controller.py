@@ -6,9 +6,14 @@ from datetime import timedelta
 
 from _rollout_support import POLICY, insert_events, setup_policy
 from policy_canary.clock import ManualClock
-from policy_canary.controller import ActionKind, Controller, RolloutState
-from policy_canary.controller._incidents import Incidents, replay
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import (
+    ActionKind,
+    Controller,
+    Incidents,
+    Rollouts,
+    RolloutState,
+    replay,
+)
 from policy_canary.store import Store
 
 

@@ -12,8 +12,7 @@ from sqlalchemy import func, select
 
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Controller, Rollouts
 from policy_canary.store import Store
 from policy_canary.store.schema import alerts, audit, release_history, rollout_ticks, rollouts
 

@@ -13,12 +13,12 @@ import pytest
 
 from policy_canary.errors import InvalidMetricError, PlanError
 from policy_canary.guardrails import Guardrail, GuardrailAction, ModelPrice
-from policy_canary.monitoring import VerdictStatus
-from policy_canary.monitoring._monitor import (
+from policy_canary.monitoring import (
     Baseline,
     MonitorEvent,
     RolloutMonitor,
     StagePlan,
+    VerdictStatus,
     preflight,
 )
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from policy_canary.guardrails import Guardrail
-from policy_canary.monitoring import Verdict, VerdictStatus
-from policy_canary.monitoring._monitor import MonitorEvent, RolloutMonitor
+from policy_canary.monitoring import MonitorEvent, RolloutMonitor, Verdict, VerdictStatus
 from policy_canary.stats import bernoulli_upper_bound
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from policy_canary.clock import ManualClock
 from policy_canary.server import Limits, create_app
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.store import Store
 from policy_canary.tokens import Tokens
 

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError
-from policy_canary.serving._gate import Decision
+from policy_canary.serving import Decision
 from policy_canary.store import Store
 from policy_canary.store.schema import events, feedback
 

@@ -27,10 +27,10 @@ from _serving import (
     update_rollout,
 )
 from policy_canary.clock import ManualClock
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Rollouts
 from policy_canary.errors import InputError, NotFoundError, StoreError, StoreUnavailableError
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.serving._splitter import SCHEME_VERSION, Arm, assign
 from policy_canary.store import Store
 

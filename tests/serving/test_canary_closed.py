@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from _serving import POLICY, seed_policy
 from policy_canary.clock import ManualClock
 from policy_canary.errors import ConflictError, InvalidMetricError
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.store import Store
 from policy_canary.store.schema import events
 

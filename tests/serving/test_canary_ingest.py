@@ -24,7 +24,7 @@ from sqlalchemy.dialects import sqlite
 from _serving import POLICY, seed_policy, start_rollout, store_down, update_rollout
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError, NotFoundError
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.serving._direct import EVENT_WRITER_LOCK, sqlite_time
 from policy_canary.serving._splitter import SCHEME_VERSION, Arm
 from policy_canary.store import Store

@@ -24,8 +24,7 @@ from sqlalchemy import select
 from _serving import POLICY, seed_policy, start_rollout
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InputError, InvalidMetricError
-from policy_canary.serving._canary import Canary
-from policy_canary.serving._gate import Gate
+from policy_canary.serving import Canary, Gate
 from policy_canary.store import Store
 from policy_canary.store.schema import events
 

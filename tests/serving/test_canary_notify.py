@@ -24,10 +24,10 @@ from sqlalchemy.engine import make_url
 
 from _serving import POLICY, seed_policy
 from policy_canary.clock import ManualClock
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Rollouts
 from policy_canary.errors import StoreError, StoreUnavailableError
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.serving._refresher import retry_delay
 from policy_canary.store import Store
 from policy_canary.store._notify import ROUTING_CHANNEL, ChangeListener

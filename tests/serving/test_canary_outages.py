@@ -26,12 +26,10 @@ from sqlalchemy import event
 from _outage import eventually, sqlite_unreadable, tcp_proxy
 from _serving import POLICY, seed_policy
 from policy_canary.clock import ManualClock, SystemClock
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Rollouts
 from policy_canary.errors import StoreUnavailableError
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
-from policy_canary.serving._gate import Gate
-from policy_canary.serving._splitter import Arm
+from policy_canary.serving import Arm, Canary, Gate
 from policy_canary.store import Store
 
 #: Short, so that "within the refresh interval after recovery" is a tight promise.

@@ -20,12 +20,11 @@ from sqlalchemy import func, select
 
 from _serving import POLICY, seed_policy
 from policy_canary.clock import ManualClock
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Rollouts
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Arm, Canary
 from policy_canary.serving._feedback import first_observations
-from policy_canary.serving._splitter import Arm
 from policy_canary.store import Store
 from policy_canary.store.schema import feedback
 

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from _serving import POLICY, seed_policy
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.serving._outcomes import MAX_FLAG_NAME, MAX_FLAGS, MAX_METRIC_NAME, MAX_MODEL
 from policy_canary.store import Store
 from policy_canary.store.schema import events

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from _serving import seed_policy
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InputError
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.store import Store
 from policy_canary.store.schema import events, feedback
 

@@ -22,7 +22,7 @@ from _serving import POLICY, seed_policy
 from policy_canary.clock import ManualClock
 from policy_canary.errors import StoreUnavailableError
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.store import Store
 from policy_canary.store.schema import events
 

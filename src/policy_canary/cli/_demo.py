@@ -24,7 +24,7 @@ from policy_canary.clock import Clock, ManualClock, SystemClock
 from policy_canary.errors import ConflictError
 from policy_canary.monitoring import VerdictStatus
 from policy_canary.registry import Registry
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.simulate import POLICY, DemoReport, DemoScenario, Progress, WebhookReceiver
 from policy_canary.store import Store
 

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
-from policy_canary.controller._incidents import Incidents, ReplayResult, replay_file
+from policy_canary.controller import Incidents, ReplayResult, replay_file
 
 app = typer.Typer(help="Inspect and replay rollback incidents.", no_args_is_help=True)
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
 from policy_canary.controller._rollouts import stable_baseline
 from policy_canary.errors import InputError
-from policy_canary.monitoring._monitor import PreflightRow
+from policy_canary.monitoring import PreflightRow
 from policy_canary.plan import RolloutPlan, format_duration
 from policy_canary.reports import plan_check_report
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from policy_canary.cli._output import JsonOption, console, render, reporting, state
-from policy_canary.controller._rollouts import RollbackResult, Rollouts, RolloutStatus
+from policy_canary.controller import RollbackResult, Rollouts, RolloutStatus
 from policy_canary.errors import InputError
 from policy_canary.plan import format_duration, parse_duration
 

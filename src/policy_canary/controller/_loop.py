@@ -33,7 +33,7 @@ from policy_canary.controller._rows import (
 )
 from policy_canary.controller._state import StoredState, require_state
 from policy_canary.errors import first_line
-from policy_canary.monitoring._monitor import MonitorEvent
+from policy_canary.monitoring import MonitorEvent
 from policy_canary.registry import lock_policy
 from policy_canary.resilience import Outage
 from policy_canary.serving._feedback import first_observations

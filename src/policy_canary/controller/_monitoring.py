@@ -17,8 +17,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from policy_canary.clock import utc
-from policy_canary.monitoring import Verdict
-from policy_canary.monitoring._monitor import ARMS, Baseline, MonitorEvent, RolloutMonitor
+from policy_canary.monitoring import ARMS, Baseline, MonitorEvent, RolloutMonitor, Verdict
 from policy_canary.plan import RolloutPlan
 
 #: How many of stable's most recent events the baseline snapshot summarises.

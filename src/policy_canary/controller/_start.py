@@ -21,7 +21,7 @@ from policy_canary.controller._rows import (
 )
 from policy_canary.controller._state import StoredState, write_state
 from policy_canary.errors import ConflictError
-from policy_canary.monitoring._monitor import Baseline, MonitorEvent
+from policy_canary.monitoring import Baseline, MonitorEvent
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import Version, lock_policy, require_policy, resolve_in
 from policy_canary.serving._splitter import new_salt

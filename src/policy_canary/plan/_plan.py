@@ -45,7 +45,7 @@ from policy_canary.guardrails import (
     check_unique_names,
     resolve_stage_guardrails,
 )
-from policy_canary.monitoring._monitor import Baseline, PreflightRow, StagePlan, preflight
+from policy_canary.monitoring import Baseline, PreflightRow, StagePlan, preflight
 from policy_canary.plan._durations import format_duration, parse_duration
 
 __all__ = [

@@ -13,7 +13,7 @@ from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import Body, any_object, json_body
 from policy_canary.server._routes import IDEMPOTENCY_HEADER, mutation, with_extra
 from policy_canary.server._state import server_state
-from policy_canary.serving._gate import Decision
+from policy_canary.serving import Decision
 from policy_canary.serving._outcomes import NO_FLAGS, outcome
 from policy_canary.tokens import Permission
 

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from policy_canary import __version__
 from policy_canary.alerts import list_alerts
-from policy_canary.controller._incidents import replay
+from policy_canary.controller import replay
 from policy_canary.errors import InputError
 from policy_canary.plan import parse_duration
 from policy_canary.server._auth import Principal, require

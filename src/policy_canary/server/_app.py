@@ -10,14 +10,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from policy_canary import __version__
-from policy_canary.controller._incidents import Incidents
+from policy_canary.controller import Incidents
 from policy_canary.errors import TooLargeError
 from policy_canary.registry import Registry
 from policy_canary.server import _api_events, _api_ops, _api_policies, _api_rollouts, _ofrep
 from policy_canary.server._errors import install, problem
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.server._state import Limits, ServerState
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.tokens import Tokens
 
 OPENAPI_URL = "/api/v1/openapi.json"

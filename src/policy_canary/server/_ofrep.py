@@ -22,7 +22,7 @@ from policy_canary.server._body import parse_json, read_body
 from policy_canary.server._errors import ofrep_error
 from policy_canary.server._render import render_json
 from policy_canary.server._state import ServerState, server_state
-from policy_canary.serving._gate import Decision, Gate
+from policy_canary.serving import Decision, Gate
 from policy_canary.tokens import Permission
 
 router = APIRouter(prefix="/ofrep/v1", tags=["OFREP"])

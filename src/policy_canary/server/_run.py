@@ -10,7 +10,7 @@ import uvicorn
 from policy_canary.errors import InputError
 from policy_canary.server._app import OPENAPI_URL, create_app
 from policy_canary.server._state import Limits
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.settings import Settings
 from policy_canary.store import safe_url
 from policy_canary.tokens import Tokens

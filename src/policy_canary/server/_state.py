@@ -12,13 +12,11 @@ from datetime import datetime
 from fastapi import Request
 
 from policy_canary.clock import Clock
-from policy_canary.controller._incidents import Incidents
-from policy_canary.controller._rollouts import Rollouts
+from policy_canary.controller import Incidents, Rollouts
 from policy_canary.errors import InputError, NotFoundError, RateLimitedError
 from policy_canary.registry import Registry
 from policy_canary.server._idempotency import Idempotency
-from policy_canary.serving._canary import Canary
-from policy_canary.serving._gate import Decision
+from policy_canary.serving import Canary, Decision
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
 from policy_canary.tokens import Tokens
 

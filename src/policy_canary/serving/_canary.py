@@ -46,15 +46,14 @@ from policy_canary.errors import (
 from policy_canary.resilience import loop_interval
 from policy_canary.serving._buffer import EventBuffer, IngestStats
 from policy_canary.serving._fork import renew_after_fork
-from policy_canary.serving._gate import Gate, GateStatus
+from policy_canary.serving._gate import Gate, GateStatus, install_table, rebind_gate
 from policy_canary.serving._link import Link, PruneResult, checked_retention
 from policy_canary.serving._outcomes import metrics_json, quality_value
 from policy_canary.serving._refresher import Refresher
 from policy_canary.serving._routing import SpecCache
 
 if TYPE_CHECKING:  # loaded on first use: an agent that only routes never pays for them
-    from policy_canary.controller import Controller, TickReport
-    from policy_canary.controller._rollouts import Rollouts
+    from policy_canary.controller import Controller, Rollouts, TickReport
     from policy_canary.registry import Registry
     from policy_canary.store import Store
 
@@ -259,7 +258,7 @@ class Canary:
             epoch, tables = self._link.load([policy], specs=self._specs, known_epoch=None)
             table = tables[policy]
             gate = Gate(
-                self,
+                self._gate_status,
                 table,
                 add=self._buffer.add,
                 now=self._event_time,
@@ -299,7 +298,7 @@ class Canary:
             for name, table in tables.items():
                 # One reference assignment per gate: route() sees the old or the new table,
                 # never a mix.
-                self._gates[name]._table = table
+                install_table(self._gates[name], table)
             self._epoch = epoch
             self._refreshed = (now, now, None)
             return None
@@ -451,7 +450,7 @@ class Canary:
         # The parent still owns (and will write) what it had buffered.
         self._start_pipeline()
         for gate in self._gates.values():
-            gate._rebind(add=self._buffer.add, ids=self._next_id, id_prefix=self._id_prefix)
+            rebind_gate(gate, add=self._buffer.add, ids=self._next_id, id_prefix=self._id_prefix)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -468,7 +467,9 @@ class Canary:
             return
         self._closed = True
         for gate in self._gates.values():  # before the last flush: nothing may queue behind it
-            gate._rebind(add=self._buffer.drop_closed, ids=self._next_id, id_prefix=self._id_prefix)
+            rebind_gate(
+                gate, add=self._buffer.drop_closed, ids=self._next_id, id_prefix=self._id_prefix
+            )
         self._closing.set()
         self._wake.set()
         self._refresher.wake()  # it may be waiting on its LISTEN connection

@@ -25,7 +25,7 @@ from policy_canary.serving._routing import RouteTable, VersionInfo
 from policy_canary.serving._splitter import BUCKETS, SCHEME_VERSION, Arm
 
 if TYPE_CHECKING:
-    from policy_canary.serving._canary import Canary
+    pass
 
 __all__ = ["Decision", "Gate", "GateStatus"]
 
@@ -294,11 +294,11 @@ class GateStatus:
 class Gate:
     """Routes one policy's requests; get one with :meth:`Canary.gate`. Thread-safe."""
 
-    __slots__ = ("_add", "_canary", "_id_prefix", "_ids", "_now", "_random", "_table")
+    __slots__ = ("_add", "_id_prefix", "_ids", "_now", "_random", "_status", "_table")
 
     def __init__(
         self,
-        canary: Canary,
+        status: Callable[[Gate], GateStatus],
         table: RouteTable,
         *,
         add: Callable[[tuple[Any, ...]], None],
@@ -307,7 +307,7 @@ class Gate:
         ids: Callable[[], int],
         id_prefix: str,
     ) -> None:
-        self._canary = canary
+        self._status = status
         self._table = table
         self._add = add
         self._now = now
@@ -357,17 +357,9 @@ class Gate:
                 raise _bad_key(unit_key) from None
         return Decision(self, table, _STABLE, unit_key is not None, self._ids())
 
-    def _rebind(
-        self, *, add: Callable[[tuple[Any, ...]], None], ids: Callable[[], int], id_prefix: str
-    ) -> None:
-        """Point the gate at a new buffer and id source (a forked child's own)."""
-        self._add = add
-        self._ids = ids
-        self._id_prefix = id_prefix
-
     def status(self) -> GateStatus:
         """Report the routing table's freshness and what the gate serves now."""
-        return self._canary._gate_status(self)
+        return self._status(self)
 
     def _emit(self, decision: Decision, out: Outcome) -> None:
         """Turn a recorded decision into an event row and queue it (never raises)."""
@@ -391,3 +383,17 @@ class Gate:
                 *out,
             )
         )
+
+
+def install_table(gate: Gate, table: RouteTable) -> None:
+    """Serve ``table`` from now on: one reference assignment, so route() sees old or new."""
+    gate._table = table
+
+
+def rebind_gate(
+    gate: Gate, *, add: Callable[[tuple[Any, ...]], None], ids: Callable[[], int], id_prefix: str
+) -> None:
+    """Point ``gate`` at a new buffer hook and id source (a forked child's, or a closed sink)."""
+    gate._add = add
+    gate._ids = ids
+    gate._id_prefix = id_prefix

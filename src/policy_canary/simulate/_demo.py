@@ -19,11 +19,10 @@ import numpy as np
 
 from policy_canary.alerts import Dispatcher
 from policy_canary.clock import Clock, ManualClock
-from policy_canary.controller._incidents import Incidents
-from policy_canary.controller._rollouts import RolloutStatus
+from policy_canary.controller import Incidents, RolloutStatus
 from policy_canary.errors import CanaryError
 from policy_canary.plan import RolloutPlan
-from policy_canary.serving._canary import Canary
+from policy_canary.serving import Canary
 from policy_canary.simulate._traffic import TrafficDriver
 
 POLICY = "support-agent"

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_canary.serving._canary import Canary
-from policy_canary.serving._gate import Gate
+from policy_canary.serving import Canary, Gate
 from policy_canary.simulate._agent import SimulatedAgent, daily_rate
 
 

@@ -14,6 +14,7 @@ import logging
 import numbers
 import time
 
+from policy_canary.clock import exponential_backoff
 from policy_canary.errors import CanaryError, InputError, StoreUnavailableError, first_line
 
 #: First delay before retrying after a failure (capped by the loop's own interval).
@@ -31,9 +32,7 @@ def retry_delay(failures: int, interval: float, *, longest: float = RETRY_MAX) -
 
     Doubles from ``min(interval, RETRY_MIN)`` up to ``longest``.
     """
-    first = min(interval, RETRY_MIN)
-    # The exponent is capped so that a store down for days cannot overflow the float.
-    return min(longest, first * 2.0 ** min(failures, 30))
+    return exponential_backoff(failures, first=min(interval, RETRY_MIN), cap=longest)
 
 
 def loop_interval(name: str, value: object) -> float:

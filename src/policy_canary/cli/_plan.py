@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
 from policy_canary.errors import InputError
 from policy_canary.monitors import PreflightRow
 from policy_canary.plan import RolloutPlan, format_duration
@@ -24,21 +25,21 @@ def _describe(plan: RolloutPlan) -> None:
     for i, s in enumerate(plan.stages, start=1):
         stages.add_row(
             str(i),
-            s.name,
+            shown(s.name),
             f"{s.traffic_percent:g}%",
             format_duration(s.min_duration),
             format_duration(s.max_duration) if s.max_duration else "—",
             str(s.min_samples),
             "yes" if s.strict else "",
             "\n".join(
-                f"{g}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                shown(f"{g}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
                 for g, o in s.guardrails.items()
             ),
         )
     console.print(stages)
     rules = Table("guardrail", "rule", "action", "min samples")
     for g in plan.guardrails:
-        rules.add_row(g.name, g.describe(), g.action.value, str(g.min_samples))
+        rules.add_row(shown(g.name), shown(g.describe()), g.action.value, str(g.min_samples))
     console.print(rules)
     console.print("passing the last stage promotes the candidate to 100% (it becomes stable)")
 
@@ -63,14 +64,14 @@ def _preflight(rows: list[PreflightRow]) -> None:
     table = Table("stage", "guardrail", "expected candidate requests", "Wald floor", "time", "note")
     for r in rows:
         table.add_row(
-            r.stage,
-            r.guardrail,
+            shown(r.stage),
+            shown(r.guardrail),
             f"{r.expected_candidate_requests:,.0f}" if r.expected_candidate_requests else "—",
             f"{r.wald_floor:,.0f}" if r.wald_floor else "—",
             format_duration(timedelta(seconds=round(r.expected_duration.total_seconds())))
             if r.expected_duration
             else "—",
-            f"[yellow]{r.warning}[/]" if r.warning else (r.note or ""),
+            f"[yellow]{shown(r.warning)}[/]" if r.warning else shown(r.note or ""),
         )
     console.print(table)
 
@@ -92,6 +93,8 @@ def check(
 ) -> None:
     """Validate a plan file (errors name file:line:column) and size its stages (preflight)."""
     with reporting(json_output):
+        if rps is not None and not math.isfinite(rps):
+            raise InputError(f"--rps {rps}: give a finite number of requests per second, e.g. 20")
         plan = RolloutPlan.load(file)
         baseline = stable_baseline(state(ctx).store(), policy, plan) if policy else None
         rows = plan.preflight(
@@ -120,7 +123,7 @@ def check(
         }
 
         def human() -> None:
-            console.print(f"{file}: ok")
+            console.print(f"{shown(file)}: ok")
             _describe(plan)
             _preflight(rows)
 

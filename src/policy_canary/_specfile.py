@@ -8,7 +8,7 @@ from typing import Any
 
 from policy_canary._yaml import load_document
 from policy_canary.canonical import canonical_json
-from policy_canary.errors import InvalidSpecError
+from policy_canary.errors import InputError, InvalidSpecError
 
 #: Identifies an exported version file; bump the suffix on an incompatible change.
 EXPORT_FORMAT = "policy-canary.version/1"
@@ -56,6 +56,23 @@ def load_spec_file(path: Path, *, max_bytes: int) -> dict[str, Any]:
     spec = parse_spec(text, source=str(path), fmt=fmt)
     canonical_json(spec)  # validate now so the error names the file's path
     return spec
+
+
+def write_text(path: Path, text: str, *, what: str) -> None:
+    """Write ``text`` as UTF-8 to ``path``; what the OS refuses is a clear :class:`InputError`."""
+    if path.is_dir():
+        raise InputError(
+            f"{path}: is a folder; give the {what} a file name, e.g. {path / 'x.json'}"
+        )
+    if not path.parent.is_dir():
+        raise InputError(
+            f"cannot write the {what} to {path}: folder {str(path.parent)!r} does not exist; "
+            "create it first"
+        )
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from None
 
 
 def dump_export(data: dict[str, Any]) -> str:

@@ -45,10 +45,15 @@ def load_document(
     """Parse YAML (or JSON when ``fmt == "json"``) strictly, raising ``error`` with a location."""
     if fmt == "json":
         return Loaded(value=_load_json(text, source=source, error=error), source=source)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise error(_unprintable(text, exc, source)) from None
     try:
         try:
             node = loader.get_single_node()
+        except RecursionError:
+            raise error(_too_deep(source)) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -58,10 +63,29 @@ def load_document(
         if node is None:
             raise error(f"{source}: the file is empty; expected a mapping of keys to values")
         walker = _Walker(loader, source, error)
-        value = walker.walk(node, ())
+        try:
+            value = walker.walk(node, ())
+        except RecursionError:
+            raise error(_too_deep(source)) from None
         return Loaded(value=value, source=source, marks=walker.marks)
     finally:
         loader.dispose()
+
+
+def _too_deep(source: str) -> str:
+    return f"{source}: nested too deeply to read; flatten the document"
+
+
+def _unprintable(text: str, exc: yaml.reader.ReaderError, source: str) -> str:
+    """A located message for a character YAML refuses outright (NUL and other controls)."""
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return (
+        f"{source}:{line}:{column}: the control character {char!r} is not allowed in YAML; "
+        "remove it (inside a double-quoted string write it as an escape, e.g. \\x00)"
+    )
 
 
 class _Walker:
@@ -123,4 +147,4 @@ def _load_json(text: str, *, source: str, error: type[InputError]) -> Any:
     except json.JSONDecodeError as exc:
         raise error(f"{source}:{exc.lineno}:{exc.colno}: malformed JSON: {exc.msg}") from None
     except RecursionError:
-        raise error(f"{source}: nested too deeply") from None
+        raise error(_too_deep(source)) from None

@@ -18,13 +18,20 @@ from typing import Any
 
 from sqlalchemy import select
 
+from policy_canary._specfile import write_text
 from policy_canary._yaml import load_document
-from policy_canary.canonical import digest
 from policy_canary.clock import utc
-from policy_canary.controller._bundle import INCIDENT_FORMAT
+from policy_canary.controller._bundle import BUNDLE_MAX_DEPTH, INCIDENT_FORMAT, bundle_hash
 from policy_canary.controller._decide import decide
 from policy_canary.controller._model import ActionKind, RolloutSnapshot
-from policy_canary.errors import AmbiguousReferenceError, InputError, NotFoundError, PlanError
+from policy_canary.errors import (
+    AmbiguousReferenceError,
+    CanaryError,
+    InputError,
+    InvalidSpecError,
+    NotFoundError,
+    PlanError,
+)
 from policy_canary.plan import RolloutPlan
 from policy_canary.store import Store
 from policy_canary.store._schema import incidents
@@ -172,11 +179,10 @@ class Incidents:
     def export(self, incident_id: str, path: Path) -> Incident:
         """Write the incident's export document to ``path`` and return the incident."""
         incident = self.get(incident_id)
-        path.write_text(
-            json.dumps(incident.export_document(), indent=2, sort_keys=True, ensure_ascii=False)
-            + "\n",
-            encoding="utf-8",
+        document = json.dumps(
+            incident.export_document(), indent=2, sort_keys=True, ensure_ascii=False
         )
+        write_text(path, document + "\n", what="incident export")
         return incident
 
 
@@ -206,15 +212,21 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
         raise InputError(f"{source}: the export has no 'bundle' object")
     ident = str(bundle.get("id", "?"))
     problems: list[str] = []
-    if digest(bundle) != document.get("bundle_hash"):
+    try:
+        recomputed = bundle_hash(bundle)
+    except InvalidSpecError as exc:
+        raise InputError(
+            f"{source}: the bundle cannot be an incident export: {_bundle_problem(exc)}"
+        ) from None
+    if recomputed != document.get("bundle_hash"):
         problems.append(
             "the bundle does not hash to its recorded bundle_hash: the file was altered "
             "after export, so the replay below is not evidence of the original decision"
         )
     try:
         plan = RolloutPlan.from_dict(bundle["plan"], source=f"{source}: plan")
-        trace = list(bundle["trace"])
-    except (KeyError, TypeError, PlanError) as exc:
+        trace = _trace(bundle["trace"])
+    except (KeyError, TypeError, ValueError, PlanError) as exc:
         raise InputError(f"{source}: the bundle is incomplete or malformed ({exc})") from None
     if plan.digest != bundle.get("plan_hash"):
         problems.append("the plan does not hash to the rollout's frozen plan_hash")
@@ -228,7 +240,8 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
         if entry.get("action") == ActionKind.ROLLBACK.value:
             decisive = int(entry["seq"])
             manual = bool(inputs.get("manual"))
-        if inputs.get("manual") or entry.get("action") not in set(ActionKind):
+        recorded = entry.get("action")
+        if inputs.get("manual") or not isinstance(recorded, str) or recorded not in _ACTIONS:
             continue
         try:
             snapshot = RolloutSnapshot.from_dict(inputs["snapshot"])
@@ -236,12 +249,12 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
             now = utc(datetime.fromisoformat(inputs["now"]))
             recorded_reason = str(inputs["decision"]["reason"])
             action = decide(plan, snapshot, verdicts, now)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            problems.append(f"tick {entry.get('seq')}: unreadable inputs ({exc})")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, CanaryError) as exc:
+            problems.append(f"tick {entry['seq']}: unreadable inputs ({exc})")
             continue
         step = ReplayStep(
             seq=int(entry["seq"]),
-            at=str(entry["at"]),
+            at=str(entry.get("at", "?")),
             recorded=str(entry["action"]),
             replayed=action.kind.value,
             recorded_reason=recorded_reason,
@@ -273,6 +286,35 @@ def replay(document: Mapping[str, Any], *, source: str = "incident") -> ReplayRe
         manual=manual,
         problems=tuple(problems),
     )
+
+
+#: The recorded action names decide() can replay (strings only: a list is no action).
+_ACTIONS = frozenset(kind.value for kind in ActionKind)
+
+
+def _bundle_problem(error: InvalidSpecError) -> str:
+    # canonical JSON speaks of specs; an incident file is not one.
+    if "nested deeper than" in error.message:
+        return (
+            f"it is nested deeper than {BUNDLE_MAX_DEPTH} levels, deeper than any bundle "
+            "policy-canary writes; the file was altered or is not an incident export"
+        )
+    return error.message
+
+
+def _trace(value: Any) -> list[Mapping[str, Any]]:
+    """The trace's ticks, each a mapping with an integer ``seq`` and mapping ``inputs``."""
+    if not isinstance(value, list):
+        raise TypeError(f"'trace' must be a list of ticks, not {type(value).__name__}")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"trace[{i}] must be an object, not {type(entry).__name__}")
+        seq = entry.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise TypeError(f"trace[{i}].seq must be an integer, not {seq!r}")
+        if not isinstance(entry.get("inputs", {}), Mapping):
+            raise TypeError(f"trace[{i}].inputs must be an object")
+    return value
 
 
 def _incident(row: Mapping[Any, Any]) -> Incident:

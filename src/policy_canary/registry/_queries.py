@@ -19,6 +19,8 @@ from ._models import ReleaseEntry, ReleaseKind, Version, validate_policy_name
 _MIN_PREFIX = 6
 _HEX = re.compile(r"[0-9a-f]+")
 _NUMBERED = re.compile(r"v([0-9]+)")
+#: Version numbers are 32-bit integers on every backend; a larger vN cannot exist.
+_MAX_NUMBER = 2**31 - 1
 
 
 def lock_policy(store: Store, conn: Connection, policy: str) -> None:
@@ -62,10 +64,14 @@ def resolve_in(conn: Connection, policy: str, ref: str) -> Version:
         return version_from_row(latest)
     numbered = _NUMBERED.fullmatch(ref)
     if numbered:
+        digits = numbered.group(1).lstrip("0") or "0"
+        if len(digits) > len(str(_MAX_NUMBER)) or int(digits) > _MAX_NUMBER:
+            shown = ref if len(ref) <= 24 else f"{ref[:20]}…"
+            raise NotFoundError(f"no version {shown!r} of policy {policy!r}; it has {span}")
         found = (
             conn.execute(
                 select(versions).where(
-                    versions.c.policy == policy, versions.c.number == int(numbered.group(1))
+                    versions.c.policy == policy, versions.c.number == int(digits)
                 )
             )
             .mappings()

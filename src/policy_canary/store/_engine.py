@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,10 +14,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, exc, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from policy_canary.errors import StoreError, StoreUnavailableError, first_line
+from policy_canary.errors import (
+    ConflictError,
+    InputError,
+    StoreError,
+    StoreUnavailableError,
+    first_line,
+)
 
 from ._notify import ROUTING_KEY, ChangeListener, can_listen, notify_routing
 from ._schema import store_state
@@ -49,8 +56,8 @@ def normalize_url(url: str) -> str:
 def _safe(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return url
+    except (exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)  # unparseable: still mask it
 
 
 class Store:
@@ -78,19 +85,14 @@ class Store:
         is not a database.
         """
         resolved = resolve_db_url(url)
-        try:
-            parsed = make_url(resolved)
-        except exc.ArgumentError:
-            raise StoreUnavailableError(
-                f"{resolved!r} is not a database URL; use sqlite:///PATH or "
-                "postgresql+psycopg://USER@HOST:PORT/DB"
-            ) from None
+        parsed = _parse_url(resolved)
         backend = parsed.get_backend_name()
         if backend == "sqlite":
             engine = _sqlite_engine(resolved, parsed.database)
         elif backend == "postgresql":
-            engine = create_engine(
-                resolved,
+            _check_postgres_url(parsed)
+            engine = _engine(
+                parsed,
                 pool_pre_ping=True,
                 pool_size=5,
                 max_overflow=10,
@@ -180,7 +182,16 @@ class Store:
         with self.begin() as conn:
             if self.dialect == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            command.upgrade(self._alembic(conn), "head")
+            try:
+                command.upgrade(self._alembic(conn), "head")
+            except (exc.OperationalError, exc.ProgrammingError) as error:
+                if "already exists" not in str(error.orig):
+                    raise
+                raise ConflictError(
+                    f"the database at {_safe(self.url)} already holds tables policy-canary did "
+                    f"not create ({first_line(error)}); give policy-canary a database (or a "
+                    "PostgreSQL schema, ?options=-csearch_path%3DNAME) of its own"
+                ) from error
         return self.current_revision()
 
     def current_revision(self) -> str | None:
@@ -250,6 +261,53 @@ class Store:
             ) from error
 
 
+_URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
+
+
+def _parse_url(url: str) -> URL:
+    """Parse a database URL; a malformed one is an :class:`InputError` saying what to write."""
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # an unknown driver ("postgresql+nope") fails here
+    except exc.NoSuchModuleError:
+        raise InputError(
+            f"{_safe(url)!r} names a database driver policy-canary does not know; {_URL_FORMS}"
+        ) from None
+    except (exc.ArgumentError, ValueError) as error:  # ValueError: port 'abc', '[::1'
+        raise InputError(f"{_safe(url)!r} is not a database URL ({error}); {_URL_FORMS}") from None
+    if parsed.get_dialect().is_async:
+        raise InputError(
+            f"{_safe(url)!r} names the asyncio driver {parsed.get_driver_name()!r}; "
+            "policy-canary needs a synchronous one: postgresql+psycopg://..."
+        )
+    return parsed
+
+
+def _check_postgres_url(url: URL) -> None:
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InputError(
+            f"{url.render_as_string(hide_password=True)!r}: port {url.port} is not a TCP port "
+            "(1-65535; PostgreSQL listens on 5432 by default)"
+        )
+    # Without a database name libpq falls back to the user's name ("postgres"), and the
+    # store would migrate the server's maintenance database.
+    if not url.database and "dbname" not in url.query:
+        raise InputError(
+            f"{url.render_as_string(hide_password=True)!r} names no database; add one after "
+            "the host, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/policy_canary"
+        )
+
+
+def _engine(url: URL, **kwargs: Any) -> Engine:
+    try:
+        return create_engine(url, **kwargs)
+    except ImportError as error:  # the URL names a driver that is not installed
+        raise InputError(
+            f"the database driver {url.get_driver_name()!r} is not installed ({error}); "
+            f"{_URL_FORMS} (psycopg 3 comes with policy-canary)"
+        ) from None
+
+
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if not database or database == ":memory:":
         raise StoreUnavailableError(
@@ -263,7 +321,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         )
     # NullPool: SQLite connections are cheap to open, and a pool would pin a file handle per
     # thread; each connection gets the pragmas below.
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+    engine = _engine(make_url(url), poolclass=NullPool, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -160,8 +160,7 @@ def _not_utf8(error: UnicodeEncodeError) -> InputError:
     char = text[error.start : error.start + 1]
     byte = f" (byte 0x{ord(char) - 0xDC00:02x})" if "\udc80" <= char <= "\udcff" else ""
     return InputError(
-        f"{text[:60]!r} is not valid UTF-8 text{byte}; give arguments and files in "
-        "UTF-8"
+        f"{text[:60]!r} is not valid UTF-8 text{byte}; give arguments and files in UTF-8"
     )
 
 

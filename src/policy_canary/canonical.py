@@ -40,14 +40,18 @@ MAX_INTEGER_DIGITS = 4300
 JSONValue = Any  # a recursive JSON type buys nothing over Any at this boundary
 
 
-def canonical_json(value: JSONValue, *, indent: int | None = None) -> str:
+def canonical_json(
+    value: JSONValue, *, indent: int | None = None, max_depth: int = MAX_DEPTH
+) -> str:
     """Return the canonical JSON text of ``value``; ``indent`` gives the pretty form used by diffs.
 
     Raises :class:`InvalidSpecError` naming the path of the first value that is not JSON
-    (NaN, Infinity, a non-string key, a date, bytes ...).
+    (NaN, Infinity, a non-string key, a date, bytes, a lone surrogate, nesting deeper than
+    ``max_depth`` ...). Documents that embed specs (incident bundles) pass a larger
+    ``max_depth``.
     """
     parts: list[str] = []
-    _write(value, parts, path="$", depth=0, indent=indent)
+    _write(value, parts, path="$", depth=0, indent=indent, max_depth=max_depth)
     return "".join(parts)
 
 
@@ -68,9 +72,9 @@ def _exact_number(text: str) -> int | float:
     return float(text)
 
 
-def digest(value: JSONValue) -> str:
+def digest(value: JSONValue, *, max_depth: int = MAX_DEPTH) -> str:
     """Return the sha256 hex digest of the canonical JSON of ``value``."""
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(value, max_depth=max_depth).encode("utf-8")).hexdigest()
 
 
 def digest_text(canonical: str) -> str:
@@ -124,9 +128,11 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: int | None) -> None:
-    if depth > MAX_DEPTH:
-        raise InvalidSpecError(f"{path}: nested deeper than {MAX_DEPTH} levels; flatten the spec")
+def _write(
+    value: JSONValue, out: list[str], *, path: str, depth: int, indent: int | None, max_depth: int
+) -> None:
+    if depth > max_depth:
+        raise InvalidSpecError(f"{path}: nested deeper than {max_depth} levels; flatten the spec")
     if value is None:
         out.append("null")
     elif value is True:
@@ -134,6 +140,7 @@ def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: i
     elif value is False:
         out.append("false")
     elif isinstance(value, str):
+        _check_text(value, path)
         out.append(json.dumps(value, ensure_ascii=False))
     elif isinstance(value, int | float | Decimal):
         if isinstance(value, float) and not math.isfinite(value):
@@ -145,9 +152,9 @@ def _write(value: JSONValue, out: list[str], *, path: str, depth: int, indent: i
             raise InvalidSpecError(f"{path}: {value} is not allowed; use a finite number or null")
         out.append(_exact_spelling(value, path))
     elif isinstance(value, Mapping):
-        _write_object(value, out, path=path, depth=depth, indent=indent)
+        _write_object(value, out, path=path, depth=depth, indent=indent, max_depth=max_depth)
     elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        _write_array(value, out, path=path, depth=depth, indent=indent)
+        _write_array(value, out, path=path, depth=depth, indent=indent, max_depth=max_depth)
     else:
         kind = type(value).__name__
         raise InvalidSpecError(
@@ -176,12 +183,29 @@ def _exact_spelling(value: int | float | Decimal, path: str) -> str:
     return text
 
 
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidSpecError(
+            f"{path}: {text[exc.start]!r} is a lone surrogate, not a character; JSON text must be "
+            "valid Unicode (write the character itself, or a surrogate pair)"
+        ) from None
+
+
 def _write_object(
-    value: Mapping[Any, Any], out: list[str], *, path: str, depth: int, indent: int | None
+    value: Mapping[Any, Any],
+    out: list[str],
+    *,
+    path: str,
+    depth: int,
+    indent: int | None,
+    max_depth: int,
 ) -> None:
     for key in value:
         if not isinstance(key, str):
             raise InvalidSpecError(f"{path}: key {key!r} is not a string; quote it")
+        _check_text(key, path)
     if not value:
         out.append("{}")
         return
@@ -193,12 +217,25 @@ def _write_object(
         out.append(inner)
         out.append(json.dumps(key, ensure_ascii=False))
         out.append(": " if indent is not None else ":")
-        _write(value[key], out, path=f"{path}.{key}", depth=depth + 1, indent=indent)
+        _write(
+            value[key],
+            out,
+            path=f"{path}.{key}",
+            depth=depth + 1,
+            indent=indent,
+            max_depth=max_depth,
+        )
     out.append(pad + "}")
 
 
 def _write_array(
-    value: Sequence[Any], out: list[str], *, path: str, depth: int, indent: int | None
+    value: Sequence[Any],
+    out: list[str],
+    *,
+    path: str,
+    depth: int,
+    indent: int | None,
+    max_depth: int,
 ) -> None:
     if not value:
         out.append("[]")
@@ -209,7 +246,7 @@ def _write_array(
         if i:
             out.append(",")
         out.append(inner)
-        _write(item, out, path=f"{path}[{i}]", depth=depth + 1, indent=indent)
+        _write(item, out, path=f"{path}[{i}]", depth=depth + 1, indent=indent, max_depth=max_depth)
     out.append(pad + "]")
 
 

@@ -54,10 +54,15 @@ def load_document(
     """Parse YAML (or JSON when ``fmt == "json"``) strictly, raising ``error`` with a location."""
     if fmt == "json":
         return Loaded(value=_load_json(text, source=source, error=error), source=source)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise error(_unprintable(text, exc, source)) from None
     try:
         try:
             node = loader.get_single_node()
+        except RecursionError:
+            raise error(_too_deep(source)) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -67,10 +72,29 @@ def load_document(
         if node is None:
             raise error(f"{source}: the file is empty; expected a mapping of keys to values")
         walker = _Walker(loader, source, error)
-        value = walker.walk(node, ())
+        try:
+            value = walker.walk(node, ())
+        except RecursionError:
+            raise error(_too_deep(source)) from None
         return Loaded(value=value, source=source, marks=walker.marks)
     finally:
         loader.dispose()
+
+
+def _too_deep(source: str) -> str:
+    return f"{source}: nested too deeply to read; flatten the document"
+
+
+def _unprintable(text: str, exc: yaml.reader.ReaderError, source: str) -> str:
+    """A located message for a character YAML refuses outright (NUL and other controls)."""
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return (
+        f"{source}:{line}:{column}: the control character {char!r} is not allowed in YAML; "
+        "remove it (inside a double-quoted string write it as an escape, e.g. \\x00)"
+    )
 
 
 class _Walker:
@@ -148,7 +172,7 @@ def _load_json(text: str, *, source: str, error: type[InputError]) -> Any:
     except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
         raise error(f"{source}: cannot read a number ({exc})") from None
     except RecursionError:
-        raise error(f"{source}: nested too deeply") from None
+        raise error(_too_deep(source)) from None
 
 
 def read_text(
@@ -181,3 +205,20 @@ def read_text(
         raise error(
             f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8"
         ) from None
+
+
+def write_text(path: pathlib.Path, text: str, *, what: str) -> None:
+    """Write ``text`` as UTF-8 to ``path``; what the OS refuses is a clear :class:`InputError`."""
+    if path.is_dir():
+        raise InputError(
+            f"{path}: is a folder; give the {what} a file name, e.g. {path / 'x.json'}"
+        )
+    if not path.parent.is_dir():
+        raise InputError(
+            f"cannot write the {what} to {path}: folder {str(path.parent)!r} does not exist; "
+            "create it first"
+        )
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from None

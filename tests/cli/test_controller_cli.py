@@ -24,7 +24,7 @@ def test_controller_loop_stops_on_signal_and_releases_its_lease(
     url = f"sqlite:///{tmp_path}/store.db"
     Store.open(url).close()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _MAIN, "--db", url, "controller", "--interval", "0.05s",
+        [sys.executable, "-c", _MAIN, "--db", url, "controller", "--interval", "0.1s",
          "--no-alerts", "--holder", "loop-test"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -197,7 +197,7 @@ def test_controller_interval_must_be_a_duration(cli: Cli) -> None:
 
 def test_status_watch_refreshes(cli: Cli, pushed: Path) -> None:
     cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
-    result = cli("rollout", "status", "support-agent", "--watch", "--interval", "0s",
+    result = cli("rollout", "status", "support-agent", "--watch", "--interval", "0.1s",
                  "--refreshes", "2", "--json")  # fmt: skip
     assert result.code == 0
     assert result.stdout.count('"policy": "support-agent"') == 2

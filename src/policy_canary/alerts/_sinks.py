@@ -151,7 +151,13 @@ class HttpSink(BaseSink):
     ) -> None:
         name = name or self.type  # "webhook", "slack": the default name is the sink's type
         super().__init__(name=name)
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port  # parsed lazily: an out-of-range port raises only here
+        except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+            raise InputError(
+                f"sink {name!r}: {url!r} is not a valid URL ({exc}); give e.g. https://host/path"
+            ) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InputError(
                 f"sink {name!r}: {url!r} is not an http(s) URL; give e.g. https://host/path"
@@ -167,9 +173,9 @@ class HttpSink(BaseSink):
         from policy_canary import __version__
 
         self._user_agent = f"policy-canary/{__version__}"
-        port = f":{parts.port}" if parts.port else ""
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         #: Where alerts go, without path or query (safe to print and to store as an error).
-        self.target = f"{parts.scheme}://{parts.hostname}{port}"
+        self.target = f"{parts.scheme}://{host}{f':{port}' if port else ''}"
 
     @abstractmethod
     def body(self, alert: Alert) -> Mapping[str, Any]:

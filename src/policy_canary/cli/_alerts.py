@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from policy_canary.alerts import AlertView, DeliveryStatus, Dispatcher, list_alerts, load_sinks
-from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
 
 app = typer.Typer(help="Inspect and deliver rollout alerts.", no_args_is_help=True)
 
@@ -25,11 +25,11 @@ def _deliveries(view: AlertView) -> str:
         return "[yellow]none yet[/]"
     parts = []
     for d in view.deliveries:
-        text = f"[{_STYLE[d.status]}]{d.sink} {d.status.value}[/]"
+        text = f"[{_STYLE[d.status]}]{shown(d.sink)} {d.status.value}[/]"
         if not d.status.is_settled() and d.attempts:
             text += f" after {d.attempts} {'attempt' if d.attempts == 1 else 'attempts'}"
             if d.last_error:
-                text += f": {d.last_error}"
+                text += f": {shown(d.last_error)}"
         parts.append(text)
     return "\n".join(parts)
 
@@ -57,8 +57,8 @@ def list_command(
                 table.add_row(
                     str(a.id),
                     a.created_at.strftime("%Y-%m-%d %H:%M"),
-                    f"{a.severity.value}\n{a.kind.value}\n{a.policy or '—'}",
-                    a.summary,
+                    f"{a.severity.value}\n{a.kind.value}\n{shown(a.policy or '—')}",
+                    shown(a.summary),
                     _deliveries(v),
                 )
             console.print(table)
@@ -84,7 +84,7 @@ def dispatch_command(
         report = Dispatcher(state(ctx).store(), sinks).dispatch_once()
 
         def human() -> None:
-            names = ", ".join(sink.name for sink in sinks) or "none configured"
+            names = ", ".join(shown(sink.name) for sink in sinks) or "none configured"
             console.print(
                 f"delivered {report.delivered}, failed {report.failed}, "
                 f"still pending {report.pending} (sinks: {names})"

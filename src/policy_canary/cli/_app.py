@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from policy_canary import __version__
@@ -17,8 +19,7 @@ from policy_canary.cli import (
     _serve,
     _token,
 )
-from policy_canary.cli._output import CliState, reporting
-from policy_canary.settings import Settings
+from policy_canary.cli._output import CliState, fail_unexpected
 
 app = typer.Typer(
     name="policy-canary",
@@ -60,13 +61,16 @@ def root(
     ),
 ) -> None:
     """Ship LLM agent policy changes like production releases."""
-    with reporting(json_output=False):
-        settings = Settings.from_env()
-    cli_state = CliState(settings=settings, db_url=db or settings.db_url)
+    # The environment is read when a command needs it, inside the command's error reporting,
+    # so a bad POLICY_CANARY_* value is reported as JSON under --json like any other error.
+    cli_state = CliState(db_option=db)
     ctx.obj = cli_state
     ctx.call_on_close(cli_state.close)
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except Exception as error:  # the last resort: no traceback reaches a user
+        fail_unexpected(error, json_output="--json" in sys.argv[1:])

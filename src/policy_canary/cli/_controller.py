@@ -13,26 +13,36 @@ from types import FrameType
 import typer
 
 from policy_canary.alerts import Dispatcher, load_sinks
-from policy_canary.cli._output import JsonOption, console, emit_json, render, reporting, state
+from policy_canary.cli._options import parse_interval
+from policy_canary.cli._output import (
+    JsonOption,
+    console,
+    emit_json,
+    render,
+    reporting,
+    shown,
+    state,
+)
 from policy_canary.controller import Controller, TickReport
-from policy_canary.errors import InputError
-from policy_canary.plan import parse_duration
 from policy_canary.resilience import RECOVERED
 
 
 def _human(report: TickReport) -> None:
     stamp = report.at.strftime("%H:%M:%S")
     if not report.acted:
-        console.print(f"{stamp} standing by: {report.holder} holds the controller lock")
+        console.print(f"{stamp} standing by: {shown(report.holder)} holds the controller lock")
         return
     if not report.outcomes:
         console.print(f"{stamp} no active rollouts", highlight=False)
     for o in report.outcomes:
         if o.error:
-            console.print(f"{stamp} {o.policy} [red]skipped[/]: {o.error}", highlight=False)
+            console.print(
+                f"{stamp} {shown(o.policy)} [red]skipped[/]: {shown(o.error)}", highlight=False
+            )
         elif o.action is not None and (o.recorded or o.action.kind.is_transition()):
             console.print(
-                f"{stamp} {o.policy} {o.action.kind.value}: {o.action.message}", highlight=False
+                f"{stamp} {shown(o.policy)} {o.action.kind.value}: {shown(o.action.message)}",
+                highlight=False,
             )
 
 
@@ -88,10 +98,7 @@ def controller(
 ) -> None:
     """Run the controller: promote healthy candidates stage by stage, roll bad ones back."""
     with reporting(json_output):
-        try:
-            pace = parse_duration(interval)
-        except ValueError as exc:
-            raise InputError(f"--interval: {exc}") from None
+        pace = parse_interval(interval)
         store = state(ctx).store()
         dispatcher = None if no_alerts else Dispatcher(store, load_sinks())
         worker = Controller(store, holder=holder)

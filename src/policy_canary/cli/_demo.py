@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from policy_canary.alerts import AlertSink, Dispatcher, LogSink, WebhookSink
-from policy_canary.cli._output import JsonOption, console, emit_json, reporting
+from policy_canary.cli._output import JsonOption, console, emit_json, reporting, shown
 from policy_canary.clock import Clock, ManualClock, SystemClock
 from policy_canary.errors import ConflictError
 from policy_canary.monitoring import VerdictStatus
@@ -184,7 +184,7 @@ def _summary(report: DemoReport, url: str, received: int | None) -> None:
     console.print(
         f"{report.requests:,} simulated requests through the SDK in {report.wall_seconds:.1f} s"
     )
-    db = f"--db {url} " if url != f"sqlite:///{DEMO_DB}" else f"--db {DEMO_DB} "
+    db = f"--db {shown(url)} " if url != f"sqlite:///{DEMO_DB}" else f"--db {DEMO_DB} "
     incident = next((c.incident_id for c in report.chapters if c.incident_id), None)
     console.print("\nnext:")
     if incident:

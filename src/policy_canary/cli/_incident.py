@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
 from policy_canary.controller import Incidents, ReplayResult, replay_file
 
 app = typer.Typer(help="Inspect and replay rollback incidents.", no_args_is_help=True)
@@ -38,10 +38,10 @@ def list_command(
                 table.add_row(
                     i.id,
                     i.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                    i.policy,
-                    i.kind,
-                    i.rollout_id,
-                    i.summary,
+                    shown(i.policy),
+                    shown(i.kind),
+                    shown(i.rollout_id),
+                    shown(i.summary),
                 )
             console.print(table)
 
@@ -60,20 +60,25 @@ def show(
         bundle = incident.bundle
 
         def human() -> None:
-            console.print(f"[bold]{incident.id}[/]  {incident.kind}  {incident.created_at}")
-            console.print(incident.summary, highlight=False)
+            console.print(
+                f"[bold]{shown(incident.id)}[/]  {shown(incident.kind)}  {incident.created_at}"
+            )
+            console.print(shown(incident.summary), highlight=False)
             events = bundle.get("events", {})
-            console.print(f"events {events.get('first_at')} → {events.get('last_at')}")
+            first, last = events.get("first_at"), events.get("last_at")
+            console.print(f"events {shown(first)} → {shown(last)}")
             verdicts = Table("guardrail", "verdict", "action", "reason")
             for v in bundle.get("verdicts", []):
-                verdicts.add_row(v["guardrail"], v["status"], v["action"], v["reason"])
+                verdicts.add_row(
+                    *(shown(v[k]) for k in ("guardrail", "status", "action", "reason"))
+                )
             console.print(verdicts)
             stages = Table("stage", "arm", "requests", "error rate", "flag rate", "mean latency")
             for name, arms in bundle.get("stages", {}).items():
                 for arm, agg in arms.items():
                     stages.add_row(
-                        name,
-                        arm,
+                        shown(name),
+                        shown(arm),
                         str(agg["requests"]),
                         _pct(agg.get("error_rate")),
                         _pct(agg.get("flag_rate")),
@@ -84,11 +89,11 @@ def show(
             for t in bundle.get("trace", []):
                 trace.add_row(
                     str(t["seq"]),
-                    t["at"],
+                    shown(t["at"]),
                     str(t["stage_index"] + 1),
                     f"{t['traffic_bp'] / 100:g}%",
-                    t["action"],
-                    t["message"],
+                    shown(t["action"]),
+                    shown(t["message"]),
                 )
             console.print(trace)
 
@@ -109,7 +114,7 @@ def export(
         render(
             json_output,
             {"id": incident.id, "path": str(output), "bundle_hash": incident.bundle_hash},
-            lambda: console.print(f"exported {incident.id} to {output}", highlight=False),
+            lambda: console.print(f"exported {incident.id} to {shown(output)}", highlight=False),
         )
 
 
@@ -133,9 +138,9 @@ def _print_replay(result: ReplayResult) -> None:
         mark = "[green]same[/]" if s.matches else "[bold red]DIFFERENT[/]"
         table.add_row(
             str(s.seq),
-            s.at,
-            f"{s.recorded} ({s.recorded_reason})",
-            f"{s.replayed} ({s.replayed_reason})",
+            shown(s.at),
+            shown(f"{s.recorded} ({s.recorded_reason})"),
+            shown(f"{s.replayed} ({s.replayed_reason})"),
             mark,
         )
     console.print(table)
@@ -149,7 +154,7 @@ def _print_replay(result: ReplayResult) -> None:
         )
     else:
         for problem in result.problems:
-            console.print(f"[bold red]mismatch:[/] {problem}", highlight=False)
+            console.print(f"[bold red]mismatch:[/] {shown(problem)}", highlight=False)
 
 
 _SIGNATURE = {

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from pathlib import Path
 
 import typer
 import yaml
-from rich.markup import escape
 from rich.table import Table
 
-from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
 from policy_canary.controller._rollouts import stable_baseline
 from policy_canary.errors import InputError
 from policy_canary.monitoring import PreflightRow
@@ -26,21 +26,21 @@ def _describe(plan: RolloutPlan) -> None:
     for i, s in enumerate(plan.stages, start=1):
         stages.add_row(
             str(i),
-            s.name,
+            shown(s.name),
             f"{s.traffic_percent:g}%",
             format_duration(s.min_duration),
             format_duration(s.max_duration) if s.max_duration else "—",
             str(s.min_samples),
             "yes" if s.strict else "",
             "\n".join(
-                f"{g}: " + ", ".join(f"{k}={v}" for k, v in o.items())
+                shown(f"{g}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
                 for g, o in s.guardrails.items()
             ),
         )
     console.print(stages)
     rules = Table("guardrail", "rule", "action", "min samples")
     for g in plan.guardrails:
-        rules.add_row(g.name, g.describe(), g.action.value, str(g.min_samples))
+        rules.add_row(shown(g.name), shown(g.describe()), g.action.value, str(g.min_samples))
     console.print(rules)
     console.print("passing the last stage promotes the candidate to 100% (it becomes stable)")
 
@@ -65,14 +65,14 @@ def _preflight(rows: list[PreflightRow]) -> None:
     table = Table("stage", "guardrail", "expected candidate requests", "Wald floor", "time", "note")
     for r in rows:
         table.add_row(
-            r.stage,
-            r.guardrail,
+            shown(r.stage),
+            shown(r.guardrail),
             f"{r.expected_candidate_requests:,.0f}" if r.expected_candidate_requests else "—",
             f"{r.wald_floor:,.0f}" if r.wald_floor else "—",
             format_duration(timedelta(seconds=round(r.expected_duration.total_seconds())))
             if r.expected_duration
             else "—",
-            f"[yellow]{r.warning}[/]" if r.warning else (r.note or ""),
+            f"[yellow]{shown(r.warning)}[/]" if r.warning else shown(r.note or ""),
         )
     console.print(table)
 
@@ -94,6 +94,8 @@ def check(
 ) -> None:
     """Validate a plan file (errors name file:line:column) and size its stages (preflight)."""
     with reporting(json_output):
+        if rps is not None and not math.isfinite(rps):
+            raise InputError(f"--rps {rps}: give a finite number of requests per second, e.g. 20")
         plan = RolloutPlan.load(file)
         baseline = stable_baseline(state(ctx).store(), policy, plan) if policy else None
         rows = plan.preflight(
@@ -102,9 +104,9 @@ def check(
         data = plan_check_report(plan, rows)
 
         def human() -> None:
-            console.print(f"{file}: ok")
+            console.print(f"{shown(file)}: ok")
             for warning in plan.warnings():
-                console.print(f"[yellow]warning:[/] {escape(warning)}")
+                console.print(f"[yellow]warning:[/] {shown(warning)}")
             _describe(plan)
             _preflight(rows)
 

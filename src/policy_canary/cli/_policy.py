@@ -9,7 +9,15 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from policy_canary.canonical import canonical_json
-from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.cli._output import (
+    JsonOption,
+    console,
+    printable,
+    render,
+    reporting,
+    shown,
+    state,
+)
 from policy_canary.registry import Registry, Version, split_ref
 from policy_canary.registry._specfile import load_spec_file
 from policy_canary.reports import import_report, push_report, set_stable_report, versions_report
@@ -49,9 +57,12 @@ def push(
 
         def human() -> None:
             verb = "registered" if result.created else "unchanged: already stored as"
-            console.print(f"{verb} [bold]{name}@{v.label}[/] ({v.id})")
+            console.print(f"{verb} [bold]{shown(name)}@{v.label}[/] ({v.id})")
             if result.became_stable:
-                console.print(f"{v.label} is now stable (first version of {name})")
+                why = (
+                    f"first version of {name}" if v.number == 1 else f"{name} had no stable version"
+                )
+                console.print(f"{v.label} is now stable ({shown(why)})")
 
         render(json_output, push_report(result), human)
 
@@ -72,7 +83,7 @@ def list_policies(ctx: typer.Context, json_output: bool = JsonOption) -> None:
             for s in summaries:
                 stable = f"{s.stable.label} {s.stable.short_id}" if s.stable else "—"
                 table.add_row(
-                    s.name,
+                    shown(s.name),
                     stable,
                     f"{s.latest.label} {s.latest.short_id}",
                     s.created_at.strftime("%Y-%m-%d"),
@@ -98,7 +109,9 @@ def versions(
             table = Table("version", "id", "created", "author", "message", "")
             for v in all_versions:
                 mark = "stable" if stable and v.id == stable.id else ""
-                table.add_row(v.label, v.short_id, _when(v), v.author, v.message, mark)
+                table.add_row(
+                    v.label, v.short_id, _when(v), shown(v.author), shown(v.message), mark
+                )
             console.print(table)
 
         render(json_output, versions_report(all_versions, stable), human)
@@ -116,13 +129,15 @@ def show(
         v = _registry(ctx).resolve(name, version_ref)
 
         def human() -> None:
-            console.print(f"[bold]{name}@{v.label}[/]  {v.id}")
-            console.print(f"author {v.author}  created {_when(v)}  {v.size_bytes:,} bytes")
+            console.print(f"[bold]{shown(name)}@{v.label}[/]  {v.id}")
+            console.print(f"author {shown(v.author)}  created {_when(v)}  {v.size_bytes:,} bytes")
             if v.parent_id:
                 console.print(f"parent {v.parent_id[:12]}")
             if v.message:
-                console.print(f"message: {v.message}")
-            console.print(Syntax(canonical_json(v.spec, indent=2), "json", word_wrap=True))
+                console.print(f"message: {shown(v.message)}")
+            console.print(
+                Syntax(printable(canonical_json(v.spec, indent=2)), "json", word_wrap=True)
+            )
 
         render(json_output, v.to_dict(with_spec=True), human)
 
@@ -140,9 +155,9 @@ def diff(
         result = _registry(ctx).diff(name, ref_a, ref_b)
 
         def human() -> None:
-            console.print(result.summary, highlight=False)
+            console.print(shown(result.summary), highlight=False)
             if result.unified:
-                console.print(Syntax(result.unified, "diff"))
+                console.print(Syntax(printable(result.unified), "diff"))
 
         render(json_output, result.to_dict(), human)
 
@@ -168,8 +183,8 @@ def history(
                     e.kind.value,
                     labels.get(e.from_id, "—") if e.from_id else "—",
                     labels[e.to_id],
-                    e.actor,
-                    e.reason,
+                    shown(e.actor),
+                    shown(e.reason),
                 )
             console.print(table)
 
@@ -193,9 +208,9 @@ def set_stable(
 
         def human() -> None:
             if entry is None:
-                console.print(f"{name}@{target.label} already is stable; nothing changed")
+                console.print(f"{shown(name)}@{target.label} already is stable; nothing changed")
             else:
-                console.print(f"{name}: stable is now {target.label} ({target.short_id})")
+                console.print(f"{shown(name)}: stable is now {target.label} ({target.short_id})")
 
         render(json_output, set_stable_report(entry), human)
 
@@ -212,7 +227,11 @@ def export(
         name, version_ref = split_ref(ref)
         v = _registry(ctx).export_to_file(name, version_ref, output)
         data = {"path": str(output), "version": v.to_dict()}
-        render(json_output, data, lambda: console.print(f"exported {name}@{v.label} to {output}"))
+        render(
+            json_output,
+            data,
+            lambda: console.print(f"exported {shown(name)}@{v.label} to {shown(output)}"),
+        )
 
 
 @app.command("import")
@@ -228,6 +247,6 @@ def import_(
         verb = "imported" if result.created else "already present:"
 
         def human() -> None:
-            console.print(f"{verb} {v.policy}@{v.label} ({v.id}); digest verified")
+            console.print(f"{verb} {shown(v.policy)}@{v.label} ({v.id}); digest verified")
 
         render(json_output, import_report(result), human)

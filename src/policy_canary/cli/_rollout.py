@@ -9,10 +9,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from policy_canary.cli._output import JsonOption, console, render, reporting, state
+from policy_canary.cli._options import parse_interval
+from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
 from policy_canary.controller import RollbackResult, Rollouts, RolloutStatus
-from policy_canary.errors import InputError
-from policy_canary.plan import format_duration, parse_duration
+from policy_canary.plan import format_duration
 
 app = typer.Typer(help="Start, watch and steer rollouts.", no_args_is_help=True)
 
@@ -42,15 +42,15 @@ def _show(statuses: list[RolloutStatus]) -> None:
         r = s.rollout
         style = _STATE_STYLE.get(r.state.value, "")
         table.add_row(
-            r.policy,
+            shown(r.policy),
             r.id,
             f"[{style}]{r.state.value}[/]",
-            f"{r.stage_index + 1}/{s.stages} {s.stage.name}",
+            f"{r.stage_index + 1}/{s.stages} {shown(s.stage.name)}",
             f"{r.traffic_bp / 100:g}%",
             f"{format_duration(s.dwell)} / {format_duration(s.stage.min_duration)}",
             f"{s.samples.get('candidate', 0)}/{s.samples.get('stable', 0)}"
             f" (≥{s.stage.min_samples})",
-            (s.last_action or {}).get("message", "—"),
+            shown((s.last_action or {}).get("message", "—")),
         )
     console.print(table)
     if len(statuses) == 1 and statuses[0].verdicts:
@@ -58,12 +58,12 @@ def _show(statuses: list[RolloutStatus]) -> None:
         for v in statuses[0].verdicts:
             style = _VERDICT_STYLE.get(v.status.value, "")
             verdicts.add_row(
-                v.guardrail,
-                v.metric,
+                shown(v.guardrail),
+                shown(v.metric),
                 f"[{style}]{v.status.value}[/]",
                 v.action.value,
                 "yes" if v.non_inferior else "no",
-                v.reason,
+                shown(v.reason),
             )
         console.print(verdicts)
 
@@ -73,8 +73,8 @@ def _print_row(json_output: bool, status: RolloutStatus, verb: str) -> None:
 
     def human() -> None:
         console.print(
-            f"{verb} rollout [bold]{r.id}[/] of {r.policy}: {status.candidate_label} vs "
-            f"{status.baseline_label}, {r.state.value} at {status.stage.describe()} "
+            f"{verb} rollout [bold]{r.id}[/] of {shown(r.policy)}: {status.candidate_label} vs "
+            f"{status.baseline_label}, {r.state.value} at {shown(status.stage.describe())} "
             f"(revision {r.revision})",
             highlight=False,
         )
@@ -122,10 +122,7 @@ def status(
     """Show active rollouts (or NAME's latest): stage, traffic, dwell, samples, verdicts."""
     with reporting(json_output):
         rollouts = _rollouts(ctx)
-        try:
-            seconds = parse_duration(interval).total_seconds()
-        except ValueError as exc:
-            raise InputError(f"--interval: {exc}") from None
+        seconds = parse_interval(interval).total_seconds() if watch else 0.0
         shown = 0
         while True:
             statuses = rollouts.status(name)
@@ -151,7 +148,7 @@ def history(
 
         def human() -> None:
             if not statuses:
-                console.print(f"{name} has no rollouts yet")
+                console.print(f"{shown(name)} has no rollouts yet")
                 return
             table = Table("rollout", "started", "candidate", "state", "stage", "ended", "why")
             for s in statuses:
@@ -162,9 +159,9 @@ def history(
                     r.created_at.strftime("%Y-%m-%d %H:%M"),
                     f"{s.candidate_label} vs {s.baseline_label}",
                     f"[{style}]{r.state.value}[/]",
-                    s.stage.describe(),
+                    shown(s.stage.describe()),
                     r.ended_at.strftime("%Y-%m-%d %H:%M") if r.ended_at else "—",
-                    r.end_reason or "",
+                    shown(r.end_reason or ""),
                 )
             console.print(table)
 
@@ -252,11 +249,11 @@ def _print_rollback(json_output: bool, result: RollbackResult) -> None:
     def human() -> None:
         if result.rollout is not None:
             console.print(
-                f"rolled back rollout [bold]{result.rollout.id}[/] of {result.policy}; the "
+                f"rolled back rollout [bold]{result.rollout.id}[/] of {shown(result.policy)}; the "
                 "candidate is rejected and an incident was recorded",
                 highlight=False,
             )
-        console.print(result.message, highlight=False)
+        console.print(shown(result.message), highlight=False)
 
     render(json_output, result.to_dict(), human)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from policy_canary.canonical import canonical_json, digest, jsonable
+from policy_canary.canonical import MAX_DEPTH, canonical_json, digest, jsonable
 from policy_canary.controller._model import Action, notice
 from policy_canary.controller._monitoring import Ledger
 from policy_canary.controller._rows import Cursors, Rollout
@@ -20,6 +20,9 @@ from policy_canary.store.schema import incidents, rollout_ticks
 
 #: Identifies an exported incident file; bump the suffix on an incompatible change.
 INCIDENT_FORMAT = "policy-canary.incident/1"
+#: A bundle embeds both specs three levels down (``versions.candidate.spec``): a spec nested as
+#: deep as a spec may be must still make a bundle, or the rollback could not be recorded.
+BUNDLE_MAX_DEPTH = MAX_DEPTH + 3
 
 
 def incident_id(rollout_id: str, kind: str) -> str:
@@ -116,8 +119,8 @@ def write_incident(
             created_at=at,
             kind=kind,
             summary=summary,
-            bundle=canonical_json(bundle),
-            bundle_hash=digest(bundle),
+            bundle=canonical_json(bundle, max_depth=BUNDLE_MAX_DEPTH),
+            bundle_hash=bundle_hash(bundle),
         )
     )
     return ident
@@ -125,4 +128,4 @@ def write_incident(
 
 def bundle_hash(bundle: Mapping[str, Any]) -> str:
     """The sha256 an incident's bundle is stored and exported with."""
-    return digest(bundle)
+    return digest(bundle, max_depth=BUNDLE_MAX_DEPTH)

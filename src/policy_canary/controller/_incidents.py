@@ -23,14 +23,20 @@ from typing import Any
 
 from sqlalchemy import select
 
-from policy_canary.canonical import digest
 from policy_canary.clock import utc
-from policy_canary.controller._bundle import INCIDENT_FORMAT
+from policy_canary.controller._bundle import BUNDLE_MAX_DEPTH, INCIDENT_FORMAT, bundle_hash
 from policy_canary.controller._decide import decide
 from policy_canary.controller._model import ActionKind, RolloutSnapshot
 from policy_canary.controller._seal import check_signature, envelope_problems, sign
-from policy_canary.documents import load_document, read_text
-from policy_canary.errors import AmbiguousReferenceError, InputError, NotFoundError, PlanError
+from policy_canary.documents import load_document, read_text, write_text
+from policy_canary.errors import (
+    AmbiguousReferenceError,
+    CanaryError,
+    InputError,
+    InvalidSpecError,
+    NotFoundError,
+    PlanError,
+)
 from policy_canary.limits import check_limit
 from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan
@@ -190,11 +196,10 @@ class Incidents:
     def export(self, incident_id: str, path: Path, *, key: bytes | None = None) -> Incident:
         """Write the incident's export document to ``path`` (signed with ``key``, if given)."""
         incident = self.get(incident_id)
-        document = incident.export_document(key=key)
-        path.write_text(
-            json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-            encoding="utf-8",
+        document = json.dumps(
+            incident.export_document(key=key), indent=2, sort_keys=True, ensure_ascii=False
         )
+        write_text(path, document + "\n", what="incident export")
         return incident
 
 
@@ -259,7 +264,13 @@ def _read_export(
         raise InputError(f"{source}: the export has no 'bundle' object")
     signature = check_signature(document, bundle, key, source=source)
     problems: list[str] = []
-    if digest(bundle) != document.get("bundle_hash"):
+    try:
+        recomputed = bundle_hash(bundle)
+    except InvalidSpecError as exc:
+        raise InputError(
+            f"{source}: the bundle cannot be an incident export: {_bundle_problem(exc)}"
+        ) from None
+    if recomputed != document.get("bundle_hash"):
         problems.append(
             "the bundle does not hash to its recorded bundle_hash: the file was altered "
             "after export, so the replay below is not evidence of the original decision"
@@ -267,8 +278,8 @@ def _read_export(
     problems.extend(envelope_problems(document, bundle))
     try:
         plan = RolloutPlan.from_dict(bundle["plan"], source=f"{source}: plan")
-        trace = list(bundle["trace"])
-    except (KeyError, TypeError, PlanError) as exc:
+        trace = _trace(bundle["trace"])
+    except (KeyError, TypeError, ValueError, PlanError) as exc:
         raise InputError(f"{source}: the bundle is incomplete or malformed ({exc})") from None
     if plan.digest != bundle.get("plan_hash"):
         problems.append("the plan does not hash to the rollout's frozen plan_hash")
@@ -291,7 +302,8 @@ class _Replay:
         if entry.get("action") == ActionKind.ROLLBACK.value:
             self.decisive = int(entry["seq"])
             self.manual = bool(inputs.get("manual"))
-        if inputs.get("manual") or entry.get("action") not in set(ActionKind):
+        recorded = entry.get("action")
+        if inputs.get("manual") or not isinstance(recorded, str) or recorded not in _ACTIONS:
             return
         try:
             snapshot = RolloutSnapshot.from_dict(inputs["snapshot"])
@@ -299,12 +311,12 @@ class _Replay:
             now = utc(datetime.fromisoformat(inputs["now"]))
             recorded_reason = str(inputs["decision"]["reason"])
             action = decide(plan, snapshot, verdicts, now)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, CanaryError) as exc:
             self.problems.append(f"tick {entry.get('seq')}: unreadable inputs ({exc})")
             return
         step = ReplayStep(
             seq=int(entry["seq"]),
-            at=str(entry["at"]),
+            at=str(entry.get("at", "?")),
             recorded=str(entry["action"]),
             replayed=action.kind.value,
             recorded_reason=recorded_reason,
@@ -318,6 +330,35 @@ class _Replay:
                 f"tick {step.seq} at {step.at}: recorded {step.recorded} ({step.recorded_reason})"
                 f" but decide() now says {step.replayed} ({step.replayed_reason})"
             )
+
+
+#: The recorded action names decide() can replay (strings only: a list is no action).
+_ACTIONS = frozenset(kind.value for kind in ActionKind)
+
+
+def _bundle_problem(error: InvalidSpecError) -> str:
+    # canonical JSON speaks of specs; an incident file is not one.
+    if "nested deeper than" in error.message:
+        return (
+            f"it is nested deeper than {BUNDLE_MAX_DEPTH} levels, deeper than any bundle "
+            "policy-canary writes; the file was altered or is not an incident export"
+        )
+    return error.message
+
+
+def _trace(value: Any) -> list[Mapping[str, Any]]:
+    """The trace's ticks, each a mapping with an integer ``seq`` and mapping ``inputs``."""
+    if not isinstance(value, list):
+        raise TypeError(f"'trace' must be a list of ticks, not {type(value).__name__}")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"trace[{i}] must be an object, not {type(entry).__name__}")
+        seq = entry.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise TypeError(f"trace[{i}].seq must be an integer, not {seq!r}")
+        if not isinstance(entry.get("inputs", {}), Mapping):
+            raise TypeError(f"trace[{i}].inputs must be an object")
+    return value
 
 
 def _incident(row: Mapping[Any, Any]) -> Incident:

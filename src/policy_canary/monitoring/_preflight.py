@@ -89,7 +89,8 @@ def preflight(
             ours, floor, note = _size(g, rho, alpha_m, beta, baseline, baseline_rates or {})
             duration = None
             if ours is not None and requests_per_second and rho > 0:
-                duration = timedelta(seconds=ours / (requests_per_second * rho))
+                seconds = ours / (requests_per_second * rho)
+                duration = timedelta(seconds=min(seconds, _NEVER.total_seconds()))
             limit = stage.max_duration or stage.min_duration
             warning = None
             if duration is not None and duration > limit:
@@ -117,8 +118,14 @@ def preflight(
     return rows
 
 
+#: Expected durations are capped here (a trickle of traffic would overflow a timedelta).
+_NEVER = timedelta(days=36_500)
+
+
 def _human(delta: timedelta) -> str:
     seconds = delta.total_seconds()
+    if delta >= _NEVER:
+        return "over 100 years"
     if seconds >= 86_400:
         return f"{seconds / 86_400:.1f} d"
     if seconds >= 3_600:

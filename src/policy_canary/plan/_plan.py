@@ -442,8 +442,16 @@ class _Validator:
             )
         if isinstance(value, int) and not 0 < value < 100:  # may be past a double's range
             raise self.fail(path, f"stage {name!r}: traffic {value}% must be above 0 and below 100")
-        bp = round(float(value) * 100)
-        if not math.isfinite(float(value)) or abs(float(value) * 100 - bp) > 1e-6:
+        try:
+            percent = float(value)
+        except OverflowError:  # an integer beyond any float
+            percent = math.inf
+        if not math.isfinite(percent):
+            raise self.fail(
+                path, f"stage {name!r}: traffic must be a finite percentage such as 1, 10 or 0.5"
+            )
+        bp = round(percent * 100)
+        if abs(percent * 100 - bp) > 1e-6:
             raise self.fail(path, f"stage {name!r}: traffic {value} is finer than 0.01%; round it")
         if not 0 < bp < BPS:
             raise self.fail(

@@ -19,6 +19,7 @@ from policy_canary.store.schema import policies, release_history, versions
 _MIN_PREFIX = 6
 _HEX = re.compile(r"[0-9a-f]+")
 _NUMBERED = re.compile(r"v([0-9]+)")
+#: Version numbers are 32-bit integers on every backend; a larger vN cannot exist.
 
 
 def lock_policy(store: Store, conn: Connection, policy: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from policy_canary.canonical import canonical_json, digest_text
 from policy_canary.clock import Clock, SystemClock
+from policy_canary.documents import write_text
 from policy_canary.errors import ConflictError, InvalidSpecError
 from policy_canary.registry._models import (
     PolicySummary,
@@ -74,8 +75,8 @@ class Registry:
     ) -> RegisterResult:
         """Store ``spec`` as a version of ``policy``; identical content returns the existing one.
 
-        The first version of a policy becomes stable (kind ``bootstrap``) unless
-        ``bootstrap=False``.
+        A new version of a policy that has no stable version (normally its first) becomes
+        stable (kind ``bootstrap``) unless ``bootstrap=False``.
         """
         validate_policy_name(policy)
         actor = actor_or_default(author, option="--author")
@@ -155,7 +156,9 @@ class Registry:
                     to_id=version_id,
                     kind=ReleaseKind.BOOTSTRAP,
                     actor=actor,
-                    reason="first version of the policy",
+                    reason="first version of the policy"
+                    if number == 1
+                    else "the policy had no stable version yet",
                     at=now,
                 )
             return RegisterResult(version, created=True, became_stable=became_stable)
@@ -295,7 +298,7 @@ class Registry:
     def export_to_file(self, policy: str, ref: str, path: Path) -> Version:
         """Write :meth:`export_version` to ``path`` and return the exported version."""
         document = self.export_version(policy, ref)
-        path.write_text(dump_export(document), encoding="utf-8")
+        write_text(path, dump_export(document), what="export")
         return self.resolve(policy, document["id"])
 
     def import_version(

@@ -33,8 +33,10 @@ _CANDIDATE: Final = Arm.CANDIDATE
 _STABLE: Final = Arm.STABLE
 
 # Decision life cycle: routed → (inside a ``with`` block) → recorded. Ints, not an enum:
-# this is checked on the hot path and never leaves the object.
-_ROUTED, _IN_BLOCK, _RECORDED = 0, 1, 2
+# this is checked on the hot path and never leaves the object. _MISUSED is a block in which
+# the SDK was misused (the decision entered again, or recorded twice): the usage error that
+# leaves the block is the caller's bug, not a failed request.
+_ROUTED, _IN_BLOCK, _RECORDED, _MISUSED = 0, 1, 2, 3
 
 
 class Decision:
@@ -160,7 +162,9 @@ class Decision:
         second record of the same decision; nothing is stored then.
         """
         state = self._state
-        if state == _RECORDED or (state == _IN_BLOCK and self._held is not None):
+        if state in (_RECORDED, _MISUSED) or (state == _IN_BLOCK and self._held is not None):
+            if state == _IN_BLOCK:
+                self._state = _MISUSED
             raise InvalidMetricError(
                 f"decision {self.decision_id} was already recorded; record each decision "
                 "once (use canary.feedback() for scores that arrive later)"
@@ -184,6 +188,12 @@ class Decision:
 
     def __enter__(self) -> Decision:
         if self._state != _ROUTED:
+            if self._state in (_IN_BLOCK, _MISUSED):
+                self._state = _MISUSED
+                raise InvalidMetricError(
+                    f"decision {self.decision_id} is already inside its 'with' block; enter it "
+                    "once (nested 'with' of one decision), and route() each request anew"
+                )
             raise InvalidMetricError(
                 f"decision {self.decision_id} was already used; route() each request anew"
             )
@@ -201,7 +211,14 @@ class Decision:
         elapsed_ms = (perf_counter() - self._start) * 1000.0
         held = self._held
         self._held = None
+        # The SDK's own usage error leaving the block is not the request failing.
+        misused = self._state == _MISUSED and isinstance(exc, InvalidMetricError)
         self._state = _RECORDED
+        if misused:
+            if held is not None:  # what was recorded before the mistake stands as recorded
+                latency = held[0] if held[0] is not None else elapsed_ms
+                self._gate._emit(self, (latency, bool(held[1]), *held[2:]))
+            return
         if held is None:
             failed = exc_type is not None
             out: Outcome = (elapsed_ms, failed, None, "[]", 0, None, None, None, None, "{}")

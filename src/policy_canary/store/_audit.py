@@ -56,8 +56,14 @@ def check_text(value: str, *, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        if "\udc80" <= char <= "\udcff":  # an undecodable byte, as Python escapes it
+            raise InputError(
+                f"{what} is not valid UTF-8 text (byte 0x{ord(char) - 0xDC00:02x}, at "
+                f"character {exc.start}); give arguments and files in UTF-8"
+            ) from None
         raise InputError(
-            f"{what} contains a lone surrogate ({value[exc.start]!r} at {exc.start}); "
+            f"{what} contains a lone surrogate ({char!r} at {exc.start}); "
             "it is not valid Unicode text"
         ) from None
     return value

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, exc, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
-from policy_canary.errors import StoreError, StoreUnavailableError, first_line
+from policy_canary.errors import (
+    ConflictError,
+    InputError,
+    StoreError,
+    StoreUnavailableError,
+    first_line,
+)
 from policy_canary.store._sqlite import sqlite_engine
 from policy_canary.store.schema import ROUTING_KEY, store_state
 
@@ -53,8 +60,8 @@ def normalize_url(url: str) -> str:
 def safe_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return url
+    except (exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)  # unparseable: still mask it
 
 
 class Store:
@@ -86,20 +93,15 @@ class Store:
         reports a deleted or replaced file as unavailable (``_sqlite.py``).
         """
         resolved = resolve_db_url(url)
-        try:
-            parsed = make_url(resolved)
-        except exc.ArgumentError:
-            raise StoreUnavailableError(
-                f"{resolved!r} is not a database URL; use sqlite:///PATH or "
-                "postgresql+psycopg://USER@HOST:PORT/DB"
-            ) from None
+        parsed = _parse_url(resolved)
         backend = parsed.get_backend_name()
         created = False
         if backend == "sqlite":
             engine, created = sqlite_engine(resolved, parsed.database, create=migrate)
         elif backend == "postgresql":
-            engine = create_engine(
-                resolved,
+            _check_postgres_url(parsed)
+            engine = _engine(
+                parsed,
                 pool_pre_ping=True,
                 pool_size=5,
                 max_overflow=10,
@@ -194,7 +196,16 @@ class Store:
         with self.begin() as conn:
             if self.dialect == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            command.upgrade(self._alembic(conn), "head")
+            try:
+                command.upgrade(self._alembic(conn), "head")
+            except (exc.OperationalError, exc.ProgrammingError) as error:
+                if "already exists" not in str(error.orig):
+                    raise
+                raise ConflictError(
+                    f"the database at {safe_url(self.url)} already holds tables policy-canary did "
+                    f"not create ({first_line(error)}); give policy-canary a database (or a "
+                    "PostgreSQL schema, ?options=-csearch_path%3DNAME) of its own"
+                ) from error
         return self.current_revision()
 
     def current_revision(self) -> str | None:
@@ -272,3 +283,52 @@ class Store:
             raise StoreUnavailableError(
                 f"cannot listen for routing changes at {safe_url(self.url)}: {first_line(error)}"
             ) from error
+
+
+_URL_FORMS = "use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE"
+
+
+def _parse_url(url: str) -> URL:
+    """Parse a database URL; a malformed one is an :class:`InputError` saying what to write."""
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # an unknown driver ("postgresql+nope") fails here
+    except exc.NoSuchModuleError:
+        raise InputError(
+            f"{safe_url(url)!r} names a database driver policy-canary does not know; {_URL_FORMS}"
+        ) from None
+    except (exc.ArgumentError, ValueError) as error:  # ValueError: port 'abc', '[::1'
+        raise InputError(
+            f"{safe_url(url)!r} is not a database URL ({error}); {_URL_FORMS}"
+        ) from None
+    if parsed.get_dialect().is_async:
+        raise InputError(
+            f"{safe_url(url)!r} names the asyncio driver {parsed.get_driver_name()!r}; "
+            "policy-canary needs a synchronous one: postgresql+psycopg://..."
+        )
+    return parsed
+
+
+def _check_postgres_url(url: URL) -> None:
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InputError(
+            f"{url.render_as_string(hide_password=True)!r}: port {url.port} is not a TCP port "
+            "(1-65535; PostgreSQL listens on 5432 by default)"
+        )
+    # Without a database name libpq falls back to the user's name ("postgres"), and the
+    # store would migrate the server's maintenance database.
+    if not url.database and "dbname" not in url.query:
+        raise InputError(
+            f"{url.render_as_string(hide_password=True)!r} names no database; add one after "
+            "the host, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/policy_canary"
+        )
+
+
+def _engine(url: URL, **kwargs: Any) -> Engine:
+    try:
+        return create_engine(url, **kwargs)
+    except ImportError as error:  # the URL names a driver that is not installed
+        raise InputError(
+            f"the database driver {url.get_driver_name()!r} is not installed ({error}); "
+            f"{_URL_FORMS} (psycopg 3 comes with policy-canary)"
+        ) from None

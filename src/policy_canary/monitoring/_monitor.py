@@ -42,7 +42,7 @@ from policy_canary.monitoring._preflight import PreflightRow, StagePlan, preflig
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
 #: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums.
-MONITOR_STATE_FORMAT = 2
+MONITOR_STATE_FORMAT = 3
 
 __all__ = [
     "ARMS",

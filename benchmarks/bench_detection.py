@@ -146,9 +146,13 @@ SCENARIOS = (
     Scenario("cost_plus_30pct", "cost", False, 200,
              {"metric": "cost_usd", "max_increase": "10%", "detect": "30%"}, effect=1.3,
              runs_scale=0.25),
-    # Catastrophes: caught within the first few bad events. The safety ones use the default
-    # plan's guardrail (max_increase 25%, detect 50%) at its 1% canary share, where the issue's
-    # 0% -> 2% candidate was missed; the 5% variant shows what two events cost at a 5% share.
+    Scenario("failure_below_tolerance_1_to_1.1pct", "error", True, 1500,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=1.1,
+             runs_scale=0.5),
+    # Catastrophes (last, so the scenarios above keep their random streams), to be caught within
+    # the first few bad events. The safety ones use the default plan's guardrail (max_increase
+    # 25%, detect 50%) at its 1% canary share, where the 0% -> 2% candidate slipped
+    # through; the 5% variant shows what stopping after two events costs at a 5% share.
     Scenario("failure_1_to_30pct", "error", False, 100,
              {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=30.0,
              runs_scale=0.5),
@@ -161,9 +165,6 @@ SCENARIOS = (
     Scenario("safety_0.01_to_1pct", "safety", False, 600,
              {"metric": "safety_flags", "max_increase": "25%"}, effect=100.0, base=0.0001,
              share=0.01, runs_scale=0.5),
-    Scenario("failure_below_tolerance_1_to_1.1pct", "error", True, 1500,
-             {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=1.1,
-             runs_scale=0.5),
 )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render", "render_targets"]
+__all__ = ["render", "render_targets", "render_truth"]
 
 SHOWN = (
     "ours",
@@ -84,12 +84,44 @@ def render_targets(result: dict[str, Any]) -> str:
         ours = sc["methods"]["ours"]
         kay = sc["methods"].get("kayenta-matched", {})
         lines.append(
-            f"{sc['scenario']:<{width}} {count(ours['wald_floor']):>7} "
-            f"{count(ours['power_one_floor']):>9} {count(ours['median_floor']):>9} "
-            f"{count(ours['median_requests']):>8} {ratio(ours['ratio_to_floor']):>6} "
-            f"{ratio(ours['ratio_to_median_floor']):>8} {count(kay.get('median_harmed')):>8} "
+            f"{sc['scenario']:<{width}} {count(ours.get('wald_floor')):>7} "
+            f"{count(ours.get('power_one_floor')):>9} {count(ours.get('median_floor')):>9} "
+            f"{count(ours['median_requests']):>8} {ratio(ours.get('ratio_to_floor')):>6} "
+            f"{ratio(ours.get('ratio_to_median_floor')):>8} {count(kay.get('median_harmed')):>8} "
             f"{count(ours['median_harmed']):>9} "
             f"{ratio(sc.get('harmed_kayenta_matched_over_ours')):>6} "
             f"{ratio(sc.get('best_harm_ratio_vs_kayenta_matched')):>6}"
         )
     return "\n".join([*lines, "", TARGETS_LEGEND])
+
+
+def render_truth(result: dict[str, Any]) -> str:
+    """Rate detection scenarios against Wald's SPRT told the true ratio, in bad events too."""
+    rates = [sc for sc in result["scenarios"] if not sc["null"] and sc["family"] == "rates"]
+    width = max((len(sc["scenario"]) for sc in rates), default=8)
+    head = (
+        f"{'scenario':<{width}} {'stable':>7} {'cand':>6} {'ratio':>6} {'share':>5} "
+        f"{'ours med':>8} {'truth med':>9} {'x truth':>7} {'ours bad':>8} {'truth bad':>9}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def count(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
+    for sc in rates:
+        ours, truth = sc["methods"]["ours"], sc["methods"]["sprt-told-truth"]
+        x = sc.get("median_over_told_truth")
+        r = sc.get("true_ratio")
+        lines.append(
+            f"{sc['scenario']:<{width}} {100 * sc['stable_rate']:>6.2g}% "
+            f"{100 * sc['candidate_rate']:>5.2g}% {'inf' if r is None else f'{r:g}':>6} "
+            f"{100 * sc['share']:>4.0f}% {count(ours['median_requests']):>8} "
+            f"{count(truth['median_requests']):>9} {'-' if x is None else f'{x:.2f}':>7} "
+            f"{count(ours['median_harmed']):>8} {count(truth['median_harmed']):>9}"
+        )
+    legend = (
+        "Medians over runs: candidate requests (med) and candidate bad events (bad) before "
+        "rollback.\ntruth: Wald's SPRT on the same data told the true ratio (inf: the limit "
+        "component alone)."
+    )
+    return "\n".join([*lines, "", legend])

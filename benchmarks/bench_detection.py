@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
-from _detection_report import render, render_targets
+from _detection_report import render, render_targets, render_truth
 from _floors import binomial_median_floor, gamma_median_floor, gaussian_median_floor
 from policy_canary.guardrails import Guardrail, Statistic
 from policy_canary.monitoring import Baseline, MetricBaseline, VerdictStatus
@@ -98,6 +98,14 @@ class Scenario:
     share: float = 0.05
     runs_scale: float = 1.0  # fraction of --runs used (detection needs fewer than A/A)
     extra: dict[str, float] = field(default_factory=dict)
+    candidate_rate: float | None = None  # rate scenarios with stable at zero: the candidate's
+
+    @property
+    def p_candidate(self) -> float:
+        """The candidate's rate outside incidents (rate scenarios)."""
+        if self.candidate_rate is not None:
+            return self.candidate_rate
+        return min(self.base * self.effect, 1.0)
 
 
 SCENARIOS = (
@@ -140,6 +148,22 @@ SCENARIOS = (
     Scenario("failure_below_tolerance_1_to_1.1pct", "error", True, 1500,
              {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=1.1,
              runs_scale=0.5),
+    # Catastrophes (last, so the scenarios above keep their random streams), to be caught within
+    # the first few bad events. The safety ones use the default plan's guardrail (max_increase
+    # 25%, detect 50%) at its 1% canary share, where the issue's 0% -> 2% candidate slipped
+    # through; the 5% variant shows what stopping after two events costs at a 5% share.
+    Scenario("failure_1_to_30pct", "error", False, 100,
+             {"metric": "error", "max_increase": "20%", "detect": "100%"}, effect=30.0,
+             runs_scale=0.5),
+    Scenario("safety_0_to_2pct_zero", "safety", False, 400,
+             {"metric": "safety_flags", "max_increase": "25%"}, effect=math.inf, base=0.0,
+             share=0.01, candidate_rate=0.02, runs_scale=0.5),
+    Scenario("safety_0_to_2pct_zero_5%", "safety", False, 200,
+             {"metric": "safety_flags", "max_increase": "25%"}, effect=math.inf, base=0.0,
+             candidate_rate=0.02, runs_scale=0.5),
+    Scenario("safety_0.01_to_1pct", "safety", False, 600,
+             {"metric": "safety_flags", "max_increase": "25%"}, effect=100.0, base=0.0001,
+             share=0.01, runs_scale=0.5),
 )  # fmt: skip
 
 
@@ -177,7 +201,7 @@ def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
     g = Guardrail.from_mapping(sc.guardrail)
     r0, r1 = 1 + g.tolerance, 1 + g.effective_detect
     p_s = sc.base * (1 + 4 * incident)  # a shared incident multiplies both arms' rate by 5
-    p_c = np.minimum(p_s * sc.effect, 1.0)
+    p_c = np.minimum(sc.p_candidate * (1 + 4 * incident), 1.0)
     n_c = rng.binomial(volume, share, size=(runs, sc.looks))
     n_s = volume - n_c
     bad_c = rng.binomial(n_c, p_c)
@@ -208,7 +232,7 @@ def simulate_rates(sc: Scenario, runs: int, rng: np.random.Generator) -> dict[st
         strata_c, strata_s, keys, null_ratio=r0, mixture=RateMixture((r1,), (1.0,))
     )
     alarms[AT_DETECT] = first_alarm(log_detect >= math.log(1 / ALPHA))
-    if not sc.swings:  # one look sized at one share
+    if not sc.swings and sc.base > 0:  # one look sized at one share (and a baseline rate)
         alarms[CHECKPOINT] = checkpoint(sc, r0, r1, log_k, cum_nc, cum_bc, cum_bs)
 
     # naive: fixed windows, candidate rate > k x baseline rate, k = the regression worth catching.
@@ -479,7 +503,7 @@ class Floors:
     harm: float  # harmed by the median floor: bad candidate events (rates), requests (means)
 
 
-def detection_floors(sc: Scenario) -> Floors:
+def detection_floors(sc: Scenario) -> Floors | None:
     """Wald's, the power-one and the median floor for the true regression against the tolerance.
 
     For rates the harm floor is the expected bad candidate events by the median floor,
@@ -488,7 +512,9 @@ def detection_floors(sc: Scenario) -> Floors:
     """
     g = Guardrail.from_mapping(sc.guardrail)
     if sc.metric in ("error", "safety"):
-        p0, p1 = sc.base * (1 + g.tolerance), sc.base * sc.effect
+        if sc.base == 0.0:  # a known zero baseline: one bad event proves it, no floor to quote
+            return None
+        p0, p1 = sc.base * (1 + g.tolerance), sc.p_candidate
         median = float(binomial_median_floor(p0, p1, alpha=ALPHA))
         return Floors(
             wald=wald_bernoulli_floor(p0, p1, alpha=ALPHA, beta=BETA),
@@ -565,14 +591,21 @@ def summarise(
                     row[key] = median / floor if median is not None else None
         rows[method] = row
     family = "rates" if sc.metric in ("error", "safety") else "means"
-    return {
+    out: dict[str, Any] = {
         "scenario": sc.name,
         "family": family,
         "null": sc.null,
         "horizon_looks": sc.looks,
         "guardrail": sc.guardrail,
+        "share": sc.share,
         "methods": rows,
     }
+    if family == "rates" and not sc.null:
+        out["stable_rate"], out["candidate_rate"] = sc.base, sc.p_candidate
+        out["true_ratio"] = sc.effect if math.isfinite(sc.effect) else None  # None: stable at 0
+        ours, truth = rows["ours"].get("median_requests"), rows[ORACLE].get("median_requests")
+        out["median_over_told_truth"] = ours / truth if ours and truth else None
+    return out
 
 
 def match_kayenta(results: list[dict[str, Any]]) -> None:
@@ -607,7 +640,7 @@ def _q(values: Array, q: float) -> float | None:
 
 def run_benchmark(*, runs: int, seed: int, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run every scenario (or ``names``) and return the JSON-ready results."""
-    results = []
+    results: list[dict[str, Any]] = []
     started = time.perf_counter()
     for i, sc in enumerate(SCENARIOS):
         if names is not None and sc.name not in names:
@@ -643,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(result))
     print()
     print(render_targets(result))
+    print()
+    print(render_truth(result))
     print(f"\n{result['mode']} mode, {runs} A/A runs, {result['seconds']} s")
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

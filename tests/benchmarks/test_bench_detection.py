@@ -118,15 +118,47 @@ def test_every_detection_scenario_has_its_floors(bench: ModuleType) -> None:
         "latency_plus_10pct": 313,
         "quality_minus_0.02_late": 700,  # 350 scores, half the requests give one
         "cost_plus_30pct": 92,
+        "failure_1_to_30pct": 5,
+        "safety_0.01_to_1pct": 69,
     }
     floors = {sc.name: bench.detection_floors(sc) for sc in bench.SCENARIOS if not sc.null}
-    assert {name: f.median for name, f in floors.items()} == expected
+    # A known zero baseline has no floor to quote: one bad event would prove the regression.
+    assert {name for name, f in floors.items() if f is None} == {
+        "safety_0_to_2pct_zero",
+        "safety_0_to_2pct_zero_5%",
+    }
+    assert {name: f.median for name, f in floors.items() if f is not None} == expected
     for sc in bench.SCENARIOS:
-        if sc.null:
+        f = floors.get(sc.name)
+        if f is None:
             continue
-        f = floors[sc.name]
-        per_request = sc.base * sc.effect if sc.metric in ("error", "safety") else 1.0
+        per_request = sc.p_candidate if sc.metric in ("error", "safety") else 1.0
         assert f.harm == pytest.approx(per_request * f.median)
+
+
+def test_catastrophes_are_caught_within_the_first_few_bad_events(bench: ModuleType) -> None:
+    # Given the catastrophic scenarios of issue 12 on a small run
+    names = ("failure_1_to_30pct", "safety_0_to_2pct_zero", "safety_0.01_to_1pct")
+    result = bench.run_benchmark(runs=120, seed=3, names=names)
+    by_name = {s["scenario"]: s for s in result["scenarios"]}
+    # Then ours rolls back after as many candidate bad events as the SPRT told the truth, or
+    # one more, and the zero baseline after two flagged requests at the 1% canary share
+    zero = by_name["safety_0_to_2pct_zero"]
+    assert zero["stable_rate"] == 0.0
+    assert zero["true_ratio"] is None
+    assert zero["methods"]["ours"]["median_harmed"] == 2
+    assert zero["median_over_told_truth"] <= 1.3
+    for scenario in by_name.values():
+        ours, truth = scenario["methods"]["ours"], scenario["methods"][bench.ORACLE]
+        assert ours["rollback_rate"] == 1.0
+        assert ours["median_harmed"] <= truth["median_harmed"] + 1
+    # And the truth table shows requests and bad events against the SPRT told the truth
+    table = bench.render_truth(result)
+    assert "x truth" in table.splitlines()[0]
+    assert any(
+        line.startswith("safety_0_to_2pct_zero ") and " inf " in line for line in table.splitlines()
+    )
+    assert max(len(line) for line in bench.render_targets(result).splitlines()) <= 110
 
 
 # --- the median floors ----------------------------------------------------------------------

@@ -41,8 +41,9 @@ from policy_canary.monitoring._observations import ARMS, MonitorEvent, observe
 from policy_canary.monitoring._preflight import PreflightRow, StagePlan, preflight
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
-#: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums.
-MONITOR_STATE_FORMAT = 2
+#: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums,
+#: 3 since the rate test mixes out to "stable never shows it" (same fields, a different test).
+MONITOR_STATE_FORMAT = 3
 
 __all__ = [
     "ARMS",

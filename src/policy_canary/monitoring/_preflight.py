@@ -24,6 +24,7 @@ from policy_canary.monitoring._judges import detect_shift, on_log_scale
 from policy_canary.stats import (
     BPS,
     MAIN_WEIGHT,
+    RATE_DETECT_WEIGHT,
     bernoulli_kl,
     candidate_share_of_bad,
     wald_bernoulli_floor,
@@ -186,7 +187,7 @@ def _size(
         q0 = float(candidate_share_of_bad(rho, r0))
         q1 = float(candidate_share_of_bad(rho, r1))
         per_candidate = (rho * p * r1 + (1 - rho) * p) * bernoulli_kl(q1, q0) / rho
-        ours = (threshold + math.log(1 / MAIN_WEIGHT)) / per_candidate
+        ours = (threshold + math.log(1 / RATE_DETECT_WEIGHT)) / per_candidate
         p0, p1 = min(p * r0, 0.999), min(p * r1, 0.999)
         return ours, wald_bernoulli_floor(p0, p1, alpha=alpha_m, beta=beta), None
     # Relative mean or absolute delta: likelihood ratios on weighted AIPW terms.

@@ -18,7 +18,9 @@ from policy_canary.stats.means import (
 )
 from policy_canary.stats.rates import (
     BPS,
+    LIMIT_WEIGHT,
     MAIN_WEIGHT,
+    RATE_DETECT_WEIGHT,
     ConditionalRateProcess,
     RateMixture,
     candidate_share_of_bad,
@@ -44,7 +46,9 @@ from policy_canary.stats.wald import (
 __all__ = [
     "BETTING_GRID",
     "BPS",
+    "LIMIT_WEIGHT",
     "MAIN_WEIGHT",
+    "RATE_DETECT_WEIGHT",
     "UPPER_BOUND_FRACTIONS",
     "BettingMeanProcess",
     "ConditionalRateProcess",

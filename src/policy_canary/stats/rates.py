@@ -4,8 +4,9 @@ Only *bad* events carry information here. For each one, Y = 1 when the candidate
 and rho is the candidate's share of traffic when it was served. If the candidate's rate is at
 most ``r0`` times stable's, then P(Y = 1) <= q = rho*r0 / (rho*r0 + 1 - rho), whatever the
 traffic volume or a shared incident does to both arms. Each factor of the e-process is the
-likelihood ratio of an alternative ratio ``r1`` against ``r0``, i.e. Wald's SPRT, mixed over a
-couple of alternatives for robustness.
+likelihood ratio of an alternative ratio ``r1`` against ``r0``, i.e. Wald's SPRT, mixed over
+alternatives from just above the tolerance out to "stable never shows it" (an infinite ratio),
+so a catastrophe is stopped after its first few bad events.
 
 Because the factor depends on an event only through (rho, Y), the state is just the number of
 bad events per arm per traffic share (in basis points). Folding is O(new events), the state is a
@@ -25,7 +26,9 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "BPS",
+    "LIMIT_WEIGHT",
     "MAIN_WEIGHT",
+    "RATE_DETECT_WEIGHT",
     "ConditionalRateProcess",
     "RateMixture",
     "candidate_share_of_bad",
@@ -34,13 +37,24 @@ __all__ = [
 
 #: Basis points in 100% traffic.
 BPS = 10_000
-#: Prior weight of the configured ``detect`` alternative in every mixture (the rest goes to a
-#: smaller and a larger alternative): detection of ``detect`` pays ln(1 / MAIN_WEIGHT) of
-#: threshold.
+#: Prior weight of the configured ``detect`` alternative in the mean and SLO mixtures (the rest
+#: goes to a smaller and a larger alternative): detection of ``detect`` pays ln(1 / MAIN_WEIGHT)
+#: of threshold.
 MAIN_WEIGHT = 0.65
-#: Prior weights of the smaller (geometric midpoint) and the larger alternative.
+#: Prior weights of their smaller (midpoint) and larger alternative.
 MID_WEIGHT = 0.20
 FAR_WEIGHT = 0.15
+#: The relative rate test's mixture (``RateMixture.around``): weight of ``detect`` ...
+RATE_DETECT_WEIGHT = 0.55
+#: ... of the geometric midpoint between the tolerance and ``detect`` ...
+RATE_MID_WEIGHT = 0.20
+#: ... of the tail ``detect`` x 2^k, k = 1..TAIL_STEPS, split geometrically (each doubling gets
+#: TAIL_DECAY times the previous one's weight) ...
+TAIL_WEIGHT = 0.23
+TAIL_STEPS = 12
+TAIL_DECAY = 0.45
+#: ... and of the limit "stable never shows it" (ratio infinite; zero for a decrease).
+LIMIT_WEIGHT = 0.02
 #: Search range for confidence bounds on the rate ratio.
 _RATIO_FLOOR = 1e-3
 _RATIO_CEILING = 1e3
@@ -56,28 +70,45 @@ class RateMixture:
     def __post_init__(self) -> None:
         if not self.ratios or len(self.ratios) != len(self.weights):
             raise ValueError("a mixture needs as many weights as ratios, and at least one")
-        if any(r <= 0.0 for r in self.ratios) or any(w <= 0.0 for w in self.weights):
-            raise ValueError("mixture ratios and weights must be positive")
+        # 0 and inf are the limits "the candidate never shows it" / "stable never shows it".
+        if any(math.isnan(r) or r < 0.0 for r in self.ratios) or any(
+            not w > 0.0 for w in self.weights
+        ):
+            raise ValueError("mixture ratios must be >= 0 (inf allowed), weights positive")
         if not math.isclose(sum(self.weights), 1.0, rel_tol=1e-9):
             raise ValueError(f"mixture weights must sum to 1; got {sum(self.weights)}")
 
     @classmethod
     def around(cls, null_ratio: float, detect_ratio: float) -> RateMixture:
-        """Mix the configured alternative with the geometric midpoint and a larger one.
+        """Alternatives from the tolerance out to the limit, most weight on ``detect``.
 
-        The midpoint keeps power against regressions smaller than ``detect`` (a pure SPRT tuned
-        to ``detect`` drifts *down* on them). The larger alternative, two log-steps beyond
-        ``detect``, catches a gross regression sooner (failures 1% -> 4% against a 20%
-        tolerance and ``detect`` 100%: 338 candidate requests instead of 418 in the detection
-        benchmark). Weights 0.65 / 0.20 / 0.15 cost ln(1/0.65) of threshold at ``detect``
-        (8% more requests there); a pure SPRT at ``detect`` caught 1% -> 1.5% in 47% of runs,
-        the mixture in 98%.
+        * ``detect`` (weight 0.55): the regression the guardrail is sized for;
+        * the geometric midpoint of tolerance and ``detect`` (0.20): a pure SPRT tuned to
+          ``detect`` drifts *down* on regressions well below it and never fires;
+        * a tail ``detect`` x 2^k, k = 1..12 (0.23 in all, each doubling 0.45 times the
+          previous one's weight): gross regressions (failures 1% -> 4% or 1% -> 30%);
+        * the limit, an infinite ratio (0.02): stable never shows the bad event, so each
+          candidate one multiplies this component by 1/q0 and the first stable one ends it.
+          At a 1% share two candidate bad events breach (ln(1/q0) = 4.4 each).
+
+        On the other side of the null (``detect`` below it, a ``max_decrease``) the tail halves
+        and the limit is a zero ratio. Every component is a likelihood ratio of an alternative
+        on the far side of ``null_ratio``, so the mixture is a test supermartingale.
         """
         if math.isclose(null_ratio, detect_ratio):
             raise ValueError("the alternative must differ from the null ratio")
-        mid = math.sqrt(null_ratio * detect_ratio)
-        far = detect_ratio * (detect_ratio / null_ratio) ** 2
-        return cls(ratios=(detect_ratio, mid, far), weights=(MAIN_WEIGHT, MID_WEIGHT, FAR_WEIGHT))
+        step, limit = (2.0, math.inf) if detect_ratio > null_ratio else (0.5, 0.0)
+        tail = [TAIL_DECAY**k for k in range(TAIL_STEPS)]
+        scale = TAIL_WEIGHT / sum(tail)
+        return cls(
+            ratios=(
+                detect_ratio,
+                math.sqrt(null_ratio * detect_ratio),
+                *(detect_ratio * step ** (k + 1) for k in range(TAIL_STEPS)),
+                limit,
+            ),
+            weights=(RATE_DETECT_WEIGHT, RATE_MID_WEIGHT, *(scale * w for w in tail), LIMIT_WEIGHT),
+        )
 
     @classmethod
     def away(cls, *, pivot: float, null_ratio: float, detect_ratio: float) -> RateMixture:
@@ -107,9 +138,20 @@ class RateMixture:
 
 
 def candidate_share_of_bad(share: ArrayLike, ratio: float) -> NDArray[np.float64]:
-    """Return q = share*ratio / (share*ratio + 1 - share): P(a bad event is the candidate's)."""
+    """Return q = share*ratio / (share*ratio + 1 - share): P(a bad event is the candidate's).
+
+    An infinite ratio gives q = 1 (stable never has a bad event), a zero ratio q = 0.
+    """
     rho = np.asarray(share, dtype=np.float64)
+    if math.isinf(ratio):
+        return np.ones_like(rho)
     return rho * ratio / (rho * ratio + 1.0 - rho)
+
+
+def _log_factor(count: NDArray[np.float64], ratio: NDArray[np.float64]) -> NDArray[np.float64]:
+    """count x ln(ratio), with 0 x ln 0 = 0: an arm without events costs a limit nothing."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(np.where(count > 0, count * np.log(ratio), 0.0), dtype=np.float64)
 
 
 def conditional_log_evalue(
@@ -134,7 +176,7 @@ def conditional_log_evalue(
     parts = []
     for ratio, weight in zip(mixture.ratios, mixture.weights, strict=True):
         q1 = candidate_share_of_bad(rho, ratio)
-        log_lr = cand * np.log(q1 / q0) + stab * np.log((1.0 - q1) / (1.0 - q0))
+        log_lr = _log_factor(cand, q1 / q0) + _log_factor(stab, (1.0 - q1) / (1.0 - q0))
         parts.append(math.log(weight) + log_lr.sum(axis=-1))
     return np.asarray(np.logaddexp.reduce(np.stack(parts), axis=0), dtype=np.float64)
 

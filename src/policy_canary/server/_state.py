@@ -17,6 +17,8 @@ from policy_canary.controller._rollouts import Rollouts
 from policy_canary.errors import InputError, NotFoundError, RateLimitedError
 from policy_canary.registry import Registry
 from policy_canary.server._idempotency import Idempotency
+from policy_canary.server._remote_events import KnownRefs
+from policy_canary.server._watch import RoutingWatch
 from policy_canary.serving._canary import Canary
 from policy_canary.serving._gate import Decision
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
@@ -35,6 +37,14 @@ class Limits:
     decisions_kept: int = 100_000
     #: Requests per second each token (or, without auth, the server) may make; None: no limit.
     rate_per_second: float | None = None
+    #: Seconds between keep-alive comments on an idle ``/api/v1/stream``.
+    stream_keepalive: float = 15.0
+    #: Seconds after which the server ends a stream (the client reconnects, sending
+    #: ``Last-Event-ID``): spreads subscribers over replicas added since, and stays under
+    #: load balancers' connection lifetimes.
+    stream_seconds: float = 300.0
+    #: Seconds between the routing watcher's polls of the store (its LISTEN is instant).
+    watch_interval: float = 0.1
 
     @property
     def push_body_bytes(self) -> int:
@@ -147,9 +157,14 @@ class ServerState:
     limits: Limits
     decisions: Decisions = field(init=False)
     rate_limiter: RateLimiter | None = field(init=False)
+    watch: RoutingWatch = field(init=False)
+    known_refs: KnownRefs = field(default_factory=KnownRefs)
 
     def __post_init__(self) -> None:
         self.decisions = Decisions(self.limits.decisions_kept)
+        self.watch = RoutingWatch(
+            self.canary.store, self.canary._link, interval=self.limits.watch_interval
+        )
         rate = self.limits.rate_per_second
         self.rate_limiter = RateLimiter(rate, self.tokens.clock) if rate is not None else None
 

@@ -114,15 +114,17 @@ class Http:
         self.current = 0  # the server that answered last
         self._local = threading.local()
 
-    def _connection(self, index: int) -> http.client.HTTPConnection:
+    def _connection(self, index: int) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to server ``index``, and whether it was used before."""
         pool: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("pool", {})
         conn = pool.get(index)
-        if conn is None:
-            server = self.servers[index]
-            kind = http.client.HTTPSConnection if server.https else http.client.HTTPConnection
-            conn = kind(server.host, server.port, timeout=self.timeout)
-            pool[index] = conn
-        return conn
+        if conn is not None:
+            return conn, True
+        server = self.servers[index]
+        kind = http.client.HTTPSConnection if server.https else http.client.HTTPConnection
+        conn = kind(server.host, server.port, timeout=self.timeout)
+        pool[index] = conn
+        return conn, False
 
     def _drop(self, index: int) -> None:
         pool: dict[int, http.client.HTTPConnection] = self._local.__dict__.get("pool", {})
@@ -143,17 +145,16 @@ class Http:
         for step in range(count):
             index = (self.current + step) % count
             server = self.servers[index]
-            for attempt in (0, 1):
-                conn = self._connection(index)
+            for _ in (0, 1):
+                conn, reused = self._connection(index)
                 try:
                     conn.request(method, server.prefix + path, body=data, headers=sent)
                     response = conn.getresponse()
                     payload = response.read()
                 except (OSError, http.client.HTTPException) as error:
                     self._drop(index)
-                    stale = isinstance(error, http.client.RemoteDisconnected | BrokenPipeError)
-                    if attempt == 0 and stale:
-                        continue  # an idle kept-alive connection the server had closed
+                    if reused and not isinstance(error, TimeoutError):
+                        continue  # a kept-alive connection the server had closed (or died on)
                     problems.append(f"{server.url}: {type(error).__name__}: {error}")
                     break
                 self.current = index

@@ -47,7 +47,7 @@ _ERRORS: Mapping[str, type[CanaryError]] = {
     ErrorCode.STORE_UNAVAILABLE.value: StoreUnavailableError,
 }
 #: Statuses that mean "not now": the request is retried later (events stay buffered).
-TRANSIENT_STATUSES = frozenset({401, 408, 429, 500, 502, 503, 504})
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class ServerUnavailableError(StoreUnavailableError):

@@ -28,7 +28,13 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from policy_canary.errors import ConflictError, InputError, StoreUnavailableError
+from policy_canary.errors import (
+    AuthenticationError,
+    ConflictError,
+    InputError,
+    RateLimitedError,
+    StoreUnavailableError,
+)
 from policy_canary.serving._http import Http, Server, ServerUnavailableError, error_of, servers
 from policy_canary.serving._link import EventRow, FeedbackRow, FeedbackWrite, PruneResult
 from policy_canary.serving._routing import RouteTable, SpecCache
@@ -116,10 +122,13 @@ class RemoteLink:
 
     @staticmethod
     def is_transient(error: BaseException) -> bool:
-        """True when the server could not be reached or said "not now": keep the batch."""
-        return isinstance(error, StoreUnavailableError) or type(error).__name__ in {
-            "RateLimitedError"
-        }
+        """True when the server could not be reached or said "not now": keep the batch.
+
+        A refused token (401: revoked or expired) is "not now" too: the batch is kept, the
+        outage logged and counted, until the token is replaced (a restart with a new one)
+        or the buffer fills; it is no reason to drop events one by one.
+        """
+        return isinstance(error, StoreUnavailableError | RateLimitedError | AuthenticationError)
 
     @staticmethod
     def is_duplicate(error: BaseException) -> bool:

@@ -17,8 +17,13 @@ from sqlalchemy import select
 from _serving import POLICY, seed_policy, start_rollout, update_rollout
 from policy_canary import Canary
 from policy_canary.clock import SystemClock
-from policy_canary.errors import AuthenticationError, ConflictError, InputError, NotFoundError
-from policy_canary.errors import StoreUnavailableError
+from policy_canary.errors import (
+    AuthenticationError,
+    ConflictError,
+    InputError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from policy_canary.store import Store
 from policy_canary.store.schema import events, feedback
 from policy_canary.tokens import Tokens
@@ -34,8 +39,9 @@ class Setup:
     ops: str
 
     def ops_post(self, base: str, path: str, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{base}{path}", json=body, timeout=10,
-                          headers={"Authorization": f"Bearer {self.ops}"})  # fmt: skip
+        return httpx.post(
+            f"{base}{path}", json=body, timeout=10, headers={"Authorization": f"Bearer {self.ops}"}
+        )
 
 
 @pytest.fixture
@@ -63,8 +69,13 @@ def stored(store: Store) -> dict[str, Any]:
 
 
 def test_route_record_and_feedback_match_direct_mode(setup: Setup) -> None:
-    rollout_id = start_rollout(setup.store, SystemClock(), baseline=setup.stable,
-                               candidate=setup.candidate, traffic_bp=3_000)  # fmt: skip
+    rollout_id = start_rollout(
+        setup.store,
+        SystemClock(),
+        baseline=setup.stable,
+        candidate=setup.candidate,
+        traffic_bp=3_000,
+    )
     proc, base = start(setup.db_url)
     try:
         remote = Canary.connect(base, token=setup.agent, flush_interval=0.05)
@@ -75,22 +86,38 @@ def test_route_record_and_feedback_match_direct_mode(setup: Setup) -> None:
         assert arms == [twin.route(u).arm for u in units]  # the same splitter, locally
         assert 0 < arms.count("candidate") < 400
         d = gate.route("user-7")
-        d.record(latency_ms=12.5, quality=0.75, cost_usd=0.002, input_tokens=10,
-                 output_tokens=20, model="m1", safety_flags=["pii"], metrics={"solved": True})  # fmt: skip
+        d.record(
+            latency_ms=12.5,
+            quality=0.75,
+            cost_usd=0.002,
+            input_tokens=10,
+            output_tokens=20,
+            model="m1",
+            safety_flags=["pii"],
+            metrics={"solved": True},
+        )
         with gate.route("user-8") as block:
             pass
         remote.feedback(block.decision_id, quality=0.5)
         remote.feedback(d.decision_id, metrics={"thumbs": 1.0})
         remote.close()
         direct.close()
-        assert remote.stats().written == 2 and remote.stats().dropped == 0
+        assert remote.stats().written == 2
+        assert remote.stats().dropped == 0
         rows = stored(setup.store)
         row = rows[d.decision_id]
         assert (row.policy, row.arm, row.rollout_id, row.traffic_bp, row.scheme) == (
-            POLICY, d.arm.value, rollout_id, 3_000, 1)  # fmt: skip
-        assert row.version_digest == d.version.id and row.sticky is True
+            POLICY,
+            d.arm.value,
+            rollout_id,
+            3_000,
+            1,
+        )
+        assert row.version_digest == d.version.id
+        assert row.sticky is True
         assert (row.latency_ms, row.quality, row.cost_usd, row.model) == (12.5, 0.75, 0.002, "m1")
-        assert json.loads(row.safety_flags) == ["pii"] and row.flag_count == 1
+        assert json.loads(row.safety_flags) == ["pii"]
+        assert row.flag_count == 1
         assert json.loads(row.metrics) == {"solved": True}
         assert rows[block.decision_id].error is False
         with setup.store.read() as conn:
@@ -107,18 +134,21 @@ def test_a_rollback_is_pushed_to_route_within_the_push_latency(setup: Setup) -> 
         remote = Canary.connect(base, token=setup.agent, refresh_interval=30)
         gate = remote.gate(POLICY)
         assert until(lambda: remote._refresher.listener is not None)
-        started = setup.ops_post(base, f"/api/v1/policies/{POLICY}/rollouts",
-                                 {"candidate": "v2", "reason": "try"})  # fmt: skip
+        started = setup.ops_post(
+            base, f"/api/v1/policies/{POLICY}/rollouts", {"candidate": "v2", "reason": "try"}
+        )
         assert started.status_code == 201, started.text
         update_rollout(setup.store, started.json()["id"], traffic_bp=10_000)
         assert until(lambda: gate.route("u1").arm == "candidate", 2.0)
         t0 = time.monotonic()
-        rolled = setup.ops_post(base, f"/api/v1/policies/{POLICY}/rollout/rollback",
-                                {"reason": "bad"})  # fmt: skip
+        rolled = setup.ops_post(
+            base, f"/api/v1/policies/{POLICY}/rollout/rollback", {"reason": "bad"}
+        )
         assert rolled.status_code == 200, rolled.text
         assert until(lambda: gate.route("u1").arm == "stable", 1.0)
         assert time.monotonic() - t0 < 1.0
-        assert gate.status().stale is False and gate.status().rollout_id is None
+        assert gate.status().stale is False
+        assert gate.status().rollout_id is None
         remote.close()
     finally:
         stop(proc)
@@ -152,7 +182,8 @@ def test_server_killed_and_restarted_mid_traffic_loses_no_acknowledged_event(
         assert until(lambda: gate.status().stale, 5.0)
         outage = len(recorded)
         assert until(lambda: len(recorded) > outage + 100)  # route() and record() go on
-        assert remote.stats().buffered > 0 and gate.status().last_error
+        assert remote.stats().buffered > 0
+        assert gate.status().last_error
         proc, _ = start(setup.db_url, port=port)
         assert until(lambda: not gate.status().stale, 5.0)
     finally:
@@ -161,7 +192,8 @@ def test_server_killed_and_restarted_mid_traffic_loses_no_acknowledged_event(
     remote.close()
     try:
         stats = remote.stats()
-        assert stats.dropped == 0 and stats.buffered == 0, stats
+        assert stats.dropped == 0, stats
+        assert stats.buffered == 0, stats
         assert stats.written == len(recorded)
         assert set(recorded) <= set(stored(setup.store))
     finally:
@@ -172,8 +204,9 @@ def test_failover_to_the_next_server_when_one_dies(setup: Setup) -> None:
     first, a = start(setup.db_url)
     second, b = start(setup.db_url)
     try:
-        remote = Canary.connect([a, b], token=setup.agent, refresh_interval=0.2,
-                                flush_interval=0.05)  # fmt: skip
+        remote = Canary.connect(
+            [a, b], token=setup.agent, refresh_interval=0.2, flush_interval=0.05
+        )
         gate = remote.gate(POLICY)
         gate.route("u0").record(latency_ms=1.0)
         assert until(lambda: remote.stats().written == 1)
@@ -185,8 +218,13 @@ def test_failover_to_the_next_server_when_one_dies(setup: Setup) -> None:
             d.record(latency_ms=1.0)
             ids.append(d.decision_id)
         assert until(lambda: remote.stats().written == 21)
-        rollout = start_rollout(setup.store, SystemClock(), baseline=setup.stable,
-                                candidate=setup.candidate, traffic_bp=10_000)  # fmt: skip
+        rollout = start_rollout(
+            setup.store,
+            SystemClock(),
+            baseline=setup.stable,
+            candidate=setup.candidate,
+            traffic_bp=10_000,
+        )
         assert until(lambda: gate.table.rollout_id == rollout, 5.0)  # served by b
         assert not gate.status().stale
         remote.close()

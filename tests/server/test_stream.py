@@ -38,9 +38,7 @@ class Live:
 
     def stream(self, who: str = "viewer", **kw: Any) -> Any:
         headers = self.headers(who, **kw.pop("headers", {}))
-        return httpx.stream(
-            "GET", f"{self.base}/api/v1/stream", headers=headers, timeout=10, **kw
-        )
+        return httpx.stream("GET", f"{self.base}/api/v1/stream", headers=headers, timeout=10, **kw)
 
 
 @pytest.fixture
@@ -51,9 +49,10 @@ def live(store: Store, clock: ManualClock) -> Iterator[Live]:
     secrets = {
         "viewer": tokens.create("viewer", role="viewer", actor="t").secret,
         "agent": tokens.create("agent", role="agent", actor="t").secret,
-        "billing": tokens.create("billing", role="agent", policies=["billing-agent"],
-                                 actor="t").secret,
-    }  # fmt: skip
+        "billing": tokens.create(
+            "billing", role="agent", policies=["billing-agent"], actor="t"
+        ).secret,
+    }
     canary = Canary(store, clock=clock, background=False)
     app = create_app(canary, limits=Limits(stream_keepalive=0.2, watch_interval=0.05))
     watch = app.state.server.watch
@@ -91,8 +90,9 @@ def _rollout(live: Live) -> str:
     from policy_canary.registry import Registry
 
     versions = Registry(live.store, clock=live.clock).versions(NAME)
-    return start_rollout(live.store, live.clock, baseline=versions[0].id,
-                         candidate=versions[1].id, traffic_bp=2_500)  # fmt: skip
+    return start_rollout(
+        live.store, live.clock, baseline=versions[0].id, candidate=versions[1].id, traffic_bp=2_500
+    )
 
 
 def test_the_current_tables_at_once_then_every_change_with_an_ofrep_refetch(live: Live) -> None:
@@ -107,16 +107,22 @@ def test_the_current_tables_at_once_then_every_change_with_an_ofrep_refetch(live
         rollout_id = _rollout(live)
         routing, note = events(response, 2)
     after = _direct(live.store, [NAME, "billing-agent"])
-    assert routing.kind == "routing" and routing.json() == after
+    assert routing.kind == "routing"
+    assert routing.json() == after
     assert routing.id == note.id == str(after["epoch"])
     table = routing.json()["policies"][NAME]
     assert (table["rollout_id"], table["share_bp"], table["rollout_state"]) == (
-        rollout_id, 2_500, "running")  # fmt: skip
-    assert table["salt"] and table["candidate"]["number"] == 2
+        rollout_id,
+        2_500,
+        "running",
+    )
+    assert table["salt"]
+    assert table["candidate"]["number"] == 2
     assert note.kind == "message"
     body = note.json()
     assert body["type"] == "refetchEvaluation"
-    assert isinstance(body["etag"], str) and isinstance(body["lastModified"], int)
+    assert isinstance(body["etag"], str)
+    assert isinstance(body["lastModified"], int)
 
 
 def test_a_reconnect_gets_the_tables_and_a_refetch_when_it_missed_a_change(live: Live) -> None:
@@ -126,7 +132,8 @@ def test_a_reconnect_gets_the_tables_and_a_refetch_when_it_missed_a_change(live:
     _rollout(live)
     with live.stream(headers={"Last-Event-ID": str(epoch)}) as response:
         routing, note = events(response, 2)
-    assert routing.kind == "routing" and int(routing.id or 0) > epoch
+    assert routing.kind == "routing"
+    assert int(routing.id or 0) > epoch
     assert note.json()["type"] == "refetchEvaluation"
 
 
@@ -140,8 +147,9 @@ def test_idle_streams_get_keep_alive_comments(live: Live) -> None:
 def test_a_token_limited_to_policies_sees_only_those(live: Live) -> None:
     with live.stream("billing") as response:
         assert list(events(response, 1)[0].json()["policies"]) == ["billing-agent"]
-    refused = httpx.get(f"{live.base}/api/v1/stream", params={"policy": NAME},
-                        headers=live.headers("billing"))  # fmt: skip
+    refused = httpx.get(
+        f"{live.base}/api/v1/stream", params={"policy": NAME}, headers=live.headers("billing")
+    )
     assert refused.status_code == 403
     assert "limited to billing-agent" in refused.json()["detail"]
     polled = httpx.get(f"{live.base}/api/v1/routing", headers=live.headers("billing"))
@@ -175,10 +183,13 @@ def test_polling_takes_an_etag_and_answers_304_until_routing_moves(live: Live) -
     assert again.status_code == 304
     _rollout(live)
     for _ in range(200):  # bounded: the watcher polls every 50 ms
-        moved = httpx.get(url, params={"policy": NAME},
-                          headers=live.headers(**{"If-None-Match": etag}))  # fmt: skip
+        moved = httpx.get(
+            url, params={"policy": NAME}, headers=live.headers(**{"If-None-Match": etag})
+        )
         if moved.status_code == 200:
             break
-    assert moved.status_code == 200 and moved.json()["policies"][NAME]["share_bp"] == 2_500
+    assert moved.status_code == 200
+    assert moved.json()["policies"][NAME]["share_bp"] == 2_500
     missing = httpx.get(url, params={"policy": "nope"}, headers=live.headers())
-    assert missing.status_code == 404 and "no policy 'nope'" in missing.json()["detail"]
+    assert missing.status_code == 404
+    assert "no policy 'nope'" in missing.json()["detail"]

@@ -38,12 +38,31 @@ if TYPE_CHECKING:
     from policy_canary.server._auth import Principal
 
 #: The fields of a remote event that describe its decision (record()'s follow).
-DECISION_KEYS = ("decision_id", "policy", "arm", "rollout_id", "version_digest", "stage",
-                 "traffic_bp", "scheme", "sticky", "at")  # fmt: skip
+DECISION_KEYS = (
+    "decision_id",
+    "policy",
+    "arm",
+    "rollout_id",
+    "version_digest",
+    "stage",
+    "traffic_bp",
+    "scheme",
+    "sticky",
+    "at",
+)
 MAX_DECISION_ID = 40
 MAX_STAGE = 200
-_OUTCOME_KEYS = ("latency_ms", "error", "quality", "safety_flags", "cost_usd", "input_tokens",
-                 "output_tokens", "model", "metrics")  # fmt: skip
+_OUTCOME_KEYS = (
+    "latency_ms",
+    "error",
+    "quality",
+    "safety_flags",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "model",
+    "metrics",
+)
 _ALL_KEYS = frozenset(DECISION_KEYS + _OUTCOME_KEYS)
 
 
@@ -77,8 +96,13 @@ class KnownRefs:
                     found_v = {(r.policy, r.digest) for r in conn.execute(query)}
                 found_r = {}
                 if new_rollouts:
-                    found_r = dict(conn.execute(select(rollouts.c.id, rollouts.c.policy).where(
-                        rollouts.c.id.in_(sorted(new_rollouts)))).tuples().all())  # fmt: skip
+                    found_r = dict(
+                        conn.execute(
+                            select(rollouts.c.id, rollouts.c.policy).where(
+                                rollouts.c.id.in_(sorted(new_rollouts))
+                            )
+                        )
+                    )
             with self._lock:
                 self._versions |= found_v
                 self._rollouts.update(found_r)
@@ -147,9 +171,17 @@ def _row(item: Any, index: int) -> EventRow:
     if isinstance(flags, list):
         flags = tuple(flags)
     try:  # the same validation (and messages) as record()
-        out = outcome(item.get("latency_ms"), item.get("error"), item.get("quality"), flags,
-                      item.get("cost_usd"), item.get("input_tokens"), item.get("output_tokens"),
-                      item.get("model"), item.get("metrics"))  # fmt: skip
+        out = outcome(
+            item.get("latency_ms"),
+            item.get("error"),
+            item.get("quality"),
+            flags,
+            item.get("cost_usd"),
+            item.get("input_tokens"),
+            item.get("output_tokens"),
+            item.get("model"),
+            item.get("metrics"),
+        )
     except CanaryError as exc:
         raise type(exc)(f"{where}: {exc.message}") from None
     return (
@@ -228,8 +260,13 @@ def feedback_rows(items: Any, principal: Principal, store: Store) -> list[Feedba
             raise type(exc)(f"{where}: {exc.message}") from None
         rows.append((decision_id, _at(where, item.get("at")), score, text, False, key))
     with store.read() as conn:
-        policy_of = dict(conn.execute(select(events.c.decision_id, events.c.policy).where(
-            events.c.decision_id.in_({row[0] for row in rows}))).tuples().all())  # fmt: skip
+        policy_of = dict(
+            conn.execute(
+                select(events.c.decision_id, events.c.policy).where(
+                    events.c.decision_id.in_({row[0] for row in rows})
+                )
+            )
+        )
     for policy in sorted(set(policy_of.values())):
         principal.authorize(Permission.RECORD, policy)
     return rows

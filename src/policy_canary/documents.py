@@ -45,7 +45,10 @@ def load_document(
     """Parse YAML (or JSON when ``fmt == "json"``) strictly, raising ``error`` with a location."""
     if fmt == "json":
         return Loaded(value=_load_json(text, source=source, error=error), source=source)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses unprintable characters here already
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: malformed YAML: {exc}") from None
     try:
         try:
             node = loader.get_single_node()

@@ -40,8 +40,23 @@ _POLICY = Query(None, description="Only these policies (repeat the parameter); d
 _SSE_DOC = {
     "responses": {
         "200": {
-            "description": "A text/event-stream of routing changes.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "A text/event-stream of routing changes: each event is a "
+            "'routing' event (data: the routing document) and, on a change, a 'message' "
+            "event (data: OFREP's refetchEvaluation notification).",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "event": {"type": "string", "enum": ["routing", "message"]},
+                            "id": {"type": "string", "description": "The routing epoch."},
+                            "data": {"type": "string", "description": "JSON."},
+                            "retry": {"type": "integer"},
+                        },
+                    }
+                }
+            },
         }
     }
 }

@@ -96,13 +96,10 @@ class KnownRefs:
                     found_v = {(r.policy, r.digest) for r in conn.execute(query)}
                 found_r = {}
                 if new_rollouts:
-                    found_r = dict(
-                        conn.execute(
-                            select(rollouts.c.id, rollouts.c.policy).where(
-                                rollouts.c.id.in_(sorted(new_rollouts))
-                            )
-                        )
+                    query = select(rollouts.c.id, rollouts.c.policy).where(
+                        rollouts.c.id.in_(sorted(new_rollouts))
                     )
+                    found_r = {row.id: row.policy for row in conn.execute(query)}
             with self._lock:
                 self._versions |= found_v
                 self._rollouts.update(found_r)
@@ -260,13 +257,10 @@ def feedback_rows(items: Any, principal: Principal, store: Store) -> list[Feedba
             raise type(exc)(f"{where}: {exc.message}") from None
         rows.append((decision_id, _at(where, item.get("at")), score, text, False, key))
     with store.read() as conn:
-        policy_of = dict(
-            conn.execute(
-                select(events.c.decision_id, events.c.policy).where(
-                    events.c.decision_id.in_({row[0] for row in rows})
-                )
-            )
+        query = select(events.c.decision_id, events.c.policy).where(
+            events.c.decision_id.in_({row[0] for row in rows})
         )
+        policy_of = {row.decision_id: row.policy for row in conn.execute(query)}
     for policy in sorted(set(policy_of.values())):
         principal.authorize(Permission.RECORD, policy)
     return rows

@@ -42,9 +42,9 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from _common import RESULTS, print_table, write_json
 from sqlalchemy import create_engine, func, select, text
 
+from _common import RESULTS, print_table, write_json
 from policy_canary import Canary
 from policy_canary.controller import Rollouts
 from policy_canary.registry import Registry
@@ -69,19 +69,18 @@ request = function()
 end
 """
 
-_POSTER = (
-    """\
+_POSTER = f"""\
 import http.client, json, sys, threading, time
 host, port, token, batches, size, conns, prefix, digest = sys.argv[1:9]
 batches, size, conns = int(batches), int(size), int(conns)
 at = "2026-01-01T00:00:00+00:00"
 def body(b):
-    return json.dumps({"events": [{"decision_id": f"{prefix}{b}-{i}", "policy": "%s",
+    return json.dumps({{"events": [{{"decision_id": f"{{prefix}}{{b}}-{{i}}", "policy": "{POLICY}",
         "arm": "stable", "version_digest": digest, "traffic_bp": 0, "scheme": 1,
-        "sticky": True, "at": at, "latency_ms": 12.5, "error": False, "quality": 0.8}
-        for i in range(size)]}).encode()
+        "sticky": True, "at": at, "latency_ms": 12.5, "error": False, "quality": 0.8}}
+        for i in range(size)]}}).encode()
 bodies = [body(b) for b in range(batches)]
-headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+headers = {{"Content-Type": "application/json", "Authorization": f"Bearer {{token}}"}}
 acked = [0] * conns
 def worker(k):
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -94,10 +93,8 @@ threads = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
 t0 = time.perf_counter()
 for t in threads: t.start()
 for t in threads: t.join()
-print(json.dumps({"seconds": time.perf_counter() - t0, "acked": sum(acked)}))
+print(json.dumps({{"seconds": time.perf_counter() - t0, "acked": sum(acked)}}))
 """
-    % POLICY
-)
 
 
 def free_port() -> int:
@@ -198,7 +195,7 @@ def bench_propagation(url: str, host: str, port: int, token: str, rounds: int) -
         for i in range(rounds):
             row = rollouts.start(POLICY, candidate="v2", actor="bench", reason="bench",
                                  force=True)  # fmt: skip
-            _until(lambda: gate.route("u").rollout_id == row.id)
+            _until(lambda rid=row.id: gate.route("u").rollout_id == rid)
             rollouts.rollback(POLICY, reason=f"round {i}", actor="bench")
             t0 = time.perf_counter()  # the rollback's transaction has committed
             _until(lambda: gate.route("u").rollout_id is None)

@@ -58,6 +58,8 @@ def load_document(
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as exc:
         raise error(_unprintable(text, exc, source)) from None
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: malformed YAML: {exc}") from None
     try:
         try:
             node = loader.get_single_node()

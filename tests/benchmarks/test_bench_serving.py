@@ -76,3 +76,11 @@ def test_bench_startup_smoke(tmp_path: Path) -> None:
     assert ours["cpu_ms"] > 0
     assert opened["modules"] > ours["modules"]  # the store and its driver loaded
     assert set(result["verdict"]) >= {"import_vs_growthbook", "open_vs_growthbook"}  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_bench_server_smoke(tmp_path: Path) -> None:
+    result = _run("bench_server.py", tmp_path, "--quick")
+    events = result["events"]
+    assert events["acked"] == events["stored"] == 4_000  # type: ignore[index]
+    assert result["propagation_sqlite"]["rounds"] == 3  # type: ignore[index]

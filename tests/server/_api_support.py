@@ -56,7 +56,8 @@ def make_api(
     store: Store, clock: ManualClock, *, limits: Limits | None = None, buffer_size: int = 100_000
 ) -> Iterator[Api]:
     canary = Canary(store, clock=clock, background=False, buffer_size=buffer_size)
-    app = create_app(canary, auth=True, limits=limits)
+    # Streams end quickly here: a TestClient reads a response to its end.
+    app = create_app(canary, auth=True, limits=limits or Limits(stream_seconds=0.2))
     with TestClient(app, raise_server_exceptions=False) as client:
         api = Api(client, canary, store, clock)
         for role in ROLES:

@@ -21,8 +21,8 @@ def free_port() -> int:
         return port
 
 
-def start(db_url: str, *args: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
+def start(db_url: str, *args: str, port: int | None = None) -> tuple[subprocess.Popen[str], str]:
+    port = port or free_port()
     proc = subprocess.Popen(
         [*CLI, "serve", "--db", db_url, "--port", str(port), *args],
         stdout=subprocess.PIPE,

@@ -60,3 +60,48 @@ def test_public_names_still_resolve_lazily() -> None:
     loaded = _modules_after("import policy_canary\nassert policy_canary.Controller.__doc__")
     assert "policy_canary.controller" in loaded
     assert json.dumps(sorted(dir(__import__("policy_canary"))))  # dir() lists the lazy names
+
+
+def test_the_remote_sdk_loads_no_sqlalchemy_and_no_driver(tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    from policy_canary import Registry, Store
+
+    url = f"sqlite:///{tmp_path}/store.db"
+    store = Store.open(url)
+    Registry(store).register("support-agent", {"prompt": "hi"}, author="t", message="m")
+    store.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = str(Path(sys.executable).parent / "policy-canary")
+    server = subprocess.Popen(
+        [cli, "serve", "--db", url, "--port", str(port), "--no-auth"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # bounded: a real process binding its port
+            try:
+                urllib.request.urlopen(f"{base}/api/v1/health", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+        loaded = _modules_after(
+            f"from policy_canary import Canary\n"
+            f"canary = Canary.connect({base!r})\n"
+            "d = canary.gate('support-agent').route('u1')\n"
+            "d.record(latency_ms=1.0)\n"
+            "canary.close()\n"
+            "assert canary.stats().written == 1"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert _top(loaded, (*HEAVY, "sqlalchemy", "psycopg2", "asyncpg")) == []
+    assert not [m for m in loaded if m.startswith(("policy_canary.store", "policy_canary.server"))]

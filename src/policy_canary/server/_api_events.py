@@ -1,4 +1,8 @@
-"""``/api/v1/events`` and ``/api/v1/feedback``: outcomes of decisions the server made."""
+"""``/api/v1/events`` and ``/api/v1/feedback``: outcomes of decisions, by OFREP or remote SDKs.
+
+Events of OFREP evaluations name only their decision id (the server made the decision and
+remembers it); events of remote SDKs carry the whole decision (``_remote_events.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,13 @@ from starlette.responses import Response
 from policy_canary.errors import CanaryError, InputError, RateLimitedError, TooLargeError
 from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import Body, any_object, json_body
+from policy_canary.server._remote_events import (
+    feedback_rows,
+    is_remote,
+    remote_rows,
+    write_events,
+    write_feedback,
+)
 from policy_canary.server._routes import IDEMPOTENCY_HEADER, mutation, with_extra
 from policy_canary.server._state import server_state
 from policy_canary.serving import Decision
@@ -39,7 +50,25 @@ _EVENT_SCHEMA = {
         "output_tokens": {"type": ["integer", "null"]},
         "model": {"type": ["string", "null"]},
         "metrics": {"type": ["object", "null"]},
+        # The remote form (Canary.connect): the decision made client-side.
+        "policy": {"type": "string"},
+        "arm": {"type": "string", "enum": ["stable", "candidate"]},
+        "rollout_id": {"type": ["string", "null"]},
+        "version_digest": {"type": "string"},
+        "stage": {"type": ["string", "null"]},
+        "traffic_bp": {"type": "integer"},
+        "scheme": {"type": "integer"},
+        "sticky": {"type": "boolean"},
+        "at": {"type": "string", "format": "date-time"},
     },
+    "additionalProperties": False,
+}  # fmt: skip
+_FEEDBACK_ITEM = {
+    "type": "object",
+    "required": ["decision_id", "at", "key"],
+    "properties": {"decision_id": {"type": "string"}, "quality": _NUMBER,
+                   "metrics": {"type": ["object", "null"]},
+                   "at": {"type": "string", "format": "date-time"}, "key": {"type": "string"}},
     "additionalProperties": False,
 }  # fmt: skip
 
@@ -97,6 +126,8 @@ def events(
     most = state.limits.events_per_batch
     if len(items) > most:
         raise TooLargeError(f"{len(items):,} events in one batch; send at most {most:,}")
+    if items and is_remote(items[0]):
+        return _remote_events(request, principal, body, items)
     parsed = [_fields(item, i) for i, item in enumerate(items)]
     ids = [did for did, _ in parsed]
     if len(set(ids)) != len(ids):
@@ -120,13 +151,31 @@ def events(
     return mutation(request, principal, body.raw, act)
 
 
+def _remote_events(
+    request: Request, principal: Principal, body: Body, items: list[Any]
+) -> Response:
+    """Events decided by a remote SDK: validated, then committed before the answer."""
+    state = server_state(request)
+    rows = remote_rows(items, principal, state.canary.store, state.known_refs)
+
+    def act() -> dict[str, Any]:
+        write_events(state.canary._link, rows)
+        return {"accepted": len(rows)}
+
+    return mutation(request, principal, body.raw, act)
+
+
 @router.post(
     "/feedback",
     summary="Attach a late score to an earlier decision",
     openapi_extra=with_extra(
-        _body_schema({"type": "object", "required": ["decision_id"], "properties": {
-            "decision_id": {"type": "string"}, "quality": _NUMBER,
-            "metrics": {"type": ["object", "null"]}}, "additionalProperties": False}),
+        _body_schema({"oneOf": [
+            {"type": "object", "required": ["decision_id"], "properties": {
+                "decision_id": {"type": "string"}, "quality": _NUMBER,
+                "metrics": {"type": ["object", "null"]}}, "additionalProperties": False},
+            {"type": "object", "required": ["feedback"], "properties": {
+                "feedback": {"type": "array", "items": _FEEDBACK_ITEM}},
+             "additionalProperties": False}]}),
         IDEMPOTENCY_HEADER,
     ),
 )  # fmt: skip
@@ -137,6 +186,14 @@ def feedback(
 ) -> Response:
     state = server_state(request)
     data = any_object(body.data)
+    if "feedback" in data and len(data) == 1:
+        rows = feedback_rows(data["feedback"], principal, state.canary.store)
+
+        def write() -> dict[str, Any]:
+            done = write_feedback(state.canary._link, rows)
+            return {"accepted": len(rows), "refused": done.refused, "duplicates": done.duplicates}
+
+        return mutation(request, principal, body.raw, write)
     unknown = sorted(set(data) - set(FEEDBACK_FIELDS))
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r}; feedback has {', '.join(FEEDBACK_FIELDS)}")

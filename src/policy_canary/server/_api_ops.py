@@ -162,6 +162,7 @@ def revoke_token(
 
     def act() -> dict[str, Any]:
         revoked = store.revoke(token_name, actor=principal.actor, reason=req.reason)
+        server_state(request).token_cache.clear()  # refused here from the next request
         return revoked.to_dict(now=store.clock.now())
 
     return mutation(request, principal, body.raw, act)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,14 @@ from policy_canary import __version__
 from policy_canary.controller import Incidents
 from policy_canary.errors import TooLargeError
 from policy_canary.registry import Registry
-from policy_canary.server import _api_events, _api_ops, _api_policies, _api_rollouts, _ofrep
+from policy_canary.server import (
+    _api_events,
+    _api_ops,
+    _api_policies,
+    _api_rollouts,
+    _ofrep,
+    _stream,
+)
 from policy_canary.server._errors import install, problem
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.server._state import Limits, ServerState
@@ -59,8 +67,11 @@ def create_app(
     chosen = limits or Limits()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        watch = app.state.server.watch
+        watch.start(asyncio.get_running_loop())
         yield
+        await run_in_threadpool(watch.close)
         if close_canary:
             await run_in_threadpool(canary.close)
 
@@ -85,7 +96,7 @@ def create_app(
         limits=chosen,
     )
     install(app)
-    for module in (_api_policies, _api_rollouts, _api_ops, _api_events, _ofrep):
+    for module in (_api_policies, _api_rollouts, _api_ops, _api_events, _stream, _ofrep):
         app.include_router(module.router)
     most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
     app.add_middleware(_ContentLengthCap, most=most)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from policy_canary.errors import AuthenticationError
 from policy_canary.server._state import server_state
@@ -38,31 +39,38 @@ class Principal:
         return self.token is None or self.token.allows(permission, policy)
 
 
-def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+async def _authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
     state = server_state(request)
     if not state.auth:
         return Principal(actor=default_actor(), token=None)
     header = request.headers.get("authorization")
     if header is not None and credentials is None:
         raise AuthenticationError("send the token as 'Authorization: Bearer pc_...'")
-    token = state.tokens.authenticate(credentials.credentials if credentials else None)
+    secret = credentials.credentials if credentials else None
+    token = state.token_cache.get(secret) if secret else None
+    if token is None or token.state(state.tokens.clock.now()) != "active":
+        token = await run_in_threadpool(state.tokens.authenticate, secret)
+        if secret:
+            state.token_cache.put(secret, token)
     return Principal(actor=token.name, token=token)
 
 
 def require(
     permission: Permission, *, policy_param: str | None = None, per_policy: bool = False
-) -> Callable[..., Principal]:
+) -> Callable[..., Awaitable[Principal]]:
     """A dependency: authenticate, then check ``permission`` (for the path's policy).
 
     ``per_policy`` routes check the role here and each policy they touch themselves (a
     batch of events, a bulk evaluation, feedback by decision id).
     """
 
-    def dependency(
+    async def dependency(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ) -> Principal:
-        principal = _authenticate(request, credentials)
+        principal = await _authenticate(request, credentials)
         limiter = server_state(request).rate_limiter
         if limiter is not None:
             limiter.take(principal.actor)

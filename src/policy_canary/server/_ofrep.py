@@ -119,7 +119,9 @@ async def evaluate(
     state = server_state(request)
     try:
         unit = await _context(request, state)
-        gate = await run_in_threadpool(state.canary.gate, key)  # the first use reads the store
+        gate = state.canary._gates.get(key)  # loaded: no thread, no store
+        if gate is None:
+            gate = await run_in_threadpool(state.canary.gate, key)  # the first use reads it
         decision = _route(state, gate, unit)
     except _ContextError as failed:
         return ofrep_error(failed.error, key, parse=failed.parse)

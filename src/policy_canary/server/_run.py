@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -48,6 +49,22 @@ def check_exposure(*, host: str, no_auth: bool, usable_tokens: int) -> str:
     return f"auth: bearer tokens required ({usable_tokens} usable)"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, ending the event streams first on SIGTERM/SIGINT.
+
+    A stream never finishes by itself, so without this the graceful shutdown would wait
+    its whole timeout for them before closing in-flight requests.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
 def serve(
     *,
     db_url: str | None,
@@ -84,6 +101,6 @@ def serve(
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
             server_header=False,
         )
-        uvicorn.Server(config).run()
+        _Server(config, on_exit=lambda: app.state.server.watch.close(wait=False)).run()
     finally:
         canary.close()  # idempotent: already closed by the app's shutdown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from policy_canary.controller import Incidents, Rollouts
 from policy_canary.errors import InputError, NotFoundError, RateLimitedError
 from policy_canary.registry import Registry
 from policy_canary.server._idempotency import Idempotency
+from policy_canary.server._remote_events import KnownRefs
+from policy_canary.server._watch import RoutingWatch
 from policy_canary.serving import Canary, Decision
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
-from policy_canary.tokens import Tokens
+from policy_canary.tokens import TokenInfo, Tokens, token_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,17 @@ class Limits:
     decisions_kept: int = 100_000
     #: Requests per second each token (or, without auth, the server) may make; None: no limit.
     rate_per_second: float | None = None
+    #: Seconds between keep-alive comments on an idle ``/api/v1/stream``.
+    stream_keepalive: float = 15.0
+    #: Seconds after which the server ends a stream (the client reconnects, sending
+    #: ``Last-Event-ID``): spreads subscribers over replicas added since, and stays under
+    #: load balancers' connection lifetimes.
+    stream_seconds: float = 300.0
+    #: Seconds an authenticated token is trusted without a store read (revocations made
+    #: through another process take effect within this).
+    token_cache_seconds: float = 1.0
+    #: Seconds between the routing watcher's polls of the store (its LISTEN is instant).
+    watch_interval: float = 0.1
 
     @property
     def push_body_bytes(self) -> int:
@@ -98,6 +112,33 @@ class Decisions:
         return decision
 
 
+class TokenCache:
+    """Tokens authenticated in the last ``seconds``, by digest: no store read per request.
+
+    A hit is re-checked for expiry at every use; a revocation through this server clears
+    the cache at once, one made elsewhere (the CLI, another replica) takes effect here
+    within ``seconds``. Refusals are never cached.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._found: dict[str, tuple[TokenInfo, float]] = {}
+
+    def get(self, secret: str) -> TokenInfo | None:
+        hit = self._found.get(token_digest(secret))
+        if hit is None or time.monotonic() - hit[1] > self._seconds:
+            return None
+        return hit[0]
+
+    def put(self, secret: str, token: TokenInfo) -> None:
+        if len(self._found) > 10_000:
+            self._found.clear()
+        self._found[token_digest(secret)] = (token, time.monotonic())
+
+    def clear(self) -> None:
+        self._found = {}
+
+
 class RateLimiter:
     """A token bucket per caller: ``rate`` requests per second, bursts of up to one second's.
 
@@ -145,9 +186,16 @@ class ServerState:
     limits: Limits
     decisions: Decisions = field(init=False)
     rate_limiter: RateLimiter | None = field(init=False)
+    watch: RoutingWatch = field(init=False)
+    known_refs: KnownRefs = field(default_factory=KnownRefs)
+    token_cache: TokenCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.decisions = Decisions(self.limits.decisions_kept)
+        self.token_cache = TokenCache(self.limits.token_cache_seconds)
+        self.watch = RoutingWatch(
+            self.canary.store, self.canary._link, interval=self.limits.watch_interval
+        )
         rate = self.limits.rate_per_second
         self.rate_limiter = RateLimiter(rate, self.tokens.clock) if rate is not None else None
 

@@ -227,15 +227,16 @@ class EventBuffer:
         """
         with self._flush_lock:
             before = self._written
-            batches = -(-self.pending() // self._batch_size)  # ceil: what is pending now
-            for _ in range(batches):
+            # Rows, not batches: a batch left in flight by a failure may be a short one.
+            remaining = self.pending()
+            while remaining > 0:
                 if not self._inflight and not self._inflight_feedback:
                     self._inflight = _take(self._events, self._batch_size)
                     self._inflight_feedback = _take(self._feedback, self._batch_size)
-                if not self._inflight and not self._inflight_feedback:
+                size = len(self._inflight) + len(self._inflight_feedback)
+                if not size or not self._write_inflight():
                     break
-                if not self._write_inflight():
-                    break
+                remaining -= size
             return self._written - before
 
     def _write_inflight(self) -> bool:

@@ -30,7 +30,7 @@ import itertools
 import random
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -89,11 +89,13 @@ class Canary:
     - ``background``: start the refresher and flusher threads (default True).
     - ``clock`` and ``rng``: injected time and randomness (tests, simulations).
     - ``owns_store``: close the store with the canary (:meth:`open` sets it).
+    - ``link``: where tables come from and events go instead of ``store``
+      (:meth:`connect` passes a server's).
     """
 
     def __init__(
         self,
-        store: Store,
+        store: Store | None,
         *,
         clock: Clock | None = None,
         refresh_interval: float = 1.0,
@@ -107,17 +109,22 @@ class Canary:
         rng: random.Random | None = None,
         listen: bool = True,
         owns_store: bool = False,
+        link: Link | None = None,
     ) -> None:
         refresh_interval = loop_interval("refresh_interval", refresh_interval)
         flush_interval = loop_interval("flush_interval", flush_interval)
         prune_interval = loop_interval("prune_interval", prune_interval)
         if retention is not None:
             checked_retention(retention)
-        # The store's side of the serving path; loaded with the store (and SQLAlchemy).
-        from policy_canary.serving._direct import StoreLink
+        if link is None:
+            if store is None:
+                raise InputError("Canary() needs a store; or use Canary.open() / .connect()")
+            # The store's side of the serving path; loaded with the store (and SQLAlchemy).
+            from policy_canary.serving._direct import StoreLink
 
+            link = StoreLink(store)
         self._store = store
-        self._link: Link = StoreLink(store)
+        self._link: Link = link
         self._clock: Clock = clock or SystemClock()
         # Every record() stamps its event; for the wall clock, calling datetime.now directly
         # skips a Python frame (a tenth of record()'s budget). Any other clock is honoured.
@@ -197,9 +204,62 @@ class Canary:
             owns_store=True,
         )
 
+    @classmethod
+    def connect(
+        cls,
+        url: str | Sequence[str],
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        clock: Clock | None = None,
+        refresh_interval: float = 1.0,
+        flush_interval: float = 0.5,
+        buffer_size: int = 100_000,
+        batch_size: int = 1_000,
+        stale_after: timedelta | None = None,
+        background: bool = True,
+        rng: random.Random | None = None,
+        listen: bool = True,
+    ) -> Canary:
+        """A canary served by a ``policy-canary serve`` (no database credentials needed).
+
+        ``url`` is one server URL or a list to fail over across (replicas behind different
+        addresses); ``token`` an agent (or viewer, to route only) token. Routing tables
+        arrive over the server's event stream (``listen``) and are polled every
+        ``refresh_interval`` seconds either way; events and feedback go in batches of
+        ``batch_size``. Same API and guarantees as :meth:`open`: a server that goes away
+        leaves ``route()`` on its last tables and ``gate.status()`` stale; the buffer keeps
+        what was recorded, bounded, and a batch counts as written once the server committed
+        it. Raises :class:`StoreUnavailableError` when no server answers and
+        :class:`AuthenticationError` for a refused token. ``registry``, ``rollouts``,
+        ``tick()`` and ``prune()`` need a store and raise :class:`ConflictError` here.
+        """
+        from policy_canary.serving._remote import connect_link
+
+        return cls(
+            None,
+            link=connect_link(url, token=token, timeout=timeout),
+            clock=clock,
+            refresh_interval=refresh_interval,
+            flush_interval=flush_interval,
+            buffer_size=buffer_size,
+            batch_size=batch_size,
+            retention=None,
+            stale_after=stale_after,
+            background=background,
+            rng=rng,
+            listen=listen,
+            owns_store=True,
+        )
+
     @property
     def store(self) -> Store:
         """The store this canary reads routing tables from and writes events to."""
+        if self._store is None:
+            raise ConflictError(
+                "this canary is connected to a server (Canary.connect) and has no store; "
+                "use the server's API, or Canary.open(db_url) where the database is reachable"
+            )
         return self._store
 
     @functools.cached_property
@@ -207,21 +267,21 @@ class Canary:
         """The policy registry of this canary's store (same clock)."""
         from policy_canary.registry import Registry
 
-        return Registry(self._store, clock=self._clock)
+        return Registry(self.store, clock=self._clock)
 
     @functools.cached_property
     def rollouts(self) -> Rollouts:
         """Start, inspect and steer rollouts in this canary's store (same clock)."""
         from policy_canary.controller import Rollouts
 
-        return Rollouts(self._store, clock=self._clock)
+        return Rollouts(self.store, clock=self._clock)
 
     @functools.cached_property
     def controller(self) -> Controller:
         """A controller on this canary's store; production runs ``policy-canary controller``."""
         from policy_canary.controller import Controller
 
-        return Controller(self._store, clock=self._clock)
+        return Controller(self.store, clock=self._clock)
 
     def tick(self) -> TickReport:
         """Run one synchronous controller evaluation (for tests, scripts and simulations).
@@ -480,7 +540,7 @@ class Canary:
         if "controller" in self.__dict__:  # only if tick() ever built one
             self.controller.close()
         if self._owns_store:
-            self._store.close()
+            self._link.close()
 
     def _check_open(self, call: str) -> None:
         if self._closed:

@@ -72,6 +72,14 @@ class SpecCache:
             self._specs[digest] = spec
         return spec
 
+    def get_parsed(self, digest: str, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Return the frozen spec of version ``digest`` given as a parsed JSON object."""
+        spec = self._specs.get(digest)
+        if spec is None:
+            spec = freeze(value)
+            self._specs[digest] = spec
+        return spec
+
 
 def stage_name(plan_text: str, stage_index: int) -> str | None:
     """Return the name of stage ``stage_index`` of a stored plan, or None if it has none.

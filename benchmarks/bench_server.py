@@ -1,0 +1,289 @@
+"""How fast is ``policy-canary serve``, measured from separate processes on loopback?
+
+Side by side in one run, each against a real ``policy-canary serve`` process (bearer-token
+auth on, one uvicorn worker):
+
+1. OFREP single-flag evaluations: ``wrk`` (Debian's package) from its own process, many
+   connections, a fresh ``targetingKey`` per request; evaluations/s and p50/p99 latency.
+2. Event ingestion: a separate Python process posts batches of 1,000 remote-SDK events
+   (the full decision row, validated like ``record()``, committed before the answer) over
+   several connections; events/s, and every event is counted in the store afterwards.
+3. Rollback propagation over the stream, on SQLite and on PostgreSQL: this process holds a
+   remote canary (``Canary.connect``) subscribed to the server; a rollout is started and
+   rolled back through the library (``Rollouts``, a separate store connection); the time
+   from the rollback's commit to the first ``route()`` whose decision carries no rollout.
+
+Targets on the 2-core box: >= 5,000 OFREP evaluations/s with p99 <= 10 ms; >= 50,000
+events/s; propagation p99 <= 250 ms. Run: ``python benchmarks/bench_server.py [--quick]``.
+Needs ``wrk`` on PATH (``apt-get install -y wrk``) and PostgreSQL for the last part
+(``POLICY_CANARY_TEST_PG``, default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``);
+a missing one is reported as such, not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from sqlalchemy import create_engine, func, select, text
+
+from _common import RESULTS, print_table, write_json
+from policy_canary import Canary
+from policy_canary.controller import Rollouts
+from policy_canary.registry import Registry
+from policy_canary.store import Store
+from policy_canary.store.schema import events
+from policy_canary.tokens import Tokens
+
+POLICY = "support-agent"
+CLI = str(Path(sys.executable).parent / "policy-canary")
+PG_URL = os.environ.get(
+    "POLICY_CANARY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+TARGETS = {"ofrep_rps": 5_000, "ofrep_p99_ms": 10.0, "events_per_s": 50_000, "prop_p99_ms": 250}
+
+_WRK_LUA = """\
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"context":{"targetingKey":"user-' .. n .. '-' .. math.random(1e9) .. '"}}'
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json",
+                                  ["Authorization"] = "Bearer %s"}, body)
+end
+"""
+
+_POSTER = f"""\
+import http.client, json, sys, threading, time
+host, port, token, batches, size, conns, prefix, digest = sys.argv[1:9]
+batches, size, conns = int(batches), int(size), int(conns)
+at = "2026-01-01T00:00:00+00:00"
+def body(b):
+    return json.dumps({{"events": [{{"decision_id": f"{{prefix}}{{b}}-{{i}}", "policy": "{POLICY}",
+        "arm": "stable", "version_digest": digest, "traffic_bp": 0, "scheme": 1,
+        "sticky": True, "at": at, "latency_ms": 12.5, "error": False, "quality": 0.8}}
+        for i in range(size)]}}).encode()
+bodies = [body(b) for b in range(batches)]
+headers = {{"Content-Type": "application/json", "Authorization": f"Bearer {{token}}"}}
+acked = [0] * conns
+def worker(k):
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    for b in range(k, batches, conns):
+        conn.request("POST", "/api/v1/events", body=bodies[b], headers=headers)
+        reply = conn.getresponse(); reply.read()
+        assert reply.status == 200, reply.status
+        acked[k] += size
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
+t0 = time.perf_counter()
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({{"seconds": time.perf_counter() - t0, "acked": sum(acked)}}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def seed(url: str) -> tuple[str, str, str]:
+    """A policy with v1 stable and v2; an agent token. Returns (agent secret, v1, v2)."""
+    store = Store.open(url)
+    registry = Registry(store)
+    v1 = registry.register(POLICY, {"prompt": "You are helpful.", "tools": ["search"]},
+                           author="bench").version  # fmt: skip
+    v2 = registry.register(POLICY, {"prompt": "You are concise.", "tools": ["search"]},
+                           author="bench").version  # fmt: skip
+    secret = Tokens(store).create("bench-agent", role="agent", actor="bench").secret
+    store.close()
+    return secret, v1.id, v2.id
+
+
+@contextmanager
+def serving(url: str) -> Any:
+    """A ``policy-canary serve`` process on a free port; yields (host, port)."""
+    port = free_port()
+    proc = subprocess.Popen([CLI, "serve", "--db", url, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).is_success:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("policy-canary serve did not start")
+        time.sleep(0.1)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def bench_ofrep(host: str, port: int, token: str, seconds: int) -> dict[str, Any]:
+    """wrk: evaluations/s and latency percentiles."""
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_LUA % token)
+    url = f"http://{host}:{port}/ofrep/v1/evaluate/flags/{POLICY}"
+    done = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    os.unlink(script.name)
+    out = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = {p: _ms(v, u) for p, v, u in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)", out)}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": pct["50"], "p99_ms": pct["99"],
+            "errors": int(non2xx.group(1)) if non2xx else 0}  # fmt: skip
+
+
+def bench_events(
+    url: str, host: str, port: int, token: str, digest: str, batches: int
+) -> dict[str, Any]:
+    """A separate process posting batches of 1,000 events over 4 connections."""
+    prefix = uuid.uuid4().hex[:8] + "-"
+    done = subprocess.run(
+        [sys.executable, "-c", _POSTER, host, str(port), token, str(batches), "1000", "4",
+         prefix, digest], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout.splitlines()[-1])
+    store = Store.open(url)
+    with store.read() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(events).where(events.c.decision_id.like(f"{prefix}%"))
+        ).scalar_one()
+    store.close()
+    return {"events_per_s": result["acked"] / result["seconds"], "acked": result["acked"],
+            "stored": int(stored)}  # fmt: skip
+
+
+def bench_propagation(url: str, host: str, port: int, token: str, rounds: int) -> dict[str, Any]:
+    """Rollback commit → the subscribed agent's route() carries no rollout; ms per round."""
+    store = Store.open(url)
+    rollouts = Rollouts(store)
+    canary = Canary.connect(f"http://{host}:{port}", token=token, refresh_interval=30)
+    gate = canary.gate(POLICY)
+    samples = []
+    try:
+        for i in range(rounds):
+            row = rollouts.start(POLICY, candidate="v2", actor="bench", reason="bench",
+                                 force=True)  # fmt: skip
+            _until(lambda rid=row.id: gate.route("u").rollout_id == rid)
+            rollouts.rollback(POLICY, reason=f"round {i}", actor="bench")
+            t0 = time.perf_counter()  # the rollback's transaction has committed
+            _until(lambda: gate.route("u").rollout_id is None)
+            samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        canary.close()
+        store.close()
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"p50_ms": statistics.median(samples), "p99_ms": p99, "max_ms": ordered[-1],
+            "rounds": rounds}  # fmt: skip
+
+
+def _until(check: Any, seconds: float = 30.0) -> None:
+    deadline = time.perf_counter() + seconds
+    while not check():
+        if time.perf_counter() > deadline:
+            raise SystemExit("the remote canary never saw the change")
+        time.sleep(0.0002)
+
+
+@contextmanager
+def pg_schema() -> Any:
+    """A fresh PostgreSQL schema (its URL), dropped afterwards; None if unreachable."""
+    try:
+        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        schema = f"bench_{uuid.uuid4().hex[:10]}"
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as error:  # reported, not timed
+        yield None, str(error).splitlines()[0]
+        return
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}", None
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
+    args = parser.parse_args()
+    seconds, batches, rounds = (1, 4, 3) if args.quick else (10, 200, 40)
+    results: dict[str, Any] = {"quick": args.quick, "targets": TARGETS}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        token, v1, _ = seed(url)
+        with serving(url) as (host, port):
+            results["ofrep"] = bench_ofrep(host, port, token, seconds)
+            results["events"] = bench_events(url, host, port, token, v1, batches)
+            results["propagation_sqlite"] = bench_propagation(url, host, port, token, rounds)
+    with pg_schema() as (pg, problem):
+        if pg is None:
+            results["propagation_postgresql"] = {"skipped": f"PostgreSQL unreachable: {problem}"}
+        else:
+            token, _, _ = seed(pg)
+            with serving(pg) as (host, port):
+                results["propagation_postgresql"] = bench_propagation(pg, host, port, token,
+                                                                      rounds)  # fmt: skip
+    report(results)
+    path = write_json(args.out, "bench_server", {**results, "at": datetime.now(UTC).isoformat()})
+    print(f"results: {path}")
+
+
+def _cell(part: dict[str, Any], key: str, fmt: str) -> str:
+    return part["skipped"] if "skipped" in part else format(part[key], fmt)
+
+
+def report(r: dict[str, Any]) -> None:
+    o, e = r["ofrep"], r["events"]
+    ps, pp = r["propagation_sqlite"], r["propagation_postgresql"]
+    rows = [
+        ("OFREP single flag (wrk, 32 conns)", _cell(o, "rps", ",.0f") + " eval/s",
+         _cell(o, "p50_ms", ".2f"), _cell(o, "p99_ms", ".2f"), ">= 5,000/s, p99 <= 10 ms"),
+        ("events, batches of 1,000 (4 conns)", f"{e['events_per_s']:,.0f} events/s", "", "",
+         ">= 50,000/s"),
+        ("rollback -> route() over SSE, SQLite", "", _cell(ps, "p50_ms", ".1f"),
+         _cell(ps, "p99_ms", ".1f"), "p99 <= 250 ms"),
+        ("rollback -> route() over SSE, PostgreSQL", "", _cell(pp, "p50_ms", ".1f"),
+         _cell(pp, "p99_ms", ".1f"), "p99 <= 250 ms"),
+    ]  # fmt: skip
+    print_table("policy-canary serve (loopback, separate processes)",
+                ["what", "throughput", "p50 ms", "p99 ms", "target"], rows)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -274,6 +274,10 @@ class Canary:
                 self._refreshed = (now, now, None)
             return gate
 
+    def gate_statuses(self) -> list[GateStatus]:
+        """The status of every gate opened so far, by policy (metrics read this)."""
+        return [self._gate_status(g) for _, g in sorted(self._gates.items())]
+
     def refresh_now(self) -> bool:
         """Reload the routing tables if the store's change counter moved; True on success.
 

@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # loaded on first use: an agent that only routes never pays f
     from policy_canary.controller import Controller, TickReport
     from policy_canary.controller._rollouts import Rollouts
     from policy_canary.registry import Registry
+    from policy_canary.serving._spans import RouteHook
     from policy_canary.store import Store
 
 __all__ = ["Canary", "IngestStats", "PruneResult"]
@@ -90,6 +91,9 @@ class Canary:
     - ``background``: start the refresher and flusher threads (default True).
     - ``clock`` and ``rng``: injected time and randomness (tests, simulations).
     - ``owns_store``: close the store with the canary (:meth:`open` sets it).
+    - ``trace_spans``: add each assignment to the current OpenTelemetry span as a
+      ``feature_flag.evaluation`` event (needs the ``otel`` extra; default off, and then
+      OpenTelemetry is never imported). See docs/integrations.md.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class Canary:
         rng: random.Random | None = None,
         listen: bool = True,
         owns_store: bool = False,
+        trace_spans: bool = False,
     ) -> None:
         refresh_interval = loop_interval("refresh_interval", refresh_interval)
         flush_interval = loop_interval("flush_interval", flush_interval)
@@ -135,6 +140,11 @@ class Canary:
         self._stale_after = stale_after or timedelta(seconds=3 * refresh_interval)
         self._rng = rng or random.Random()
         self._owns_store = owns_store
+        self._on_route: RouteHook | None = None
+        if trace_spans:  # only then is OpenTelemetry imported
+            from policy_canary.serving._spans import span_hook
+
+            self._on_route = span_hook()
         # Decision ids: a random per-canary prefix plus a counter. Unique across processes
         # and restarts without a database round trip, and cheap: the id text is only built
         # when it is read or recorded. ``count.__next__`` is atomic under the GIL.
@@ -173,6 +183,7 @@ class Canary:
         background: bool = True,
         rng: random.Random | None = None,
         listen: bool = True,
+        trace_spans: bool = False,
     ) -> Canary:
         """Open the store (``db_url``, else ``$POLICY_CANARY_DB``, else ./policy-canary.db).
 
@@ -196,6 +207,7 @@ class Canary:
             rng=rng,
             listen=listen,
             owns_store=True,
+            trace_spans=trace_spans,
         )
 
     @property
@@ -266,6 +278,7 @@ class Canary:
                 rng=self._rng,
                 ids=self._next_id,
                 id_prefix=self._id_prefix,
+                on_route=self._on_route,
             )
             self._gates[policy] = gate
             if self._epoch is None:

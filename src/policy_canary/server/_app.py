@@ -17,6 +17,7 @@ from policy_canary.server import (
     _api_events,
     _api_metrics,
     _api_ops,
+    _api_otlp,
     _api_policies,
     _api_rollouts,
     _ofrep,
@@ -96,8 +97,17 @@ def create_app(
     )
     app.state.metrics_registry = metrics_registry(ReleaseCollector(canary.store, canary=canary))
     app.state.metrics_open = open_metrics
+    app.state.otlp = _api_otlp.OtlpIngest()
     install(app)
-    for module in (_api_policies, _api_rollouts, _api_ops, _api_events, _ofrep, _api_metrics):
+    for module in (
+        _api_policies,
+        _api_rollouts,
+        _api_ops,
+        _api_events,
+        _ofrep,
+        _api_metrics,
+        _api_otlp,
+    ):
         app.include_router(module.router)
     most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
     app.add_middleware(_ContentLengthCap, most=most)

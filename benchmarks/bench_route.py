@@ -24,6 +24,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class Contender:
     realized: float | None = None
 
 
-def _policy_canary(folder: Path) -> tuple[Contender, Contender]:
+def _policy_canary(folder: Path) -> tuple[Contender, Contender, Store]:
     """The SDK's gate on a real store, and the bare scheme as the floor."""
     store = Store.open(f"sqlite:///{folder}/route-bench.db")
     clock = SystemClock()
@@ -89,7 +90,7 @@ def _policy_canary(folder: Path) -> tuple[Contender, Contender]:
             )
         )
         store.bump_epoch(conn)
-    canary = Canary(store, background=False, owns_store=True)
+    canary = Canary(store, background=False)
     gate = canary.gate("support-agent")
     route = Contender(
         "policy-canary Gate.route()",
@@ -105,7 +106,27 @@ def _policy_canary(folder: Path) -> tuple[Contender, Contender]:
         return hasher.digest() < bound
 
     floor = Contender("floor: sha256 hash-and-compare", hash_and_compare)
-    return route, floor
+    return route, floor, store
+
+
+def _traced(store: Store) -> list[tuple[Contender, Callable[[], AbstractContextManager[Any]]]]:
+    """route() with ``trace_spans=True``: outside any span, and inside a recording one."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        why = "unavailable: pip install opentelemetry-sdk"
+        return [(Contender("route() trace_spans=True", None, status=why), nullcontext)]
+    canary = Canary(store, background=False, trace_spans=True)
+    gate = canary.gate("support-agent")
+    idle = Contender("route() trace_spans=True, no span", gate.route)
+    # One recording span per timed run: each route() builds and adds its event (the SDK
+    # keeps the last 128), which is the cost an instrumented request pays.
+    tracer = TracerProvider().get_tracer("bench")
+    inside = Contender("route() trace_spans=True, recording span", gate.route, close=canary.close)
+    return [
+        (idle, nullcontext),
+        (inside, lambda: tracer.start_as_current_span("invoke_agent bench")),
+    ]
 
 
 def _growthbook() -> Contender:
@@ -232,7 +253,7 @@ def main() -> None:
     keys = [f"user-{i:07d}" for i in range(args.n)]
     with tempfile.TemporaryDirectory(prefix="policy-canary-bench-") as tmp:
         folder = Path(tmp)
-        route, floor = _policy_canary(folder)
+        route, floor, store = _policy_canary(folder)
         contenders = [route, floor]
         for name, make in (
             ("GrowthBook", _growthbook),
@@ -259,9 +280,28 @@ def main() -> None:
             is_candidate = contender.is_candidate
             contender.realized = sum(is_candidate(assign(key)) for key in keys) / len(keys)
             contender.close()
+        traced = _traced(store)
+        for contender, span in traced:
+            assign = contender.assign
+            if assign is None:
+                continue
+
+            def run_traced(
+                assign: Callable[[str], Any] = assign,
+                span: Callable[[], AbstractContextManager[Any]] = span,
+            ) -> int:
+                with span():
+                    for key in keys:
+                        assign(key)
+                return len(keys)
+
+            contender.runs_us = per_call_us(run_traced, args.repeats)
+            contender.close()
+        contenders += [contender for contender, _ in traced]
+        store.close()
 
     route_us = median(route.runs_us)
-    sdks = [c for c in contenders[2:] if c.runs_us]
+    sdks = [c for c in contenders[2:] if c.runs_us and not c.name.startswith("route()")]
     fastest = min(sdks, key=lambda c: median(c.runs_us)) if sdks else None
     speedup = median(fastest.runs_us) / route_us if fastest else None
     rows = []

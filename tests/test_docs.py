@@ -114,6 +114,30 @@ def test_every_documented_command_exists() -> None:
     assert checked >= 20
 
 
+#: Every series the collectors expose (docs/integrations.md), without _total/_bucket suffixes.
+_SERIES_SOURCES = ("telemetry/_prometheus.py", "telemetry/_controller.py")
+
+
+def _exposed_series() -> set[str]:
+    names = set()
+    for source in _SERIES_SOURCES:
+        text = (ROOT / "src" / "policy_canary" / source).read_text()
+        names |= set(re.findall(r'(?:_gauge|_counter)\(\s*"(\w+)"', text))
+        names |= set(re.findall(r'(?:_P|METRIC_PREFIX) \+ "(\w+)"', text))
+    return {f"policy_canary_{n}" for n in names}
+
+
+def _check_prometheus_rules(doc: dict[str, Any], source: str) -> None:
+    exposed = _exposed_series()
+    assert "policy_canary_rollout_phase" in exposed, exposed
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            assert {"alert", "expr"} <= set(rule), source
+            for name in re.findall(r"policy_canary_\w+", rule["expr"]):
+                base = re.sub(r"_(total|bucket|count|sum|info)$", "", name)
+                assert base in exposed, f"{source}: {rule['alert']} names unknown {name}"
+
+
 def test_every_yaml_sample_in_the_docs_validates(tmp_path: Path) -> None:
     import yaml
 
@@ -125,7 +149,10 @@ def test_every_yaml_sample_in_the_docs_validates(tmp_path: Path) -> None:
     for path in DOCS:
         for i, body in enumerate(blocks(path, "yaml")):
             source = f"{path.name}#yaml{i}"
-            if "stages:" in body:
+            if body.startswith("groups:"):
+                _check_prometheus_rules(yaml.safe_load(body), source)
+                kinds.append("prometheus")
+            elif "stages:" in body:
                 RolloutPlan.loads(body, source=source)
                 kinds.append("plan")
             elif "sinks:" in body:
@@ -140,4 +167,4 @@ def test_every_yaml_sample_in_the_docs_validates(tmp_path: Path) -> None:
                 for item in yaml.safe_load(body)["guardrails"]:
                     Guardrail.from_mapping(item)
                 kinds.append("guardrails")
-    assert {"plan", "sinks", "guardrails"} <= set(kinds)
+    assert {"plan", "sinks", "guardrails", "prometheus"} <= set(kinds)

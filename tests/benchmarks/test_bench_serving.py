@@ -42,10 +42,13 @@ def test_bench_route_smoke(tmp_path: Path) -> None:
     # Same scheme, same keys: the gate and the floor agree exactly.
     assert route["realized_share"] == floor["realized_share"]
     assert 0.02 < route["realized_share"] < 0.08
-    assert len(rows) == 5
+    assert len(rows) == 7
+    # The cost of Canary(trace_spans=True), outside any span and inside a recording one.
+    for name in ("no span", "recording span"):
+        assert rows[f"route() trace_spans=True, {name}"]["median_us"] > 0
     for row in rows.values():
         assert row["status"] == "ok" or row["status"].startswith("unavailable")
-        if row["status"] == "ok":
+        if row["status"] == "ok" and row["realized_share"] is not None:
             assert 0.02 < row["realized_share"] < 0.08
     assert set(result["verdict"]) >= {"route_us", "speedup_vs_fastest_sdk"}  # type: ignore[arg-type]
 

@@ -49,6 +49,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, bool]] = {
     ("POST", "/api/v1/tokens"): ("admin", False),
     ("POST", "/api/v1/tokens/{token_name}/revoke"): ("admin", False),
     ("POST", "/api/v1/events"): ("agent", False),
+    ("POST", "/v1/traces"): ("agent", False),
     ("POST", "/api/v1/feedback"): ("agent", False),
     ("GET", "/api/v1/stream"): ("viewer", False),
     ("GET", "/api/v1/routing"): ("viewer", False),
@@ -125,6 +126,6 @@ def test_every_route_by_every_caller(api: Api) -> None:
         if (v[0] == "allowed" and v[1] in (401, 403)) or (v[0] != "allowed" and str(v[1]) != v[0])
     }
     assert wrong == {}
-    assert len(outcomes) == len(ROUTES) * len(callers) == 36 * 11
+    assert len(outcomes) == len(ROUTES) * len(callers) == 37 * 11
     # The matrix exercised all three outcomes for real.
     assert {v[1] for v in outcomes.values()} >= {401, 403, 200}

@@ -24,7 +24,9 @@ from policy_canary.cli._output import (
     state,
 )
 from policy_canary.controller import Controller, TickReport
+from policy_canary.errors import InputError
 from policy_canary.resilience import RECOVERED
+from policy_canary.store import Store
 
 
 def _human(report: TickReport) -> None:
@@ -84,6 +86,20 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _controller(store: Store, holder: str | None, metrics_port: int | None) -> Controller:
+    """The controller, metered and exposing /metrics on ``metrics_port`` when one is given."""
+    if metrics_port is None:
+        return Controller(store, holder=holder)
+    try:
+        from policy_canary.telemetry import serve_controller_metrics
+    except ImportError as exc:
+        raise InputError(
+            f"--metrics-port needs the [prometheus] extra ({exc.name} is missing): "
+            "pip install 'policy-canary[prometheus]'"
+        ) from None
+    return serve_controller_metrics(store, holder=holder, port=metrics_port)
+
+
 def controller(
     ctx: typer.Context,
     interval: str = typer.Option("5s", "--interval", help="Time between ticks, e.g. 5s, 1m."),
@@ -94,6 +110,13 @@ def controller(
     no_alerts: bool = typer.Option(
         False, "--no-alerts", help="Do not deliver alerts (another process runs the dispatcher)."
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics on this port (/metrics; needs the [prometheus] extra).",
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Run the controller: promote healthy candidates stage by stage, roll bad ones back."""
@@ -101,7 +124,7 @@ def controller(
         pace = parse_interval(interval)
         store = state(ctx).store()
         dispatcher = None if no_alerts else Dispatcher(store, load_sinks())
-        worker = Controller(store, holder=holder)
+        worker = _controller(store, holder, metrics_port)
         dispatch = dispatcher.dispatch_once if dispatcher is not None else None
         if once:
             try:

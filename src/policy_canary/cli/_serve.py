@@ -27,6 +27,9 @@ def serve(
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Serve without tokens (only on a loopback address)."
     ),
+    open_metrics: bool = typer.Option(
+        False, "--open-metrics", help="Serve /metrics without a token (e.g. to a scraper)."
+    ),
 ) -> None:
     """Serve the HTTP API (/api/v1) and OFREP (/ofrep/v1) until interrupted."""
     with reporting(json_output=False):
@@ -44,5 +47,6 @@ def serve(
             port=port,
             no_auth=no_auth,
             rate_limit=rate_limit,
+            open_metrics=open_metrics,
             settings=cli.settings,
         )

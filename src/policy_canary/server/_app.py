@@ -16,7 +16,9 @@ from policy_canary.errors import TooLargeError
 from policy_canary.registry import Registry
 from policy_canary.server import (
     _api_events,
+    _api_metrics,
     _api_ops,
+    _api_otlp,
     _api_policies,
     _api_rollouts,
     _ofrep,
@@ -26,6 +28,7 @@ from policy_canary.server._errors import install, problem
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.server._state import Limits, ServerState
 from policy_canary.serving import Canary
+from policy_canary.telemetry import ReleaseCollector, metrics_registry
 from policy_canary.tokens import Tokens
 
 OPENAPI_URL = "/api/v1/openapi.json"
@@ -56,13 +59,15 @@ def create_app(
     auth: bool = True,
     limits: Limits | None = None,
     close_canary: bool = False,
+    open_metrics: bool = False,
 ) -> FastAPI:
     """The HTTP API and OFREP over ``canary`` (its store, clock and gates).
 
     With ``auth`` every route except ``/api/v1/health`` needs a bearer token; the caller
     (``policy-canary serve``) decides when running without is allowed. With
     ``close_canary`` the app's shutdown (after in-flight requests drained) closes the
-    canary, which writes every buffered event.
+    canary, which writes every buffered event. ``/metrics`` needs a viewer token unless
+    ``open_metrics`` (or auth is off).
     """
     chosen = limits or Limits()
 
@@ -95,8 +100,20 @@ def create_app(
         auth=auth,
         limits=chosen,
     )
+    app.state.metrics_registry = metrics_registry(ReleaseCollector(canary.store, canary=canary))
+    app.state.metrics_open = open_metrics
+    app.state.otlp = _api_otlp.OtlpIngest()
     install(app)
-    for module in (_api_policies, _api_rollouts, _api_ops, _api_events, _stream, _ofrep):
+    for module in (
+        _api_policies,
+        _api_rollouts,
+        _api_ops,
+        _api_events,
+        _stream,
+        _ofrep,
+        _api_metrics,
+        _api_otlp,
+    ):
         app.include_router(module.router)
     most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
     app.add_middleware(_ContentLengthCap, most=most)

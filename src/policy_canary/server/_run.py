@@ -72,6 +72,7 @@ def serve(
     port: int = 8600,
     no_auth: bool = False,
     rate_limit: float | None = None,
+    open_metrics: bool = False,
     settings: Settings | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
@@ -88,7 +89,13 @@ def serve(
             host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
         )
         limits = Limits(spec_bytes=chosen.max_spec_bytes, rate_per_second=rate_limit)
-        app = create_app(canary, auth=not no_auth, limits=limits, close_canary=True)
+        app = create_app(
+            canary,
+            auth=not no_auth,
+            limits=limits,
+            close_canary=True,
+            open_metrics=open_metrics,
+        )
         where = f"[{host}]" if ":" in host else host
         echo(f"policy-canary serve on http://{where}:{port}  (store: {safe_url(canary.store.url)})")
         echo(auth_line)

@@ -55,6 +55,7 @@ from policy_canary.serving._routing import SpecCache
 if TYPE_CHECKING:  # loaded on first use: an agent that only routes never pays for them
     from policy_canary.controller import Controller, Rollouts, TickReport
     from policy_canary.registry import Registry
+    from policy_canary.serving._spans import RouteHook
     from policy_canary.store import Store
 
 __all__ = ["Canary", "IngestStats", "PruneResult"]
@@ -91,6 +92,9 @@ class Canary:
     - ``owns_store``: close the store with the canary (:meth:`open` sets it).
     - ``link``: where tables come from and events go instead of ``store``
       (:meth:`connect` passes a server's).
+    - ``trace_spans``: add each assignment to the current OpenTelemetry span as a
+      ``feature_flag.evaluation`` event (needs the ``otel`` extra; default off, and then
+      OpenTelemetry is never imported). See docs/integrations.md.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class Canary:
         listen: bool = True,
         owns_store: bool = False,
         link: Link | None = None,
+        trace_spans: bool = False,
     ) -> None:
         refresh_interval = loop_interval("refresh_interval", refresh_interval)
         flush_interval = loop_interval("flush_interval", flush_interval)
@@ -141,6 +146,11 @@ class Canary:
         self._stale_after = stale_after or timedelta(seconds=3 * refresh_interval)
         self._rng = rng or random.Random()
         self._owns_store = owns_store
+        self._on_route: RouteHook | None = None
+        if trace_spans:  # only then is OpenTelemetry imported
+            from policy_canary.serving._spans import span_hook
+
+            self._on_route = span_hook()
         # Decision ids: a random per-canary prefix plus a counter. Unique across processes
         # and restarts without a database round trip, and cheap: the id text is only built
         # when it is read or recorded. ``count.__next__`` is atomic under the GIL.
@@ -179,6 +189,7 @@ class Canary:
         background: bool = True,
         rng: random.Random | None = None,
         listen: bool = True,
+        trace_spans: bool = False,
     ) -> Canary:
         """Open the store (``db_url``, else ``$POLICY_CANARY_DB``, else ./policy-canary.db).
 
@@ -202,6 +213,7 @@ class Canary:
             rng=rng,
             listen=listen,
             owns_store=True,
+            trace_spans=trace_spans,
         )
 
     @classmethod
@@ -325,6 +337,7 @@ class Canary:
                 rng=self._rng,
                 ids=self._next_id,
                 id_prefix=self._id_prefix,
+                on_route=self._on_route,
             )
             self._gates[policy] = gate
             if self._epoch is None:
@@ -332,6 +345,10 @@ class Canary:
                 now = self._clock.now()
                 self._refreshed = (now, now, None)
             return gate
+
+    def gate_statuses(self) -> list[GateStatus]:
+        """The status of every gate opened so far, by policy (metrics read this)."""
+        return [self._gate_status(g) for _, g in sorted(self._gates.items())]
 
     def refresh_now(self) -> bool:
         """Reload the routing tables if the store's change counter moved; True on success.

@@ -311,7 +311,16 @@ class GateStatus:
 class Gate:
     """Routes one policy's requests; get one with :meth:`Canary.gate`. Thread-safe."""
 
-    __slots__ = ("_add", "_id_prefix", "_ids", "_now", "_random", "_status", "_table")
+    __slots__ = (
+        "_add",
+        "_id_prefix",
+        "_ids",
+        "_now",
+        "_on_route",
+        "_random",
+        "_status",
+        "_table",
+    )
 
     def __init__(
         self,
@@ -323,8 +332,11 @@ class Gate:
         rng: random.Random,
         ids: Callable[[], int],
         id_prefix: str,
+        on_route: Callable[[Decision, str | None], None] | None = None,
     ) -> None:
         self._status = status
+        # Canary(trace_spans=True): the assignment on the current span (serving/_spans.py).
+        self._on_route = on_route
         self._table = table
         self._add = add
         self._now = now
@@ -365,14 +377,22 @@ class Gate:
                 # The splitter's scheme, as one byte-string comparison (see threshold()).
                 candidate = hasher.digest() < table.bound
                 sticky = True
-            return Decision(self, table, _CANDIDATE if candidate else _STABLE, sticky, self._ids())
+            decision = Decision(
+                self, table, _CANDIDATE if candidate else _STABLE, sticky, self._ids()
+            )
+            if self._on_route is not None:
+                self._on_route(decision, unit_key)
+            return decision
         # The same keys are refused with or without a rollout; ASCII keys skip the encoding.
         if unit_key is not None and (type(unit_key) is not str or not unit_key.isascii()):
             try:
                 unit_key.encode("utf-8")
             except (AttributeError, UnicodeEncodeError):
                 raise _bad_key(unit_key) from None
-        return Decision(self, table, _STABLE, unit_key is not None, self._ids())
+        decision = Decision(self, table, _STABLE, unit_key is not None, self._ids())
+        if self._on_route is not None:
+            self._on_route(decision, unit_key)
+        return decision
 
     def status(self) -> GateStatus:
         """Report the routing table's freshness and what the gate serves now."""

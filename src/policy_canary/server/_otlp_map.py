@@ -1,0 +1,243 @@
+"""From OpenTelemetry GenAI spans to decisions' outcomes (semantic conventions v1.37.0).
+
+A span names its decision by the ``policy_canary.decision_id`` attribute, or by
+``feature_flag.key`` (the policy), ``feature_flag.result.variant`` (the version label;
+deprecated ``feature_flag.variant``) and ``feature_flag.context.id`` (the unit key), on the
+span or on its ``feature_flag.evaluation`` event. The request is the root ``invoke_agent``
+span among the reference's ancestors in the same export (else the span itself): its
+duration is the latency; ERROR status or ``error.type`` there or below is a failure;
+``gen_ai.usage.*_tokens`` and the model are summed and taken from it and its descendants;
+``gen_ai.evaluation.result`` events there or below are late feedback, and
+``gen_ai.guardrail.result`` events safety flags (their ``gen_ai.guardrail.name``, unless
+``gen_ai.guardrail.triggered`` is false or ``gen_ai.guardrail.decision`` says it passed).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+DECISION_ID = "policy_canary.decision_id"
+EVALUATION_EVENT = "feature_flag.evaluation"
+_VARIANT = ("feature_flag.result.variant", "feature_flag.variant")
+_ERROR = Status.StatusCode.STATUS_CODE_ERROR
+GUARDRAIL_EVENT = "gen_ai.guardrail.result"
+#: Guardrail outcomes that mean nothing was flagged.
+_CLEAN = frozenset({"allow", "allowed", "pass", "passed", "none"})
+
+
+def _flag(event: Mapping[str, Any]) -> str | None:
+    """The safety flag a guardrail event raises: its name, unless it says it let it pass."""
+    name = event.get("gen_ai.guardrail.name")
+    if not isinstance(name, str) or not name:
+        return None
+    if event.get("gen_ai.guardrail.triggered") is False:
+        return None
+    decision = event.get("gen_ai.guardrail.decision")
+    if isinstance(decision, str) and decision.lower() in _CLEAN:
+        return None
+    return name[:64]
+
+
+def _value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind in ("string_value", "int_value", "double_value",
+                                        "bool_value") else None  # fmt: skip
+
+
+def attributes(items: Iterable[KeyValue]) -> dict[str, Any]:
+    """OTLP key-values as a dict of scalars (arrays and maps are not read)."""
+    return {kv.key: _value(kv.value) for kv in items}
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """What a span says about its decision."""
+
+    decision_id: str | None
+    policy: str | None
+    variant: str | None
+    unit_key: str | None
+
+
+@dataclass
+class Outcome:
+    """One request's outcome, ready for ``Decision.record()`` and feedback."""
+
+    reference: Reference
+    latency_ms: float
+    error: bool
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    model: str | None = None
+    evaluations: dict[str, float] = field(default_factory=dict)
+    safety_flags: list[str] = field(default_factory=list)
+
+    def record_kwargs(self) -> dict[str, Any]:
+        """Keywords for ``Decision.record()``."""
+        kwargs: dict[str, Any] = {"latency_ms": self.latency_ms, "error": self.error}
+        for name in ("input_tokens", "output_tokens", "model"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        if self.safety_flags:
+            kwargs["safety_flags"] = tuple(sorted(set(self.safety_flags)))
+        return kwargs
+
+
+def _reference(span: Span, attrs: Mapping[str, Any]) -> Reference | None:
+    sources = [attrs] + [attributes(e.attributes) for e in span.events
+                         if e.name == EVALUATION_EVENT]  # fmt: skip
+    for found in reversed(sources):  # an evaluation event is more specific than the span
+        decision_id = found.get(DECISION_ID)
+        policy = found.get("feature_flag.key")
+        variant = next((found[k] for k in _VARIANT if found.get(k) is not None), None)
+        unit_key = found.get("feature_flag.context.id")
+        if isinstance(decision_id, str) or (isinstance(policy, str) and isinstance(variant, str)):
+            return Reference(
+                decision_id if isinstance(decision_id, str) else None,
+                policy if isinstance(policy, str) else None,
+                variant if isinstance(variant, str) else None,
+                unit_key if isinstance(unit_key, str) else None,
+            )
+    return None
+
+
+def _is_agent(span: Span, attrs: Mapping[str, Any]) -> bool:
+    return attrs.get("gen_ai.operation.name") == "invoke_agent" or span.name.startswith(
+        "invoke_agent"
+    )
+
+
+@dataclass
+class Export:
+    """The spans of one export, indexed by id, with their attributes read once."""
+
+    spans: dict[bytes, tuple[Span, dict[str, Any]]] = field(default_factory=dict)
+    children: dict[bytes, list[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, request: ExportTraceServiceRequest) -> Export:
+        export = cls()
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    export.add(span, attributes(span.attributes))
+        return export
+
+    def add(self, span: Span, attrs: dict[str, Any]) -> None:
+        if span.span_id not in self.spans:
+            self.spans[span.span_id] = (span, attrs)
+            self.children.setdefault(span.parent_span_id, []).append(span.span_id)
+
+    def request_span(self, span_id: bytes) -> bytes:
+        """The outermost invoke_agent ancestor of ``span_id`` in this export, else itself."""
+        chosen, current = span_id, span_id
+        while current in self.spans:
+            span, attrs = self.spans[current]
+            if _is_agent(span, attrs):
+                chosen = current
+            current = span.parent_span_id
+        return chosen
+
+    def subtree(self, span_id: bytes) -> Iterator[tuple[Span, dict[str, Any]]]:
+        stack = [span_id]
+        while stack:
+            current = stack.pop()
+            if current in self.spans:
+                yield self.spans[current]
+            stack.extend(self.children.get(current, ()))
+
+
+class PendingSpans:
+    """Spans that arrived before their request's root span (exports end children first).
+
+    Kept per trace, the oldest traces forgotten beyond ``capacity`` spans; folded into the
+    export that brings the root. Thread-safe.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._traces: OrderedDict[bytes, list[tuple[Span, dict[str, Any]]]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def merge(self, export: Export) -> None:
+        """Add the kept spans of the export's traces to it (and forget them here)."""
+        traces = {span.trace_id for span, _ in export.spans.values()}
+        with self._lock:
+            for trace_id in traces:
+                for span, attrs in self._traces.pop(trace_id, ()):
+                    self._size -= 1
+                    export.add(span, attrs)
+
+    def keep(self, spans: Iterable[tuple[Span, dict[str, Any]]]) -> None:
+        with self._lock:
+            for span, attrs in spans:
+                self._traces.setdefault(span.trace_id, []).append((span, attrs))
+                self._size += 1
+            while self._size > self._capacity and self._traces:
+                _, dropped = self._traces.popitem(last=False)
+                self._size -= len(dropped)
+
+
+def outcomes(
+    request: ExportTraceServiceRequest, pending: PendingSpans | None = None
+) -> tuple[list[Outcome], int, int]:
+    """The outcomes in an export, the number of spans, and how many belong to no decision.
+
+    With ``pending``, spans of a trace whose request root has not arrived yet are kept
+    there and joined to it when it does.
+    """
+    export = Export.of(request)
+    received = len(export.spans)
+    if pending is not None:
+        pending.merge(export)
+    found: dict[bytes, Outcome] = {}
+    referenced: set[bytes] = set()
+    for span_id, (span, attrs) in export.spans.items():
+        reference = _reference(span, attrs)
+        if reference is None:
+            continue
+        root = export.request_span(span_id)
+        if root in found:
+            referenced.add(span_id)
+            continue
+        found[root] = _outcome(export, root, reference)
+        referenced |= {s.span_id for s, _ in export.subtree(root)} | {span_id}
+    unreferenced = [export.spans[i] for i in export.spans if i not in referenced]
+    if pending is not None:
+        pending.keep(unreferenced)
+    return list(found.values()), received, min(len(unreferenced), received)
+
+
+def _outcome(export: Export, root: bytes, reference: Reference) -> Outcome:
+    span, _ = export.spans[root]
+    latency = max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6
+    out = Outcome(reference, latency_ms=latency, error=False)
+    for s, attrs in export.subtree(root):
+        out.error |= s.status.code == _ERROR or attrs.get("error.type") is not None
+        for name in ("input_tokens", "output_tokens"):
+            value = attrs.get(f"gen_ai.usage.{name}")
+            if isinstance(value, int) and value >= 0:
+                setattr(out, name, (getattr(out, name) or 0) + value)
+        model = attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model")
+        if out.model is None and isinstance(model, str):
+            out.model = model
+        for event in s.events:
+            if event.name == GUARDRAIL_EVENT:
+                flag = _flag(attributes(event.attributes))
+                if flag is not None:
+                    out.safety_flags.append(flag)
+            if event.name == "gen_ai.evaluation.result":
+                e = attributes(event.attributes)
+                score = e.get("gen_ai.evaluation.score.value")
+                if isinstance(score, int | float) and not isinstance(score, bool):
+                    out.evaluations[str(e.get("gen_ai.evaluation.name") or "quality")] = score
+    return out

@@ -34,6 +34,6 @@ async def metrics(request: Request) -> Response:
             if scheme.lower() == "bearer" and secret.strip()
             else None
         )
-        await run_in_threadpool(_viewer, request, credentials)
+        await _viewer(request, credentials)  # an async dependency: awaited, not threaded
     body = await run_in_threadpool(generate_latest, _registry(request))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

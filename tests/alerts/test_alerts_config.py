@@ -175,3 +175,11 @@ def test_an_environment_sink_clashing_with_a_file_sink_is_refused(tmp_path: Path
     path = write(tmp_path, "sinks:\n  - type: slack\n    url: https://h.example/x\n")
     with pytest.raises(InputError, match="two alert sinks are named 'slack'"):
         load_sinks(path, {"POLICY_CANARY_ALERT_SLACK_URL": "https://h.example/y"})
+
+
+def test_a_sink_type_that_is_not_a_name_is_a_located_error(tmp_path: Path) -> None:
+    # Found by the CLI fuzz test: a list as the type was looked up in a dict (TypeError).
+    config = tmp_path / "sinks.yaml"
+    config.write_text("sinks:\n  - type: []\n")
+    with pytest.raises(InputError, match=r"sinks.yaml:2:\d+: unknown sink type \[\]"):
+        load_sinks(config)

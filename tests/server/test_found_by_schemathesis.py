@@ -8,4 +8,4 @@ from _api_support import Api
 def test_a_plan_with_a_control_character_is_a_422_not_a_500(api: Api) -> None:
     response = api.post("/api/v1/plans/check", {"plan": "\x1f"}, "viewer")
     assert response.status_code == 422, response.text
-    assert "malformed YAML" in response.json()["detail"]
+    assert "is not allowed in YAML" in response.json()["detail"]

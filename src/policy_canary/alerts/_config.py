@@ -180,7 +180,7 @@ def _sink(doc: Loaded, at: Entry, entry: Any, env: Mapping[str, str]) -> AlertSi
     kind = entry.get("type")
     if kind is None:
         raise InputError(f"{doc.where(at)}: this sink has no 'type'; use one of {_types()}")
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise InputError(
             f"{doc.where((*at, 'type'))}: unknown sink type {kind!r}; use one of {_types()}"
         )

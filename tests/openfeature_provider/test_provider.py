@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.event import EventDetails, ProviderEvent
 from openfeature.exception import ErrorCode, ProviderFatalError
@@ -16,7 +17,6 @@ from openfeature.flag_evaluation import Reason
 from openfeature.provider import ProviderStatus
 
 from _serving import CANDIDATE_SPEC, POLICY, STABLE_SPEC, seed_policy, start_rollout, store_down
-from openfeature import api
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InputError, InvalidMetricError, NotFoundError
 from policy_canary.openfeature import CanaryProvider

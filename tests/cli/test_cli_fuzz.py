@@ -242,7 +242,7 @@ def test_every_command_is_fuzzed() -> None:
 
 @settings(
     max_examples=400,
-    # Fixed examples, so CI is repeatable; run with --hypothesis-seed=random to explore.
+    # Fixed examples, so CI is repeatable; set derandomize=False locally to explore more.
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -85,6 +85,13 @@ class World:
     incident: str
 
 
+@pytest.fixture(autouse=True)
+def _in_a_scratch_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Generated arguments may name relative output files (an export, a database path):
+    # they land in the test's own folder, never in the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("fuzz")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from policy_canary.monitoring import PreflightRow
+from policy_canary.monitoring import MetricCoverage, PreflightRow
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import RegisterResult, ReleaseEntry, Version
 
@@ -38,9 +38,17 @@ def set_stable_report(entry: ReleaseEntry | None) -> dict[str, Any]:
     return {"changed": entry is not None, "entry": entry.to_dict() if entry else None}
 
 
-def plan_check_report(plan: RolloutPlan, rows: Sequence[PreflightRow]) -> dict[str, Any]:
-    """``plan check``: the normalised plan, its hash, and the preflight sizing."""
-    return {
+def plan_check_report(
+    plan: RolloutPlan,
+    rows: Sequence[PreflightRow],
+    coverage: Sequence[MetricCoverage] | None = None,
+) -> dict[str, Any]:
+    """``plan check``: the normalised plan, its hash, the preflight sizing, the metrics coverage.
+
+    ``metrics_coverage`` is present when the plan was checked against a policy: per guardrail,
+    whether the policy's stable traffic carries its metric.
+    """
+    data: dict[str, Any] = {
         "ok": True,
         "plan_hash": plan.digest,
         "plan": plan.to_dict(),
@@ -60,3 +68,6 @@ def plan_check_report(plan: RolloutPlan, rows: Sequence[PreflightRow]) -> dict[s
             for r in rows
         ],
     }
+    if coverage is not None:
+        data["metrics_coverage"] = [c.to_dict() for c in coverage]
+    return data

@@ -88,11 +88,13 @@ def test_invalid_events_are_refused(fields: dict[str, Any], message: str) -> Non
 
 def test_baseline_freezes_stables_quantiles_and_rates() -> None:
     events = traffic(4000, seed=1, share_bp=0)
-    events.append(MonitorEvent(arm="candidate", traffic_bp=0, at=T0, latency_ms=1e9))
+    # The caller picks events by version: one the stable version served as a candidate (before
+    # its promotion) is its history too.
+    events.append(MonitorEvent(arm="candidate", traffic_bp=100, at=T0, latency_ms=1e3))
     baseline = Baseline.from_events(events)
     latency = baseline.get("latency_ms")
     assert latency is not None
-    assert latency.count == 4000  # the candidate's event is ignored
+    assert latency.count == 4001
     assert latency.quantiles["p50"] == pytest.approx(math.exp(7.0), rel=0.05)
     assert latency.log_mean == pytest.approx(7.0, abs=0.03)
     error = baseline.get("error")

@@ -11,7 +11,7 @@ import yaml
 from rich.table import Table
 
 from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
-from policy_canary.controller._rollouts import stable_baseline
+from policy_canary.controller._rollouts import stable_baseline, stable_coverage
 from policy_canary.errors import InputError
 from policy_canary.monitoring import PreflightRow
 from policy_canary.plan import RolloutPlan, format_duration
@@ -98,15 +98,19 @@ def check(
             raise InputError(f"--rps {rps}: give a finite number of requests per second, e.g. 20")
         plan = RolloutPlan.load(file)
         baseline = stable_baseline(state(ctx).store(), policy, plan) if policy else None
+        coverage = stable_coverage(state(ctx).store(), policy, plan) if policy else None
         rows = plan.preflight(
             requests_per_second=rps, baseline_rates=_rates(baseline_rate), baseline=baseline
         )
-        data = plan_check_report(plan, rows)
+        data = plan_check_report(plan, rows, coverage)
 
         def human() -> None:
             console.print(f"{shown(file)}: ok")
             for warning in plan.warnings():
                 console.print(f"[yellow]warning:[/] {shown(warning)}")
+            for c in coverage or ():
+                if not c.covered:
+                    console.print(f"[yellow]warning:[/] {shown(c.message())}", highlight=False)
             _describe(plan)
             _preflight(rows)
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from policy_canary.cli._options import parse_interval
 from policy_canary.cli._output import JsonOption, console, render, reporting, shown, state
 from policy_canary.controller import RollbackResult, Rollouts, RolloutStatus
+from policy_canary.monitoring import MetricCoverage
 from policy_canary.plan import format_duration
 
 app = typer.Typer(help="Start, watch and steer rollouts.", no_args_is_help=True)
@@ -96,16 +97,52 @@ def start(
         False, "--force", help="Start a candidate an earlier rollout rejected (needs --reason)."
     ),
     reason: str = typer.Option("", "--reason", help="Why (recorded with the rollout)."),
+    require_metrics: bool = typer.Option(
+        False,
+        "--require-metrics",
+        help="Refuse to start when stable's recent traffic lacks some guardrail's metric.",
+    ),
     actor: str | None = ActorOption,
     json_output: bool = JsonOption,
 ) -> None:
-    """Start rolling out a candidate version of NAME under a staged plan."""
+    """Start rolling out a candidate version of NAME under a staged plan.
+
+    Says per guardrail whether stable's recent traffic carries its metric (a guardrail on a
+    metric nobody records holds every stage); --require-metrics refuses the start instead.
+    """
     with reporting(json_output):
         rollouts = _rollouts(ctx)
         row = rollouts.start(
-            name, candidate=candidate, plan=plan, actor=actor, reason=reason, force=force
+            name,
+            candidate=candidate,
+            plan=plan,
+            actor=actor,
+            reason=reason,
+            force=force,
+            require_metrics=require_metrics,
         )
-        _print_row(json_output, rollouts.get(row.id), "started")
+        coverage = rollouts.metrics_coverage(name, plan)
+        status = rollouts.get(row.id)
+        r = status.rollout
+
+        def human() -> None:
+            console.print(
+                f"started rollout [bold]{r.id}[/] of {shown(r.policy)}: {status.candidate_label} "
+                f"vs {status.baseline_label}, {r.state.value} at "
+                f"{shown(status.stage.describe())} (revision {r.revision})",
+                highlight=False,
+            )
+            print_coverage(coverage)
+
+        data = {**status.to_dict(), "metrics_coverage": [c.to_dict() for c in coverage]}
+        render(json_output, data, human)
+
+
+def print_coverage(coverage: tuple[MetricCoverage, ...]) -> None:
+    """Warn about each guardrail whose metric stable's recent traffic does not carry."""
+    for c in coverage:
+        if not c.covered:
+            console.print(f"[yellow]warning:[/] {shown(c.message())}", highlight=False)
 
 
 @app.command("status")

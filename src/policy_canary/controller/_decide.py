@@ -125,10 +125,17 @@ def _blocker(
     waiting = [v for v in verdicts if v.status is VerdictStatus.INSUFFICIENT_DATA]
     if waiting:
         names = tuple(v.guardrail for v in waiting)
+        # A metric nobody records will never arrive: name it and the fix, so the hold (and
+        # the pause at max_duration) says why instead of waiting silently.
+        blind = [v.reason.rstrip(".") for v in waiting if v.evidence.get("unreported")]
         return Action(
             ActionKind.HOLD,
             Reason.INSUFFICIENT_DATA,
-            message(Reason.INSUFFICIENT_DATA, guardrails=", ".join(names)),
+            message(
+                Reason.INSUFFICIENT_DATA,
+                guardrails=", ".join(names),
+                details="".join(f" ({b})" for b in blind),
+            ),
             names,
         )
     if stage.strict:

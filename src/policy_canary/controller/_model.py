@@ -93,7 +93,7 @@ MESSAGES: Mapping[Reason, str] = {
         "stage {stage} has {candidate} candidate and {stable} stable samples; "
         "it needs {min_samples} per arm"
     ),
-    Reason.INSUFFICIENT_DATA: "not enough data yet for guardrail {guardrails}",
+    Reason.INSUFFICIENT_DATA: "not enough data yet for guardrail {guardrails}{details}",
     Reason.NOT_NON_INFERIOR: (
         "strict stage {stage} needs positive evidence of non-inferiority; "
         "not yet shown for {guardrails}"

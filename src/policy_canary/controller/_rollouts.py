@@ -45,10 +45,15 @@ from policy_canary.controller._rows import (
     load_rollout,
     record_transition,
 )
-from policy_canary.controller._start import baseline_events, stable_baseline, start_rollout
+from policy_canary.controller._start import (
+    baseline_events,
+    stable_baseline,
+    stable_coverage,
+    start_rollout,
+)
 from policy_canary.controller._state import read_cursors, read_state, require_state
 from policy_canary.errors import ConflictError, InputError, NotFoundError
-from policy_canary.monitoring import Verdict
+from policy_canary.monitoring import MetricCoverage, Verdict
 from policy_canary.plan import RolloutPlan, Stage, format_duration
 from policy_canary.registry import (
     ReleaseEntry,
@@ -63,7 +68,14 @@ from policy_canary.store.schema import rollouts
 #: A caller-chosen rollout salt (see :meth:`Rollouts.start`).
 _SALT = re.compile(r"[0-9a-f]{32,64}")
 
-__all__ = ["RollbackResult", "RolloutStatus", "Rollouts", "baseline_events", "stable_baseline"]
+__all__ = [
+    "RollbackResult",
+    "RolloutStatus",
+    "Rollouts",
+    "baseline_events",
+    "stable_baseline",
+    "stable_coverage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,7 @@ class Rollouts:
         reason: str = "",
         force: bool = False,
         salt: str | None = None,
+        require_metrics: bool = False,
     ) -> Rollout:
         """Start rolling ``candidate`` out under ``plan`` (default: :meth:`RolloutPlan.default`).
 
@@ -161,6 +174,8 @@ class Rollouts:
         ``reason``). The frozen plan and the monitors' initial state (with the baseline
         snapshot of stable's recent events) are written in the same transaction that gives
         the candidate its first share, so the rollback triggers exist before its first request.
+        With ``require_metrics`` it is also refused when stable's recent traffic does not
+        carry some guardrail's metric (see :meth:`metrics_coverage`).
         """
         if force and not reason.strip():
             raise InputError("--force overrides an earlier rejection; say why with --reason TEXT")
@@ -181,7 +196,18 @@ class Rollouts:
             now=now,
             monitors=self.monitors,
             salt=salt,
+            require_metrics=require_metrics,
         )
+
+    def metrics_coverage(
+        self, policy: str, plan: RolloutPlan | Path | str | None = None
+    ) -> tuple[MetricCoverage, ...]:
+        """Per guardrail of ``plan``, whether stable's recent traffic carries its metric.
+
+        Read from the events a start would freeze its baseline from (and their feedback): a
+        guardrail whose metric none of them carry would hold every stage until it pauses.
+        """
+        return stable_coverage(self.store, policy, _plan(plan))
 
     # -- manual transitions ---------------------------------------------------------------
 

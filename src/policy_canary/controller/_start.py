@@ -10,7 +10,12 @@ from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import IntegrityError
 
 from policy_canary.controller._model import RolloutSnapshot, RolloutState, notice
-from policy_canary.controller._monitoring import BASELINE_EVENTS, MonitorFactory, event_from_row
+from policy_canary.controller._monitoring import (
+    BASELINE_EVENTS,
+    MonitorFactory,
+    event_from_row,
+    feedback_from_row,
+)
 from policy_canary.controller._rows import (
     Cursors,
     Rollout,
@@ -21,12 +26,18 @@ from policy_canary.controller._rows import (
 )
 from policy_canary.controller._state import StoredState, write_state
 from policy_canary.errors import ConflictError
-from policy_canary.monitoring import Baseline, MonitorEvent
+from policy_canary.monitoring import (
+    Baseline,
+    MetricCoverage,
+    MonitorEvent,
+    metrics_coverage,
+    uncovered,
+)
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import Version, lock_policy, require_policy, resolve_in
 from policy_canary.serving._splitter import new_salt
 from policy_canary.store import Store
-from policy_canary.store.schema import events, rejections, rollouts
+from policy_canary.store.schema import events, feedback, rejections, rollouts
 
 
 def start_rollout(
@@ -41,6 +52,7 @@ def start_rollout(
     now: datetime,
     monitors: MonitorFactory,
     salt: str | None = None,
+    require_metrics: bool = False,
 ) -> Rollout:
     """Check, then write the rollout, its frozen plan, its armed monitors and its first tick.
 
@@ -50,7 +62,10 @@ def start_rollout(
         with store.begin() as conn:
             lock_policy(store, conn, policy)
             target, stable, rejected = _check_start(conn, policy, candidate, force=force)
-            monitor = monitors.create(plan, baseline_events(conn, policy, stable.id))
+            recent = baseline_events(conn, policy, stable.id)
+            if require_metrics:
+                _check_coverage(conn, policy, stable, plan, recent)
+            monitor = monitors.create(plan, recent)
             rollout_id = "ro_" + secrets.token_hex(8)
             _insert_rollout(
                 conn,
@@ -127,6 +142,21 @@ def _check_start(
             "version, or start it again with --force --reason TEXT"
         )
     return target, stable, rejected
+
+
+def _check_coverage(
+    conn: Connection, policy: str, stable: Version, plan: RolloutPlan, recent: list[MonitorEvent]
+) -> None:
+    """Refuse the start when stable's recent traffic does not carry a guardrail's metric."""
+    found = metrics_coverage(
+        plan.guardrails, recent + baseline_feedback(conn, policy, stable.id), prices=plan.prices
+    )
+    missing = uncovered(found)
+    if missing:
+        raise ConflictError(
+            f"{policy}@{stable.label}'s recent traffic does not show every guardrail's metric "
+            f"(--require-metrics): {'; '.join(m.message() for m in missing)}"
+        )
 
 
 def _insert_rollout(
@@ -211,8 +241,9 @@ def _record_start(
 def baseline_events(conn: Connection, policy: str, stable_id: str) -> list[MonitorEvent]:
     """Stable's most recent events (oldest first): what the baseline snapshot summarises.
 
-    Either arm counts: right after a promotion the new stable's recent traffic is the traffic
-    it served as the candidate, and the same spec behaves the same whichever arm it is on.
+    Picked by version, so either arm counts: right after a promotion the new stable's recent
+    traffic is the traffic it served as the candidate, and the same spec behaves the same
+    whichever arm it is on (:meth:`Baseline.from_events` keeps them all).
     """
     rows = (
         conn.execute(
@@ -228,6 +259,44 @@ def baseline_events(conn: Connection, policy: str, stable_id: str) -> list[Monit
         .all()
     )
     return [event_from_row(r) for r in reversed(rows)]
+
+
+def baseline_feedback(conn: Connection, policy: str, stable_id: str) -> list[MonitorEvent]:
+    """Late feedback on the decisions :func:`baseline_events` returns (for metrics coverage)."""
+    recent = (
+        select(events.c.decision_id, events.c.arm, events.c.traffic_bp)
+        .where(events.c.policy == policy, events.c.version_digest == stable_id)
+        .order_by(events.c.id.desc())
+        .limit(BASELINE_EVENTS)
+        .subquery()
+    )
+    rows = (
+        conn.execute(
+            select(
+                feedback.c.at,
+                feedback.c.quality,
+                feedback.c.metrics,
+                recent.c.arm,
+                recent.c.traffic_bp,
+            )
+            .join(recent, recent.c.decision_id == feedback.c.decision_id)
+            .order_by(feedback.c.id)
+        )
+        .mappings()
+        .all()
+    )
+    return [feedback_from_row(r) for r in rows]
+
+
+def stable_coverage(store: Store, policy: str, plan: RolloutPlan) -> tuple[MetricCoverage, ...]:
+    """Per guardrail of ``plan``, whether ``policy``'s stable traffic carries its metric."""
+    with store.read() as conn:
+        pol = require_policy(conn, policy)
+        if pol["stable_digest"] is None:
+            raise ConflictError(f"policy {policy!r} has no stable version yet")
+        recent = baseline_events(conn, policy, pol["stable_digest"])
+        recent += baseline_feedback(conn, policy, pol["stable_digest"])
+    return metrics_coverage(plan.guardrails, recent, prices=plan.prices)
 
 
 def stable_baseline(store: Store, policy: str, plan: RolloutPlan) -> Baseline:

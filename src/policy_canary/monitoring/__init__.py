@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from policy_canary.monitoring._coverage import MetricCoverage, metrics_coverage, uncovered
 from policy_canary.monitoring._monitor import (
     ARMS,
     Baseline,
@@ -21,11 +22,14 @@ __all__ = [
     "ARMS",
     "Baseline",
     "MetricBaseline",
+    "MetricCoverage",
     "MonitorEvent",
     "PreflightRow",
     "RolloutMonitor",
     "StagePlan",
     "Verdict",
     "VerdictStatus",
+    "metrics_coverage",
     "preflight",
+    "uncovered",
 ]

@@ -6,6 +6,7 @@ Quantile lines are frozen from it; rates, means and variances size the tests. Us
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,19 @@ from policy_canary.guardrails import ModelPrice
 from policy_canary.monitoring._observations import MonitorEvent, observe
 
 _QUANTILES = ("p50", "p90", "p95", "p99")
+#: Stable observations expected beyond a quantile line before it is frozen from them.
+_TAIL_OBSERVATIONS = 20
+
+
+def quantile_sample_size(quantile: str) -> int:
+    """Stable observations a ``pNN`` line needs: about 20 of them beyond it (p95: 400)."""
+    share_beyond = 1.0 - int(quantile[1:]) / 100
+    return math.ceil(_TAIL_OBSERVATIONS / share_beyond - 1e-9)
+
+
+def quantile_line(values: Sequence[float], quantile: str) -> float:
+    """The ``pNN`` of ``values`` (numpy's default interpolation), as a frozen line."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), int(quantile[1:]) / 100))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +85,15 @@ class Baseline:
     def from_events(
         cls, events: Iterable[MonitorEvent], *, prices: Mapping[str, ModelPrice] | None = None
     ) -> Baseline:
-        """Summarise the stable arm's events (candidate events are ignored)."""
+        """Summarise the stable version's recent events, whichever arm served them.
+
+        The caller picks the events by version: right after a promotion the new stable's
+        history is the traffic it served as the candidate, and the same spec behaves the same
+        on either arm (the sticky splitter hands each arm a random share of units).
+        """
         prices = prices or {}
         values: dict[str, list[float | bool]] = {}
         for event in events:
-            if event.is_candidate:
-                continue
             names = ["error", "safety_flags", "latency_ms", "cost_usd", "quality"]
             names += [f"metrics.{k}" for k in event.metrics]
             for name in names:
@@ -113,5 +130,5 @@ def _summarise(name: str, values: Sequence[float | bool]) -> MetricBaseline:
         variance=float(raw.var(ddof=1)) if many else None,
         log_mean=float(logs.mean()),
         log_variance=float(logs.var(ddof=1)) if many else None,
-        quantiles={q: float(np.quantile(raw, int(q[1:]) / 100)) for q in _QUANTILES},
+        quantiles={q: quantile_line(raw.tolist(), q) for q in _QUANTILES},
     )

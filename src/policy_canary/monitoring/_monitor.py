@@ -36,7 +36,7 @@ from policy_canary.guardrails import (
     resolve_stage_guardrails,
 )
 from policy_canary.monitoring._baseline import Baseline, MetricBaseline
-from policy_canary.monitoring._judges import Judge, Setup, build_judge
+from policy_canary.monitoring._judges import Judge, Setup, build_judge, unobserved
 from policy_canary.monitoring._observations import ARMS, MonitorEvent, observe
 from policy_canary.monitoring._preflight import PreflightRow, StagePlan, preflight
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
@@ -97,6 +97,10 @@ class RolloutMonitor:
         self._judges: dict[str, Judge | None] = {}
         self._statistics: dict[str, Statistic | None] = {}
         self.events_folded = 0
+        #: Requests (events that are not late feedback) folded, for the "never reported" check.
+        self.requests_folded = 0
+        #: Observations each guardrail has read; None when restored from a state without them.
+        self._observed: dict[str, int] | None = {g.name: 0 for g in self.guardrails}
         for g in self.guardrails:
             stat = None if g.kind is GuardrailKind.TRIPWIRE else g.statistic
             if stat is None and g.kind is not GuardrailKind.TRIPWIRE and g.metric_info is not None:
@@ -132,6 +136,8 @@ class RolloutMonitor:
             else:
                 observed = [observe(g.metric, e, self.prices, g.flags) for e in batch]
             idx = [i for i, v in enumerate(observed) if v is not None]
+            if self._observed is not None:
+                self._observed[g.name] += len(idx)
             if not idx:
                 continue
             judge = self._judges[g.name]
@@ -148,6 +154,7 @@ class RolloutMonitor:
                 [batch[i].at for i in idx],
             )
         self.events_folded += len(batch)
+        self.requests_folded += sum(not e.feedback for e in batch)
         return len(batch)
 
     def stage_guardrails(self, stage: str | None = None) -> tuple[Guardrail, ...]:
@@ -165,15 +172,22 @@ class RolloutMonitor:
         results = []
         for g in self.stage_guardrails(stage):
             judge = self._judges[g.name]
-            if judge is None:
+            seen = None if self._observed is None else self._observed.get(g.name)
+            if judge is None or seen == 0:
+                # Nothing to judge: say so by name, with how many requests carried none.
                 results.append(
                     Verdict(
                         guardrail=g.name,
                         metric=g.metric,
                         status=VerdictStatus.INSUFFICIENT_DATA,
                         action=g.action,
-                        reason=f"{g.name}: no observations of {g.metric} yet.",
-                        evidence={"kind": g.kind.value, "alpha": self.alpha_per_guardrail},
+                        reason=unobserved(g, self.requests_folded),
+                        evidence={
+                            "kind": g.kind.value,
+                            "alpha": self.alpha_per_guardrail,
+                            "unreported": True,
+                            "requests": self.requests_folded,
+                        },
                     )
                 )
                 continue
@@ -192,6 +206,8 @@ class RolloutMonitor:
             "baseline": self.baseline.to_dict(),
             "prices": {m: p.model_dump(mode="json") for m, p in sorted(self.prices.items())},
             "events_folded": self.events_folded,
+            "requests_folded": self.requests_folded,
+            "observed": self._observed,
             "statistics": {k: (v.value if v else None) for k, v in self._statistics.items()},
             "judges": {k: (j.state() if j else None) for k, j in self._judges.items()},
         }
@@ -214,6 +230,10 @@ class RolloutMonitor:
             stages=data["stages"],
         )
         monitor.events_folded = int(data["events_folded"])
+        # States written before these counts existed: requests ~ events, observations unknown.
+        monitor.requests_folded = int(data.get("requests_folded", monitor.events_folded))
+        observed = data.get("observed")
+        monitor._observed = None if observed is None else {k: int(v) for k, v in observed.items()}
         by_name = {g.name: g for g in monitor.guardrails}
         for name, state in data["judges"].items():
             if state is None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from policy_canary.controller._rollouts import stable_baseline
+from policy_canary.controller._rollouts import stable_baseline, stable_coverage
 from policy_canary.errors import InputError, PlanError
 from policy_canary.plan import MAX_PLAN_BYTES, RolloutPlan
 from policy_canary.reports import plan_check_report
@@ -31,6 +31,10 @@ class StartRequest(BaseModel):
     plan: str | dict[str, Any] | None = Field(None, description=_PLAN)
     reason: str = ""
     force: bool = Field(False, description="Start a candidate an earlier rollout rejected.")
+    require_metrics: bool = Field(
+        False,
+        description="Refuse the start when stable's recent traffic lacks a guardrail's metric.",
+    )
 
 
 class ActRequest(BaseModel):
@@ -115,8 +119,13 @@ def start(
             actor=principal.actor,
             reason=req.reason,
             force=req.force,
+            require_metrics=req.require_metrics,
         )
-        return rollouts.get(row.id).to_dict()
+        coverage = rollouts.metrics_coverage(name, plan)
+        return {
+            **rollouts.get(row.id).to_dict(),
+            "metrics_coverage": [c.to_dict() for c in coverage],
+        }
 
     return mutation(request, principal, body.raw, act, status=201)
 
@@ -184,10 +193,11 @@ def check(
             raise InputError(f"baseline_rates.{metric}: give a rate in (0, 1), e.g. 0.01")
     store = server_state(request).canary.store
     baseline = stable_baseline(store, req.policy, plan) if req.policy else None
+    coverage = stable_coverage(store, req.policy, plan) if req.policy else None
     rows = plan.preflight(
         requests_per_second=req.rps, baseline_rates=req.baseline_rates, baseline=baseline
     )
-    return render_json(plan_check_report(plan, rows))
+    return render_json(plan_check_report(plan, rows, coverage))
 
 
 @router.get("/plans/default", summary="The built-in plan", tags=["plans"])

@@ -6,7 +6,8 @@ guardrail. The reason sentences live here, in one place, so alerts and incidents
 consistent.
 
 One module per family of tests: ``_base.py`` (:class:`Setup`, the :class:`Judge` base class and
-the helpers every reason sentence uses), ``_rate.py`` (relative rates and quantile
+the helpers every reason sentence uses), ``_reasons.py`` (the relative-rate, quantile-line and
+unreported-metric sentences), ``_rate.py`` (relative rates and quantile
 exceedances), ``_mean.py`` (relative means and absolute deltas), ``_slo.py`` (absolute SLOs)
 and ``_tripwire.py``. :func:`build_judge` picks one for a guardrail.
 """
@@ -19,6 +20,7 @@ from policy_canary.guardrails import Guardrail, GuardrailKind, Statistic
 from policy_canary.monitoring._judges._base import Judge, Setup
 from policy_canary.monitoring._judges._mean import MeanJudge, detect_shift, on_log_scale
 from policy_canary.monitoring._judges._rate import RateJudge
+from policy_canary.monitoring._judges._reasons import unobserved
 from policy_canary.monitoring._judges._slo import IndicatorSLOJudge, MeanSLOJudge
 from policy_canary.monitoring._judges._tripwire import TripwireJudge
 
@@ -33,6 +35,7 @@ __all__ = [
     "build_judge",
     "detect_shift",
     "on_log_scale",
+    "unobserved",
 ]
 
 

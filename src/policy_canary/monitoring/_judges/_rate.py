@@ -1,4 +1,11 @@
-"""Relative rates and quantile exceedances: the conditional e-process judge."""
+"""Relative rates and quantile exceedances: the conditional e-process judge.
+
+A quantile guardrail judges the rate of observations beyond stable's line. The line is frozen
+from stable's history when the rollout starts; when that history is too short for it, it is
+frozen from stable's concurrent traffic once that arm has enough observations, and only the
+observations after that point (both arms) count. The line is then fixed before any observation
+it judges, so the conditional test stays valid (an A/A candidate exceeds it as often as stable).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from policy_canary.guardrails import Direction, Guardrail, Statistic
+from policy_canary.monitoring._baseline import quantile_line, quantile_sample_size
 from policy_canary.monitoring._judges._base import (
     Bools,
     Ints,
@@ -19,8 +27,15 @@ from policy_canary.monitoring._judges._base import (
     Values,
     e_from_log,
     finite_or_none,
-    fmt,
     too_few,
+)
+from policy_canary.monitoring._judges._reasons import (
+    arm_rates,
+    line_origin,
+    line_pending,
+    non_inferiority,
+    rate_breach,
+    rate_pass,
 )
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 from policy_canary.stats import ConditionalRateProcess, RateMixture, bernoulli_upper_bound
@@ -43,12 +58,20 @@ class RateJudge(Judge):
         self.toward = RateMixture.around(r0, r1)
         self.away = RateMixture.away(pivot=strictest, null_ratio=r0, detect_ratio=r1)
         self.line: float | None = None
+        #: Where the line came from: stable's history at the start, or its concurrent traffic.
+        self.line_source = "baseline"
+        #: Stable observations a line needs, and those gathered while it is not frozen yet.
+        self.line_needs = quantile_sample_size(statistic.value) if statistic.is_quantile() else 0
+        self.pending: list[float] = []
         # Beyond a quantile means above it for latency or cost, below it for quality.
         info = base.metric_info
         self.beyond_up = info is None or info.worse is Direction.UP
         if statistic.is_quantile():
             snapshot = setup.baseline.get(base.metric)
-            self.line = snapshot.quantiles.get(statistic.value) if snapshot else None
+            if snapshot is not None and snapshot.count >= self.line_needs:
+                self.line = snapshot.quantiles.get(statistic.value)
+            if self.line is None:
+                self.line_source = "concurrent"
         self.process = ConditionalRateProcess()
 
     def _flag(self, value: Any) -> bool | None:
@@ -63,48 +86,84 @@ class RateJudge(Judge):
     def fold(self, cand: Bools, bp: Ints, values: Values, ats: Sequence[datetime]) -> None:
         """Fold observations: only bad ones enter the test, all count as requests."""
         if self.statistic.is_quantile() and self.line is None:
-            return
+            start = self._gather(cand, values)
+            if self.line is None:
+                return
+            cand, bp, values = cand[start:], bp[start:], values[start:]
         flags = [self._flag(v) for v in values]
         keep = np.asarray([f is not None for f in flags], dtype=bool)
         self.rejected += int((~keep).sum())
         bad = np.asarray([bool(f) for f in flags], dtype=bool)
         self.process.fold(candidate=cand[keep], share_bp=bp[keep], bad=bad[keep])
 
+    def _gather(self, cand: Bools, values: Values) -> int:
+        """Gather stable's values until the line can be frozen; return where counting starts.
+
+        Observations up to and including the one that completes the line only shape it; the
+        rest of the batch (both arms) is judged against it.
+        """
+        for i, value in enumerate(values):
+            if cand[i] or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            self.pending.append(float(value))
+            if len(self.pending) >= self.line_needs:
+                self.line = quantile_line(self.pending, self.statistic.value)
+                self.pending = []
+                return i + 1
+        return len(values)
+
     def verdict(self, g: Guardrail) -> Verdict:
         """Breach when K >= 1/alpha; non-inferior when the mirrored test rejects the tolerance."""
         what = f"{g.metric} rate"
+        origin = ""
         if self.statistic.is_quantile():
             what = f"share of {g.metric} beyond stable's {self.statistic.value}"
+            origin = line_origin(self.line_source, self.line_needs)
             if self.line is None:
-                reason = (
-                    f"{g.name}: there is no frozen baseline {self.statistic.value} of {g.metric} "
-                    "(stable reported none when the rollout started), so it cannot be judged."
-                )
-                return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, reason, {})
+                have = len(self.pending)
+                reason = line_pending(g, self.statistic.value, have, self.line_needs)
+                waiting = {
+                    "statistic": self.statistic.value,
+                    "line_source": self.line_source,
+                    "line_observations": have,
+                    "line_needs": self.line_needs,
+                }
+                return self._verdict(g, VerdictStatus.INSUFFICIENT_DATA, reason, waiting)
         tests = self._tests(g)
         evidence = self._evidence(tests)
         p, alpha, up = self.process, self.setup.alpha, tests.up
-        change = "rise" if up else "drop"
-        tol = f"{100 * g.tolerance:.3g}%"
-        cand, stable = fmt(tests.cand_rate, pct=True), fmt(tests.stable_rate, pct=True)
+        rates = arm_rates(
+            tests.cand_rate,
+            tests.stable_rate,
+            (p.bad_total[0], p.bad_total[1]),
+            (p.requests[0], p.requests[1]),
+            tests.ratio,
+        )
         if tests.log_k >= math.log(1.0 / alpha):
-            reason = (
-                f"{g.name}: {what} is {cand} on the candidate vs {stable} on stable "
-                f"(x{fmt(tests.ratio)}); e-value {fmt(e_from_log(tests.log_k))} >= "
-                f"{fmt(1 / alpha)} establishes a {change} beyond {tol}."
-            )
+            reason = rate_breach(g, what, rates, tests.log_k, alpha, up=up) + origin
             return self._verdict(g, VerdictStatus.BREACH, reason, evidence)
         if min(p.requests) < g.min_samples:
             return self._verdict(
                 g, VerdictStatus.INSUFFICIENT_DATA, too_few(g, p.requests), evidence
             )
-        reason = (
-            f"{g.name}: {what} {cand} vs {stable} (x{fmt(tests.ratio)}) shows no {change} "
-            f"beyond {tol} after {p.requests[1]} candidate and {p.requests[0]} stable "
-            "observations."
-        ) + _non_inferiority_clause(tests, evidence["non_inferiority_bound"])
+        reason = rate_pass(
+            g,
+            what,
+            rates,
+            tests.log_k,
+            alpha,
+            up=up,
+            observed_beyond=_observed_beyond(tests),
+            clause=non_inferiority(
+                tests.route,
+                evidence["non_inferiority_bound"],
+                up=up,
+                r0=tests.r0,
+                negligible=tests.negligible,
+            ),
+        )
         return self._verdict(
-            g, VerdictStatus.PASS, reason, evidence, non_inferior=tests.route is not None
+            g, VerdictStatus.PASS, reason + origin, evidence, non_inferior=tests.route is not None
         )
 
     def _tests(self, g: Guardrail) -> _RateTests:
@@ -184,16 +243,26 @@ class RateJudge(Judge):
         )
         if self.line is not None:
             evidence["baseline_line"] = self.line
+            evidence["line_source"] = self.line_source
         return evidence
 
     def state(self) -> dict[str, Any]:
-        """Return the JSON-ready state."""
-        return {"process": self.process.to_dict(), "rejected": self.rejected}
+        """Return the JSON-ready state (a line frozen late, or its pending observations)."""
+        data: dict[str, Any] = {"process": self.process.to_dict(), "rejected": self.rejected}
+        if self.line_source == "concurrent":
+            data["line"] = self.line
+            data["pending"] = list(self.pending)
+        return data
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state` output."""
         self.process = ConditionalRateProcess.from_dict(state["process"])
         self.rejected = int(state["rejected"])
+        if self.line_source == "concurrent":
+            # States written before lines were frozen late have neither key: no line yet.
+            line = state.get("line")
+            self.line = None if line is None else float(line)
+            self.pending = [float(v) for v in state.get("pending", ())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,16 +282,10 @@ class _RateTests:
     ratio: float | None
 
 
-def _non_inferiority_clause(t: _RateTests, bound: float | None) -> str:
-    """The sentence a passing verdict adds when a non-inferiority route succeeded."""
-    if t.route == "ratio":
-        return (
-            f" Non-inferior: the ratio is below x{fmt(bound)}"
-            f" {'<=' if t.up else '>='} x{fmt(t.r0)}."
-        )
-    if t.route == "absolute":
-        return (
-            f" Non-inferior: the candidate's rate is below {fmt(t.cand_upper, pct=True)}, "
-            f"within the negligible {fmt(t.negligible, pct=True)}."
-        )
-    return ""
+def _observed_beyond(t: _RateTests) -> bool:
+    """Whether the candidate's observed rate already lies past the tolerance."""
+    if t.cand_rate is None or t.stable_rate is None:
+        return False
+    if t.up:
+        return t.cand_rate > t.r0 * t.stable_rate
+    return t.cand_rate < t.r0 * t.stable_rate

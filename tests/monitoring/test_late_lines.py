@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,7 +95,7 @@ def test_batching_and_restarts_freeze_the_same_line_at_the_same_point(
     whole.fold(events)
     pieces = RolloutMonitor([P95])
     bounds = [0, *sorted(cuts), len(events)]
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         pieces.fold(events[lo:hi])
         pieces = RolloutMonitor.from_json(pieces.to_json())
     # Then both states (and so both verdicts) are the same

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _rollout_support import PLAN_YAML
+from _rollout_support import PLAN_YAML, insert_events
 from policy_canary.canonical import digest
+from policy_canary.store import Store
 
 Cli = Callable[..., Any]  # the `cli` fixture of tests/cli/conftest.py
 
@@ -220,3 +222,51 @@ def test_plan_check_sizes_stages_with_preflight(cli: Cli, pushed: Path) -> None:
     bad = cli("plan", "check", str(pushed), "--baseline-rate", "error=lots")
     assert bad.code == 1
     assert "METRIC=RATE" in bad.stderr
+
+
+def test_start_and_plan_check_say_which_guardrail_metrics_stable_records(
+    cli: Cli, pushed: Path, store: Store
+) -> None:
+    # Given stable traffic that records errors and latency but never quality
+    insert_events(store, rollout_id=None, stage=None, at=datetime.now(UTC), stable=40,
+                  traffic_bp=0)  # fmt: skip
+
+    # Then plan check names the uncovered guardrail, in both outputs
+    checked = cli("plan", "check", str(pushed), "--policy", "support-agent", "--json")
+    coverage = {c["guardrail"]: c for c in checked.json()["metrics_coverage"]}
+    assert coverage["error_rate"] == {
+        "guardrail": "error_rate",
+        "metric": "error",
+        "requests": 40,
+        "observations": 40,
+        "covered": True,
+        "message": "error_rate: error on 40 of stable's 40 recent requests",
+    }
+    assert not coverage["quality"]["covered"]
+    human = cli("plan", "check", str(pushed), "--policy", "support-agent")
+    assert "warning: quality: none of stable's 40 recent requests carried quality" in " ".join(
+        human.stdout.split()
+    )
+
+    # And --require-metrics refuses the start with a clear error, storing nothing
+    refused = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan",
+                  str(pushed), "--require-metrics")  # fmt: skip
+    assert refused.code == 1
+    assert "--require-metrics" in refused.stderr
+    assert "quality: none of stable's 40 recent requests carried quality" in refused.stderr
+    assert cli("rollout", "status", "--json").json() == []
+
+    # And a start without it warns, and reports the coverage in --json
+    started = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
+    assert started.code == 0, started.stderr
+    assert "warning: quality: none of stable's 40" in " ".join(started.stdout.split())
+    assert "error_rate" not in started.stdout
+    data = cli("rollout", "abort", "support-agent", "--reason", "again", "--json")
+    assert data.code == 0
+    again = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed),
+                "--json")  # fmt: skip
+    assert {c["guardrail"]: c["covered"] for c in again.json()["metrics_coverage"]} == {
+        "error_rate": True,
+        "critical": True,
+        "quality": False,
+    }

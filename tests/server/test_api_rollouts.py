@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from _api_support import SPEC_V2, Api, push
+from _rollout_support import insert_events
 from typer.testing import CliRunner
 
 from policy_canary.cli import app as cli_app
@@ -109,3 +111,30 @@ def test_plan_check_matches_the_cli(api: Api, tmp_path: Path) -> None:
     assert checked.json() == expected
     default = api.get("/api/v1/plans/default", "viewer").json()
     assert default == cli_json(api, "plan", "show-default")
+
+
+def test_plan_check_and_start_report_metrics_coverage_and_can_require_it(api: Api) -> None:
+    _seed(api)
+    insert_events(api.store, rollout_id=None, stage=None, at=datetime.now(UTC), stable=30,
+                  traffic_bp=0)  # fmt: skip
+    plan = RolloutPlan.default().to_dict()
+    checked = api.post("/api/v1/plans/check", {"plan": plan, "policy": NAME}, "viewer").json()
+    coverage = {c["guardrail"]: c["covered"] for c in checked["metrics_coverage"]}
+    assert coverage == {
+        "error_rate": True,
+        "safety_flag_rate": True,
+        "critical_safety": True,
+        "latency_p95": True,
+        "cost": True,
+        "quality": False,
+    }
+    refused = api.post(
+        f"{BASE}/rollouts", {"candidate": "v2", "require_metrics": True}, "operator"
+    )
+    assert refused.status_code == 409
+    assert "quality: none of stable's 30 recent requests carried quality" in refused.text
+    started = api.post(f"{BASE}/rollouts", {"candidate": "v2"}, "operator")
+    assert started.status_code == 201, started.text
+    (quality,) = [c for c in started.json()["metrics_coverage"] if c["guardrail"] == "quality"]
+    assert quality["covered"] is False
+    assert quality["requests"] == 30

@@ -26,6 +26,9 @@ A second table holds the detection scenarios against what *any* alpha-level meth
 the Neyman-Pearson median floor (``_floors``: no test with false alarms <= alpha detects within
 fewer candidate requests half the time), the harm it implies, and so the largest "fewer harmed
 than Kayenta" factor within reach. Where a target asks for less than a floor, no method meets it.
+
+A last table covers quantile guardrails whose line is frozen late, from stable's concurrent
+traffic (``_late_line.py``): A/A false rollbacks and detection against a line known at start.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from scipy import stats as sps
 
 from _detection_report import render, render_targets, render_truth
 from _floors import binomial_median_floor, gamma_median_floor, gaussian_median_floor
+from _late_line import render_late_lines, run_late_lines
 from policy_canary.guardrails import Guardrail, Statistic
 from policy_canary.monitoring import Baseline, MetricBaseline, VerdictStatus
 from policy_canary.monitoring._judges import MeanJudge, Setup
@@ -652,6 +656,7 @@ def run_benchmark(*, runs: int, seed: int, names: tuple[str, ...] | None = None)
         else:
             results.append(simulate_means(sc, n, rng))
     match_kayenta(results)
+    late = run_late_lines(runs=runs, seed=seed, alpha=ALPHA, per_look=PER_LOOK, names=names)
     return {
         "alpha": ALPHA,
         "beta": BETA,
@@ -660,6 +665,7 @@ def run_benchmark(*, runs: int, seed: int, names: tuple[str, ...] | None = None)
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 1),
         "scenarios": results,
+        "late_lines": late,
     }
 
 
@@ -678,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_targets(result))
     print()
     print(render_truth(result))
+    print()
+    print(render_late_lines(result["late_lines"], alpha=ALPHA))
     print(f"\n{result['mode']} mode, {runs} A/A runs, {result['seconds']} s")
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -346,3 +346,22 @@ def test_the_checkpoint_is_sized_where_its_test_fires_with_the_stated_power(
     assert fired.mean() == pytest.approx(bench.CHECKPOINT_POWER, abs=0.03)
     # ... and with the null's share of bad events it fires at most alpha of the time.
     assert (rng.binomial(total, q0) > critical).mean() <= alpha + 3 * math.sqrt(alpha / runs)
+
+
+def test_late_frozen_lines_keep_alpha_on_aa_and_still_detect(bench: ModuleType) -> None:
+    # Given the late-line scenarios at a CI size
+    names = ("aa_late_p95", "aa_late_p95_frozen_in_incident", "late_p95_latency_x1.5")
+    results = bench.run_late_lines(runs=200, seed=3, alpha=bench.ALPHA, per_look=400, names=names)
+    by_name = {r["scenario"]: r for r in results}
+    assert set(by_name) == set(names)
+    # Then A/A rollouts (one whose line froze during a shared incident too) stay within alpha
+    for aa in ("aa_late_p95", "aa_late_p95_frozen_in_incident"):
+        assert by_name[aa]["methods"]["late line"]["false_rollback"] <= bench.ALPHA
+    # And a 1.5x slower candidate is still caught, nearly as fast as with a line known at start
+    slow = by_name["late_p95_latency_x1.5"]
+    assert slow["methods"]["late line"]["rollback_rate"] > 0.95
+    assert slow["late_over_known"] < 1.5
+    assert slow["line_observations"] == 400
+    table = bench.render_late_lines(results, alpha=bench.ALPHA)
+    assert "late_p95_latency_x1.5" in table
+    assert max(len(line) for line in table.splitlines()) <= 110

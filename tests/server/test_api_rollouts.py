@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 from _api_support import SPEC_V2, Api, push
-from _rollout_support import insert_events
 from typer.testing import CliRunner
 
+from _rollout_support import insert_events
 from policy_canary.cli import app as cli_app
 from policy_canary.plan import RolloutPlan
 
@@ -128,9 +128,7 @@ def test_plan_check_and_start_report_metrics_coverage_and_can_require_it(api: Ap
         "cost": True,
         "quality": False,
     }
-    refused = api.post(
-        f"{BASE}/rollouts", {"candidate": "v2", "require_metrics": True}, "operator"
-    )
+    refused = api.post(f"{BASE}/rollouts", {"candidate": "v2", "require_metrics": True}, "operator")
     assert refused.status_code == 409
     assert "quality: none of stable's 30 recent requests carried quality" in refused.text
     started = api.post(f"{BASE}/rollouts", {"candidate": "v2"}, "operator")

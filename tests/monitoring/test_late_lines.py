@@ -171,3 +171,21 @@ def test_a_pass_whose_estimate_is_past_the_tolerance_says_neither_is_established
     assert verdict.status is VerdictStatus.PASS
     assert "(x2)" in verdict.reason
     assert "neither a breach nor its absence is established yet" in verdict.reason
+
+
+def test_a_state_stored_before_late_lines_goes_on_with_the_line_it_counted_against() -> None:
+    # Given a state written before lines were frozen late (no line in the judge's state)
+    short = Baseline.from_events(requests(100, seed=6, share_bp=0))
+    monitor = RolloutMonitor([P95], baseline=short)
+    monitor.fold(requests(3000, seed=7))
+    data = monitor.to_dict()
+    old = data["judges"]["latency_p95"]
+    data["judges"]["latency_p95"] = {k: old[k] for k in ("process", "rejected")}
+    # Then it continues against the start's line, not a new one
+    again = RolloutMonitor.from_dict(data)
+    again.fold(requests(500, seed=8, start=3000))
+    verdict = p95(again)
+    assert verdict.evidence["line_source"] == "baseline"
+    line = short.get("latency_ms")
+    assert line is not None
+    assert verdict.evidence["baseline_line"] == line.quantiles["p95"]

@@ -66,10 +66,14 @@ class RateJudge(Judge):
         # Beyond a quantile means above it for latency or cost, below it for quality.
         info = base.metric_info
         self.beyond_up = info is None or info.worse is Direction.UP
+        #: The start's line even when its history was too short (states from before late lines).
+        self.short_line: float | None = None
         if statistic.is_quantile():
             snapshot = setup.baseline.get(base.metric)
-            if snapshot is not None and snapshot.count >= self.line_needs:
-                self.line = snapshot.quantiles.get(statistic.value)
+            if snapshot is not None:
+                self.short_line = snapshot.quantiles.get(statistic.value)
+                if snapshot.count >= self.line_needs:
+                    self.line = self.short_line
             if self.line is None:
                 self.line_source = "concurrent"
         self.process = ConditionalRateProcess()
@@ -258,11 +262,18 @@ class RateJudge(Judge):
         """Restore :meth:`state` output."""
         self.process = ConditionalRateProcess.from_dict(state["process"])
         self.rejected = int(state["rejected"])
-        if self.line_source == "concurrent":
-            # States written before lines were frozen late have neither key: no line yet.
-            line = state.get("line")
-            self.line = None if line is None else float(line)
-            self.pending = [float(v) for v in state.get("pending", ())]
+        if self.line_source != "concurrent":
+            return
+        if "line" not in state:
+            # Written before lines were frozen late: its counts were taken against the start's
+            # line, however short the history, so it goes on with that line (or gathers one).
+            self.line = self.short_line
+            if self.line is not None:
+                self.line_source = "baseline"
+            return
+        line = state["line"]
+        self.line = None if line is None else float(line)
+        self.pending = [float(v) for v in state.get("pending", ())]
 
 
 @dataclass(frozen=True, slots=True)

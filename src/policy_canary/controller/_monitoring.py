@@ -82,6 +82,7 @@ def event_from_row(row: Mapping[Any, Any]) -> MonitorEvent:
         error=None if row["error"] is None else bool(row["error"]),
         quality=row["quality"],
         safety_flags=tuple(json.loads(flags)) if flags and flags != "[]" else (),
+        flag_count=int(row.get("flag_count") or 0),
         cost_usd=row["cost_usd"],
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
@@ -126,7 +127,7 @@ class ArmAggregate:
             return
         self.requests += 1
         self.errors += bool(event.error)
-        self.flagged += bool(event.safety_flags)
+        self.flagged += event.flagged
         if event.latency_ms is not None:
             self.latency_sum += event.latency_ms
             self.latency_n += 1

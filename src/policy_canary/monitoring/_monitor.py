@@ -125,8 +125,11 @@ class RolloutMonitor:
         for g in self.guardrails:
             observed: list[Any]
             if g.kind is GuardrailKind.TRIPWIRE:
+                # A tripwire needs names: a count alone cannot say which flag fired.
                 observed = [
-                    None if e.feedback else tuple(f for f in e.safety_flags if f in g.flags)
+                    None
+                    if e.feedback or (e.flag_count and not e.safety_flags)
+                    else tuple(f for f in e.safety_flags if f in g.flags)
                     for e in batch
                 ]
             else:

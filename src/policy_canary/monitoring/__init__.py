@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from policy_canary.monitoring._monitor import (
     ARMS,
+    GRACE_SECONDS,
+    OUTCOMES_RECORDED,
     Baseline,
     MetricBaseline,
     MonitorEvent,
     PreflightRow,
     RolloutMonitor,
+    RoutedWindow,
     StagePlan,
     preflight,
 )
@@ -19,11 +22,14 @@ from policy_canary.monitoring._verdict import (
 
 __all__ = [
     "ARMS",
+    "GRACE_SECONDS",
+    "OUTCOMES_RECORDED",
     "Baseline",
     "MetricBaseline",
     "MonitorEvent",
     "PreflightRow",
     "RolloutMonitor",
+    "RoutedWindow",
     "StagePlan",
     "Verdict",
     "VerdictStatus",

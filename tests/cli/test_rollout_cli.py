@@ -220,3 +220,34 @@ def test_plan_check_sizes_stages_with_preflight(cli: Cli, pushed: Path) -> None:
     bad = cli("plan", "check", str(pushed), "--baseline-rate", "error=lots")
     assert bad.code == 1
     assert "METRIC=RATE" in bad.stderr
+
+
+def test_status_shows_routed_against_recorded_per_arm(cli: Cli, pushed: Path, db_url: str) -> None:
+    import random
+
+    from policy_canary import Canary
+    from policy_canary.store import Store
+
+    started = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed),
+                  "--reason", "ship v2", "--json")  # fmt: skip
+    assert started.code == 0, started.stderr
+    store = Store.open(db_url)
+    try:
+        with Canary(store, background=False, rng=random.Random(5)) as canary:
+            gate = canary.gate("support-agent")
+            for i in range(3000):
+                decision = gate.route(f"user-{i}")
+                if decision.arm.value == "stable":  # the candidate's worker crashes
+                    decision.record(latency_ms=10.0)
+    finally:
+        store.close()
+    (status,) = cli("rollout", "status", "--json").json()
+    routed = status["routed"]
+    assert routed["candidate"]["routed"] > 0
+    assert routed["candidate"]["recorded"] == 0
+    assert routed["stable"]["routed"] == routed["stable"]["recorded"] > 0
+    assert routed["candidate"]["routed"] + routed["stable"]["routed"] == 3000
+    human = cli("rollout", "status", "support-agent")
+    assert human.code == 0
+    assert "recorded share" in human.stdout
+    assert f"{routed['stable']['routed']:,}" in human.stdout

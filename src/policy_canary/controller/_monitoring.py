@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from policy_canary.clock import utc
 from policy_canary.monitoring import (
@@ -248,3 +248,21 @@ def routed_windows(
     if after is not None:
         query = query.where(c.window_end > after)
     return [RoutedWindow(*(int(x) for x in row)) for row in conn.execute(query)]
+
+
+def routed_totals(conn: Connection, rollout_id: str) -> dict[str, dict[str, int]]:
+    """Per arm, decisions routed and outcomes recorded so far for ``rollout_id``."""
+    c = routed_counts.c
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(c.routed_stable), 0),
+            func.coalesce(func.sum(c.routed_candidate), 0),
+            func.coalesce(func.sum(c.recorded_stable), 0),
+            func.coalesce(func.sum(c.recorded_candidate), 0),
+        ).where(c.rollout_id == rollout_id)
+    ).one()
+    rs, rc, ks, kc = (int(x) for x in row)
+    return {
+        "stable": {"routed": rs, "recorded": ks},
+        "candidate": {"routed": rc, "recorded": kc},
+    }

@@ -18,6 +18,7 @@ Run: ``python benchmarks/bench_route.py [--n 200000] [--repeats 5]``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from _common import median, parse_args, per_call_us, print_table, write_json
 from policy_canary.clock import SystemClock
 from policy_canary.registry import Registry
 from policy_canary.serving import Canary
+from policy_canary.serving._gate import install_table
 from policy_canary.serving._splitter import new_salt, salt_prefix, threshold
 from policy_canary.store import Store
 from policy_canary.store.schema import rollouts
@@ -60,7 +62,7 @@ class Contender:
     realized: float | None = None
 
 
-def _policy_canary(folder: Path) -> tuple[Contender, Contender, Store]:
+def _policy_canary(folder: Path) -> tuple[Contender, Contender, Contender, Store]:
     """The SDK's gate on a real store, and the bare scheme as the floor."""
     store = Store.open(f"sqlite:///{folder}/route-bench.db")
     clock = SystemClock()
@@ -98,6 +100,17 @@ def _policy_canary(folder: Path) -> tuple[Contender, Contender, Store]:
         is_candidate=lambda d: d.arm.is_candidate(),
         close=canary.close,
     )
+    # The same gate without the routed counters (serving/_routed.py), side by side: what
+    # counting routed decisions for the outcomes_recorded guardrail costs route().
+    bare_canary = Canary(store, background=False)
+    bare = bare_canary.gate("support-agent")
+    install_table(bare, dataclasses.replace(bare.table, tally=None))
+    uncounted = Contender(
+        "route() without routed counters",
+        bare.route,
+        is_candidate=lambda d: d.arm.is_candidate(),
+        close=bare_canary.close,
+    )
     salted, bound = hashlib.sha256(salt_prefix(salt)), threshold(SHARE_BP)
 
     def hash_and_compare(key: str) -> bool:
@@ -106,7 +119,7 @@ def _policy_canary(folder: Path) -> tuple[Contender, Contender, Store]:
         return hasher.digest() < bound
 
     floor = Contender("floor: sha256 hash-and-compare", hash_and_compare)
-    return route, floor, store
+    return route, uncounted, floor, store
 
 
 def _traced(store: Store) -> list[tuple[Contender, Callable[[], AbstractContextManager[Any]]]]:
@@ -253,8 +266,8 @@ def main() -> None:
     keys = [f"user-{i:07d}" for i in range(args.n)]
     with tempfile.TemporaryDirectory(prefix="policy-canary-bench-") as tmp:
         folder = Path(tmp)
-        route, floor, store = _policy_canary(folder)
-        contenders = [route, floor]
+        route, uncounted, floor, store = _policy_canary(folder)
+        contenders = [route, uncounted, floor]
         for name, make in (
             ("GrowthBook", _growthbook),
             ("Unleash", lambda: _unleash(folder)),

@@ -270,3 +270,34 @@ def test_start_and_plan_check_say_which_guardrail_metrics_stable_records(
         "critical": True,
         "quality": False,
     }
+
+
+def test_status_shows_routed_against_recorded_per_arm(cli: Cli, pushed: Path, db_url: str) -> None:
+    import random
+
+    from policy_canary import Canary
+    from policy_canary.store import Store
+
+    started = cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed),
+                  "--reason", "ship v2", "--json")  # fmt: skip
+    assert started.code == 0, started.stderr
+    store = Store.open(db_url)
+    try:
+        with Canary(store, background=False, rng=random.Random(5)) as canary:
+            gate = canary.gate("support-agent")
+            for i in range(3000):
+                decision = gate.route(f"user-{i}")
+                if decision.arm.value == "stable":  # the candidate's worker crashes
+                    decision.record(latency_ms=10.0)
+    finally:
+        store.close()
+    (status,) = cli("rollout", "status", "--json").json()
+    routed = status["routed"]
+    assert routed["candidate"]["routed"] > 0
+    assert routed["candidate"]["recorded"] == 0
+    assert routed["stable"]["routed"] == routed["stable"]["recorded"] > 0
+    assert routed["candidate"]["routed"] + routed["stable"]["routed"] == 3000
+    human = cli("rollout", "status", "support-agent")
+    assert human.code == 0
+    assert "recorded share" in human.stdout
+    assert f"{routed['stable']['routed']:,}" in human.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 
 import pytest
@@ -80,7 +81,27 @@ def run(
     """Serve and tick while the rollout runs (at most ``rounds`` times); each tick's verdicts."""
     rollouts = Rollouts(store, clock=clock)
     controller = Controller(store, clock=clock, holder="baselines")
-    seen = []
+    try:
+        return _rounds(controller, rollouts, agent, clock, rollout_id, rounds)
+    finally:
+        controller.close()  # on PostgreSQL its session holds the controller lock until closed
+
+
+def tick_once(store: Store, clock: ManualClock) -> None:
+    """One tick by a controller that lets go of the lock afterwards."""
+    with closing(Controller(store, clock=clock, holder="baselines")) as controller:
+        controller.tick()
+
+
+def _rounds(
+    controller: Controller,
+    rollouts: Rollouts,
+    agent: Agent,
+    clock: ManualClock,
+    rollout_id: str,
+    rounds: int,
+) -> list[list[Verdict]]:
+    seen: list[list[Verdict]] = []
     for _ in range(rounds):
         agent.serve(600)
         clock.advance(timedelta(minutes=5))
@@ -104,7 +125,7 @@ def test_a_first_rollout_on_a_fresh_store_judges_latency_p95(
     row = rollouts.start(POLICY, candidate="v2", plan=PLAN)
     agent = Agent(canary, seed=1)
     agent.serve(200)
-    Controller(store, clock=clock, holder="baselines").tick()
+    tick_once(store, clock)
     early = p95(list(rollouts.get(row.id).verdicts))
     assert early.status is VerdictStatus.INSUFFICIENT_DATA
     assert "frozen from stable's concurrent traffic after 400 observations" in early.reason
@@ -153,7 +174,7 @@ def test_a_rollout_started_as_the_last_one_promoted_judges_latency_p95(
     # Then its line is frozen at once from v2's traffic, served while it was the candidate
     agent.serve(600)
     clock.advance(timedelta(minutes=5))
-    Controller(store, clock=clock, holder="baselines").tick()
+    tick_once(store, clock)
     now = p95(list(rollouts.get(second.id).verdicts))
     assert now.evidence["line_source"] == "baseline"
     assert "no frozen baseline" not in now.reason

@@ -49,3 +49,25 @@ def test_error_regression_is_rolled_back_by_the_statistical_monitors(
     assert [v.guardrail for v in breached] == ["error_rate"]
     (incident,) = Incidents(store).list()
     assert replay(incident.export_document()).ok
+
+
+def test_a_quality_drop_rolls_back_under_the_default_plan(store: Store, clock: ManualClock) -> None:
+    # Given the default plan, whose quality guardrail used to pause and wait for a human
+    setup_policy(store, clock)
+    insert_events(store, rollout_id=None, stage=None, at=clock.now(), stable=500, traffic_bp=0,
+                  quality=0.8)  # fmt: skip
+    rollouts = Rollouts(store, clock=clock)
+    row = rollouts.start(POLICY, candidate="v2", reason="default plan")
+    controller = Controller(store, clock=clock, holder="stats")
+    # When the candidate's quality drops by a quarter while stable's holds
+    for _ in range(4):
+        clock.advance(timedelta(minutes=5))
+        insert_events(store, rollout_id=row.id, stage="canary", at=clock.now(), candidate=150,
+                      quality=0.6)  # fmt: skip
+        insert_events(store, rollout_id=row.id, stage="canary", at=clock.now(), stable=3000,
+                      quality=0.8)  # fmt: skip
+        controller.tick()
+    # Then the breach rolls the candidate back: it no longer serves while waiting for a human
+    status = rollouts.get(row.id)
+    assert status.rollout.state is RolloutState.ROLLED_BACK
+    assert [v.guardrail for v in status.verdicts if v.status.is_breach()] == ["quality"]

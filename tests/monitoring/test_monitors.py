@@ -365,8 +365,9 @@ def test_preflight_sizes_each_stage_and_warns_when_it_cannot_detect() -> None:
         ("validation", "crit"),
     ]
     canary, tripwire, validation = rows[0], rows[1], rows[2]
-    # alpha_m = 0.01 (the tripwire takes no budget); Wald's floor for 1.2% vs 2% is 1417.
-    assert canary.wald_floor == pytest.approx(1416.5, abs=1)
+    # alpha_m = 0.01 / 2: the tripwire takes no budget, the built-in outcomes_recorded
+    # guardrail one share; Wald's floor for 1.2% vs 2% at that alpha is 1663.
+    assert canary.wald_floor == pytest.approx(1662.6, abs=1)
     assert canary.expected_candidate_requests is not None
     # A power-one test pays ln(1/alpha) + ln(1/MAIN_WEIGHT) where Wald pays ~3.19: ~1.6x.
     assert 1.4 < canary.expected_candidate_requests / canary.wald_floor < 1.7
@@ -400,3 +401,30 @@ def test_a_quality_quantile_counts_requests_below_stables_frozen_quantile() -> N
     # Half of stable's scores fall below its frozen median; about 84% of the candidate's do.
     assert verdict.evidence["rate_stable"] == pytest.approx(0.5, abs=0.03)
     assert verdict.evidence["rate_candidate"] == pytest.approx(0.84, abs=0.03)
+
+
+def test_a_flag_count_is_a_flagged_request_but_fires_no_named_tripwire() -> None:
+    from datetime import UTC, datetime
+
+    from policy_canary.guardrails import Guardrail
+    from policy_canary.monitoring import MonitorEvent, RolloutMonitor
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rate = Guardrail.from_mapping({"name": "flags", "metric": "safety_flags", "max_increase": 0.25})
+    named = Guardrail.from_mapping(
+        {"name": "pii", "metric": "safety_flags", "max_increase": 0.25, "flags": ["pii"]}
+    )
+    trip = Guardrail.from_mapping(
+        {"name": "critical", "metric": "safety_flags", "tripwire": True, "flags": ["critical"]}
+    )
+    monitor = RolloutMonitor([rate, named, trip])
+    counted = [MonitorEvent(arm="candidate", traffic_bp=5000, at=at, flag_count=3)] * 40
+    clean = [MonitorEvent(arm="stable", traffic_bp=5000, at=at)] * 40
+    monitor.fold(counted + clean)
+    verdicts = {v.guardrail: v for v in monitor.verdicts()}
+    assert verdicts["flags"].status.is_breach()
+    assert verdicts["flags"].evidence["bad_candidate"] == 40
+    # A count cannot say whether 'pii' or 'critical' fired: not an observation for them.
+    assert verdicts["pii"].evidence["n_candidate"] == 0
+    assert not verdicts["critical"].status.is_breach()
+    assert MonitorEvent(arm="stable", traffic_bp=0, at=at, safety_flags=("a", "b")).flag_count == 2

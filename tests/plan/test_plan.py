@@ -231,3 +231,13 @@ def test_a_quantile_max_increase_watches_the_metrics_bad_side() -> None:
     assert plan.warnings() == []
     with pytest.raises(PlanError, match="'direction' does not apply to max_increase on a quantile"):
         load(PLAN_YAML.replace(_REVERSED, _REVERSED + extra.replace("}", ", direction: up}"), 1))
+
+
+def test_every_guardrail_of_the_default_plan_rolls_back_on_a_breach() -> None:
+    # A breach is evidence at the plan's alpha: by default it rolls back; pause/alert opt in.
+    plan = RolloutPlan.default()
+    assert {g.name: g.action.value for g in plan.guardrails} == {
+        g.name: "rollback" for g in plan.guardrails
+    }
+    for index in range(len(plan.stages)):
+        assert {g.action.value for g in plan.stage_guardrails(index)} == {"rollback"}

@@ -51,6 +51,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, bool]] = {
     ("POST", "/api/v1/events"): ("agent", False),
     ("POST", "/v1/traces"): ("agent", False),
     ("POST", "/api/v1/feedback"): ("agent", False),
+    ("POST", "/api/v1/routed"): ("agent", False),
     ("GET", "/api/v1/stream"): ("viewer", False),
     ("GET", "/api/v1/routing"): ("viewer", False),
     ("POST", "/ofrep/v1/evaluate/flags/{key}"): ("agent", True),

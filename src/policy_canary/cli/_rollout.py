@@ -67,6 +67,14 @@ def _show(statuses: list[RolloutStatus]) -> None:
                 shown(v.reason),
             )
         console.print(verdicts)
+    if len(statuses) == 1 and any(c.get("routed") for c in statuses[0].routed.values()):
+        # Missing outcomes at a glance: what the gates routed against what was recorded.
+        routed = Table("arm", "routed", "recorded", "recorded share")
+        for arm in ("candidate", "stable"):
+            counts = statuses[0].routed.get(arm, {})
+            n, k = counts.get("routed", 0), counts.get("recorded", 0)
+            routed.add_row(arm, f"{n:,}", f"{k:,}", f"{100 * k / n:.2f}%" if n else "—")
+        console.print(routed)
 
 
 def _print_row(json_output: bool, status: RolloutStatus, verb: str) -> None:

@@ -18,10 +18,13 @@ from policy_canary.controller._decide import decide
 from policy_canary.controller._lock import ControllerLock, default_holder
 from policy_canary.controller._model import Action, ActionKind, RolloutSnapshot
 from policy_canary.controller._monitoring import (
+    Ledger,
+    Monitor,
     MonitorFactory,
     StatisticalMonitors,
     event_from_row,
     feedback_from_row,
+    routed_windows,
 )
 from policy_canary.controller._rows import (
     Cursors,
@@ -33,7 +36,7 @@ from policy_canary.controller._rows import (
 )
 from policy_canary.controller._state import StoredState, require_state
 from policy_canary.errors import first_line
-from policy_canary.monitoring import MonitorEvent
+from policy_canary.monitoring import GRACE_SECONDS, MonitorEvent
 from policy_canary.registry import lock_policy
 from policy_canary.resilience import Outage
 from policy_canary.serving._feedback import first_observations
@@ -177,6 +180,7 @@ class Controller:
             monitor.fold(event for _, event in batch)
             ledger.fold((s if s in names else stage.name, e) for s, e in batch)
             folded += len(batch)
+        folded += self._fold_routed(conn, row.id, monitor, ledger, now)
         verdicts = tuple(monitor.verdicts(stage.name))
         snapshot = RolloutSnapshot(
             state=row.state,
@@ -198,6 +202,28 @@ class Controller:
         if action.kind.is_transition():
             _log.info("%s %s: %s", row.policy, action.kind.value, action.message)
         return TickOutcome(row.id, row.policy, action, True, after.revision, folded)
+
+    @staticmethod
+    def _fold_routed(
+        conn: Connection, rollout_id: str, monitor: Monitor, ledger: Ledger, now: datetime
+    ) -> int:
+        """Fold routing windows older than the grace period into outcomes_recorded, once each.
+
+        Outcomes recorded for a window after it was folded are not counted (GRACE_SECONDS,
+        docs/statistics.md); a monitor without the built-in guardrail (a custom factory, or a
+        state stored before it existed) folds nothing.
+        """
+        fold = getattr(monitor, "fold_routed", None)
+        if fold is None or getattr(monitor, "missing", True) is None:
+            return 0
+        until = now - timedelta(seconds=GRACE_SECONDS)
+        if ledger.routed_through is not None and until <= ledger.routed_through:
+            return 0
+        windows = routed_windows(conn, rollout_id, after=ledger.routed_through, until=until)
+        if not windows:
+            return 0
+        ledger.routed_through = until
+        return int(fold(windows))
 
     def _new_events(
         self, conn: Connection, rollout_id: str, cursors: Cursors

@@ -16,9 +16,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Connection, func, select
+
 from policy_canary.clock import utc
-from policy_canary.monitoring import ARMS, Baseline, MonitorEvent, RolloutMonitor, Verdict
+from policy_canary.monitoring import (
+    ARMS,
+    Baseline,
+    MonitorEvent,
+    RolloutMonitor,
+    RoutedWindow,
+    Verdict,
+)
 from policy_canary.plan import RolloutPlan
+from policy_canary.store.schema import routed_counts
 
 #: How many of stable's most recent events the baseline snapshot summarises.
 BASELINE_EVENTS = 5_000
@@ -63,6 +73,7 @@ class StatisticalMonitors:
             baseline=Baseline.from_events(baseline, prices=plan.prices),
             prices=plan.prices,
             stages=plan.overrides(),
+            outcomes_recorded=True,
         )
 
     def load(self, data: Mapping[str, Any]) -> Monitor:
@@ -82,6 +93,7 @@ def event_from_row(row: Mapping[Any, Any]) -> MonitorEvent:
         error=None if row["error"] is None else bool(row["error"]),
         quality=row["quality"],
         safety_flags=tuple(json.loads(flags)) if flags and flags != "[]" else (),
+        flag_count=int(row.get("flag_count") or 0),
         cost_usd=row["cost_usd"],
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
@@ -126,7 +138,7 @@ class ArmAggregate:
             return
         self.requests += 1
         self.errors += bool(event.error)
-        self.flagged += bool(event.safety_flags)
+        self.flagged += event.flagged
         if event.latency_ms is not None:
             self.latency_sum += event.latency_ms
             self.latency_n += 1
@@ -177,6 +189,8 @@ class Ledger:
     alerted: set[str] = field(default_factory=set)
     first_event_at: datetime | None = None
     last_event_at: datetime | None = None
+    #: Routing windows ending at or before this were folded (outcomes_recorded's cursor).
+    routed_through: datetime | None = None
 
     def fold(self, events: Iterable[tuple[str, MonitorEvent]]) -> None:
         """Count ``(stage_name, event)`` pairs."""
@@ -203,12 +217,14 @@ class Ledger:
             "alerted": sorted(self.alerted),
             "first_event_at": self.first_event_at.isoformat() if self.first_event_at else None,
             "last_event_at": self.last_event_at.isoformat() if self.last_event_at else None,
+            "routed_through": self.routed_through.isoformat() if self.routed_through else None,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Ledger:
         """Rebuild from :meth:`to_dict` output."""
         first, last = data.get("first_event_at"), data.get("last_event_at")
+        routed = data.get("routed_through")
         return cls(
             stages={
                 s: {arm: ArmAggregate.from_dict(agg) for arm, agg in arms.items()}
@@ -217,4 +233,36 @@ class Ledger:
             alerted=set(data.get("alerted", ())),
             first_event_at=datetime.fromisoformat(first) if first else None,
             last_event_at=datetime.fromisoformat(last) if last else None,
+            routed_through=datetime.fromisoformat(routed) if routed else None,
         )
+
+
+def routed_windows(
+    conn: Connection, rollout_id: str, *, after: datetime | None, until: datetime
+) -> list[RoutedWindow]:
+    """The rollout's routing windows that ended in (``after``, ``until``], one per SDK process."""
+    c = routed_counts.c
+    query = select(
+        c.routed_stable, c.routed_candidate, c.recorded_stable, c.recorded_candidate
+    ).where(c.rollout_id == rollout_id, c.window_end <= until)
+    if after is not None:
+        query = query.where(c.window_end > after)
+    return [RoutedWindow(*(int(x) for x in row)) for row in conn.execute(query)]
+
+
+def routed_totals(conn: Connection, rollout_id: str) -> dict[str, dict[str, int]]:
+    """Per arm, decisions routed and outcomes recorded so far for ``rollout_id``."""
+    c = routed_counts.c
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(c.routed_stable), 0),
+            func.coalesce(func.sum(c.routed_candidate), 0),
+            func.coalesce(func.sum(c.recorded_stable), 0),
+            func.coalesce(func.sum(c.recorded_candidate), 0),
+        ).where(c.rollout_id == rollout_id)
+    ).one()
+    rs, rc, ks, kc = (int(x) for x in row)
+    return {
+        "stable": {"routed": rs, "recorded": ks},
+        "candidate": {"routed": rc, "recorded": kc},
+    }

@@ -34,6 +34,7 @@ from policy_canary.controller._monitoring import (
     Ledger,
     MonitorFactory,
     StatisticalMonitors,
+    routed_totals,
 )
 from policy_canary.controller._restore import restore_previous_stable
 from policy_canary.controller._rows import (
@@ -92,6 +93,9 @@ class RolloutStatus:
     verdicts: tuple[Verdict, ...] = ()
     last_action: Mapping[str, Any] | None = None
     aggregates: Mapping[str, Any] = field(default_factory=dict)
+    #: Per arm, decisions routed and outcomes recorded so far (the SDKs' counts, including
+    #: windows still in outcomes_recorded's grace period).
+    routed: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the ``--json`` contract of ``rollout status``)."""
@@ -111,6 +115,7 @@ class RolloutStatus:
                 "verdicts": [v.to_dict() for v in self.verdicts],
                 "last_action": dict(self.last_action) if self.last_action else None,
                 "aggregates": dict(self.aggregates),
+                "routed": {arm: dict(counts) for arm, counts in self.routed.items()},
             }
         )
         return data
@@ -353,6 +358,7 @@ class Rollouts:
             verdicts=verdicts,
             last_action=last,
             aggregates=ledger.to_dict()["stages"],
+            routed=routed_totals(conn, row.id),
         )
 
     def _locked_active(self, conn: Connection, policy: str) -> Rollout:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from policy_canary.monitoring._coverage import MetricCoverage, metrics_coverage, uncovered
 from policy_canary.monitoring._monitor import (
     ARMS,
+    GRACE_SECONDS,
+    OUTCOMES_RECORDED,
     Baseline,
     MetricBaseline,
     MonitorEvent,
     PreflightRow,
     RolloutMonitor,
+    RoutedWindow,
     StagePlan,
     preflight,
 )
@@ -20,12 +23,15 @@ from policy_canary.monitoring._verdict import (
 
 __all__ = [
     "ARMS",
+    "GRACE_SECONDS",
+    "OUTCOMES_RECORDED",
     "Baseline",
     "MetricBaseline",
     "MetricCoverage",
     "MonitorEvent",
     "PreflightRow",
     "RolloutMonitor",
+    "RoutedWindow",
     "StagePlan",
     "Verdict",
     "VerdictStatus",

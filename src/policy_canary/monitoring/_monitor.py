@@ -37,6 +37,12 @@ from policy_canary.guardrails import (
 )
 from policy_canary.monitoring._baseline import Baseline, MetricBaseline
 from policy_canary.monitoring._judges import Judge, Setup, build_judge, unobserved
+from policy_canary.monitoring._missing import (
+    GRACE_SECONDS,
+    OUTCOMES_RECORDED,
+    MissingOutcomes,
+    RoutedWindow,
+)
 from policy_canary.monitoring._observations import ARMS, MonitorEvent, observe
 from policy_canary.monitoring._preflight import PreflightRow, StagePlan, preflight
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
@@ -47,11 +53,14 @@ MONITOR_STATE_FORMAT = 3
 
 __all__ = [
     "ARMS",
+    "GRACE_SECONDS",
+    "OUTCOMES_RECORDED",
     "Baseline",
     "MetricBaseline",
     "MonitorEvent",
     "PreflightRow",
     "RolloutMonitor",
+    "RoutedWindow",
     "StagePlan",
     "preflight",
 ]
@@ -65,6 +74,10 @@ class RolloutMonitor:
     ``{guardrail_name: {field: value}}``; every threshold any stage uses is known here, so each
     test runs from the rollout start and a stage switch never restarts one. Every test is
     tuned to its guardrail's ``detect``.
+
+    With ``outcomes_recorded`` (every rollout the controller runs) the monitor also judges
+    missing outcomes from routed counts (:meth:`fold_routed`, ``_missing.py``), and that
+    built-in guardrail takes one share of the budget: alpha / (M + 1).
     """
 
     def __init__(
@@ -75,10 +88,16 @@ class RolloutMonitor:
         baseline: Baseline | None = None,
         prices: Mapping[str, ModelPrice] | None = None,
         stages: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+        outcomes_recorded: bool = False,
     ) -> None:
         if not 0.0 < alpha < 1.0:
             raise PlanError(f"alpha must lie in (0, 1); got {alpha}")
         check_unique_names(guardrails)
+        if outcomes_recorded and any(g.name == OUTCOMES_RECORDED for g in guardrails):
+            raise PlanError(
+                f"guardrail name {OUTCOMES_RECORDED!r} is taken by the built-in guardrail on "
+                "missing outcomes; rename yours"
+            )
         self.guardrails = tuple(guardrails)
         self.alpha = alpha
         self.baseline = baseline or Baseline()
@@ -88,8 +107,14 @@ class RolloutMonitor:
             name: resolve_stage_guardrails(self.guardrails, o) for name, o in self.stages.items()
         }
         statistical = [g for g in self.guardrails if g.kind.is_statistical()]
-        #: Each statistical guardrail's share of the budget (alpha / M).
-        self.alpha_per_guardrail = alpha / max(len(statistical), 1)
+        # The built-in outcomes_recorded guardrail (_missing.py) takes one share of the
+        # budget like any statistical guardrail: alpha / (M + 1). A monitor stored before it
+        # existed is continued without it (outcomes_recorded=False), with its alpha / M.
+        self.missing = MissingOutcomes(1.0) if outcomes_recorded else None
+        #: Each statistical guardrail's share of the budget (alpha / M, or / (M + 1)).
+        self.alpha_per_guardrail = alpha / max(len(statistical) + (self.missing is not None), 1)
+        if self.missing is not None:
+            self.missing.alpha = self.alpha_per_guardrail
         self._setup = Setup(
             alpha=self.alpha_per_guardrail,
             baseline=self.baseline,
@@ -129,8 +154,11 @@ class RolloutMonitor:
         for g in self.guardrails:
             observed: list[Any]
             if g.kind is GuardrailKind.TRIPWIRE:
+                # A tripwire needs names: a count alone cannot say which flag fired.
                 observed = [
-                    None if e.feedback else tuple(f for f in e.safety_flags if f in g.flags)
+                    None
+                    if e.feedback or (e.flag_count and not e.safety_flags)
+                    else tuple(f for f in e.safety_flags if f in g.flags)
                     for e in batch
                 ]
             else:
@@ -156,6 +184,12 @@ class RolloutMonitor:
         self.events_folded += len(batch)
         self.requests_folded += sum(not e.feedback for e in batch)
         return len(batch)
+
+    def fold_routed(self, windows: Iterable[RoutedWindow]) -> int:
+        """Fold matured routing windows into ``outcomes_recorded``; return how many."""
+        if self.missing is None:
+            return 0
+        return self.missing.fold(windows)
 
     def stage_guardrails(self, stage: str | None = None) -> tuple[Guardrail, ...]:
         """The guardrails as ``stage`` sees them: its overrides applied, if it has any."""
@@ -192,6 +226,8 @@ class RolloutMonitor:
                 )
                 continue
             results.append(judge.verdict(g))
+        if self.missing is not None:
+            results.append(self.missing.verdict())
         return results
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +246,7 @@ class RolloutMonitor:
             "observed": self._observed,
             "statistics": {k: (v.value if v else None) for k, v in self._statistics.items()},
             "judges": {k: (j.state() if j else None) for k, j in self._judges.items()},
+            "outcomes_recorded": self.missing.to_dict() if self.missing else None,
         }
 
     @classmethod
@@ -228,7 +265,10 @@ class RolloutMonitor:
             baseline=Baseline.from_dict(data["baseline"]),
             prices={m: ModelPrice.model_validate(p) for m, p in data["prices"].items()},
             stages=data["stages"],
+            outcomes_recorded=data.get("outcomes_recorded") is not None,
         )
+        if monitor.missing is not None:
+            monitor.missing.load(data["outcomes_recorded"])
         monitor.events_folded = int(data["events_folded"])
         # States written before these counts existed: requests ~ events, observations unknown.
         monitor.requests_folded = int(data.get("requests_folded", monitor.events_folded))

@@ -29,6 +29,12 @@ class MonitorEvent:
     carrying only ``quality`` and/or ``metrics``, with the original decision's arm and share:
     it adds observations of those metrics but never counts as a second request, so request
     metrics (error, safety flags, latency, cost) are read from non-feedback events only.
+
+    ``flag_count`` is how many safety flags the request raised: ``len(safety_flags)`` when
+    they were named, or the bare count ``record(safety_flags=3)`` gave. A count of n > 0 makes
+    the request flagged for every guardrail on ``safety_flags`` that does not name ``flags``;
+    a tripwire (or a rate restricted to ``flags``) needs the names, so a count alone is not an
+    observation for it.
     """
 
     arm: str
@@ -38,6 +44,7 @@ class MonitorEvent:
     error: bool | None = None
     quality: float | None = None
     safety_flags: tuple[str, ...] = ()
+    flag_count: int = 0
     cost_usd: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -58,6 +65,10 @@ class MonitorEvent:
             math.isfinite(self.quality) and 0.0 <= self.quality <= 1.0
         ):
             raise InvalidMetricError(f"quality must lie in [0, 1]; got {self.quality!r}")
+        if isinstance(self.flag_count, bool) or self.flag_count < 0:
+            raise InvalidMetricError(f"flag_count must be an int >= 0; got {self.flag_count!r}")
+        if self.flag_count < len(self.safety_flags):  # names given without a count: count them
+            object.__setattr__(self, "flag_count", len(self.safety_flags))
         for name in ("input_tokens", "output_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -65,6 +76,11 @@ class MonitorEvent:
         for key, value in self.metrics.items():
             if not isinstance(value, bool) and not math.isfinite(float(value)):
                 raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
+
+    @property
+    def flagged(self) -> bool:
+        """True when the request raised at least one safety flag (named or counted)."""
+        return self.flag_count > 0
 
     @property
     def is_candidate(self) -> bool:
@@ -86,8 +102,10 @@ def observe(
         return event.error
     if metric == "safety_flags":
         if flags:
-            return any(f in flags for f in event.safety_flags)
-        return bool(event.safety_flags)
+            if event.safety_flags or not event.flag_count:
+                return any(f in flags for f in event.safety_flags)
+            return None  # counted but not named: whether one of ``flags`` fired is unknown
+        return event.flag_count > 0
     if metric == "latency_ms":
         return event.latency_ms
     if metric == "cost_usd":

@@ -82,7 +82,8 @@ def preflight(
     takes precedence over ``baseline``, which also provides the variances the mean tests need.
     """
     statistical = [g for g in guardrails if g.kind.is_statistical()]
-    alpha_m = alpha / max(len(statistical), 1)
+    # The rollout's monitors split alpha with the built-in outcomes_recorded guardrail too.
+    alpha_m = alpha / (len(statistical) + 1)
     rows = []
     for stage in stages:
         rho = stage.traffic_bp / BPS

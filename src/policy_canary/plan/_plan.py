@@ -248,7 +248,7 @@ DEFAULT_PLAN: Mapping[str, Any] = {
         {"name": "latency_p95", "metric": "latency_ms", "statistic": "p95",
          "max_increase": "25%"},
         {"name": "cost", "metric": "cost_usd", "max_increase": "25%"},
-        {"name": "quality", "metric": "quality", "max_decrease": "5%", "action": "pause"},
+        {"name": "quality", "metric": "quality", "max_decrease": "5%"},
     ],
     "stages": [
         {"name": "canary", "traffic": 1, "min_duration": "30m", "max_duration": "6h",

@@ -22,6 +22,7 @@ from policy_canary.server._remote_events import (
     write_events,
     write_feedback,
 )
+from policy_canary.server._remote_routed import routed_rows
 from policy_canary.server._routes import IDEMPOTENCY_HEADER, mutation, with_extra
 from policy_canary.server._state import server_state
 from policy_canary.serving import Decision
@@ -160,6 +161,32 @@ def _remote_events(
 
     def act() -> dict[str, Any]:
         write_events(state.canary._link, rows)
+        return {"accepted": len(rows)}
+
+    return mutation(request, principal, body.raw, act)
+
+
+@router.post(
+    "/routed",
+    summary="Store routed decisions and recorded outcomes per window (from remote SDKs)",
+    openapi_extra=with_extra(
+        _body_schema({"type": "object", "required": ["routed"],
+                      "properties": {"routed": {"type": "array", "items": {"type": "object"}}}}),
+        IDEMPOTENCY_HEADER,
+    ),
+)  # fmt: skip
+def routed(
+    request: Request,
+    principal: Principal = Depends(require(Permission.RECORD, per_policy=True)),
+    body: Body = Depends(json_body(lambda lim: lim.events_body_bytes)),
+) -> Response:
+    state = server_state(request)
+    rows = routed_rows(
+        any_object(body.data).get("routed"), principal, state.canary.store, state.known_refs
+    )
+
+    def act() -> dict[str, Any]:
+        state.canary._link.write_routed(rows)
         return {"accepted": len(rows)}
 
     return mutation(request, principal, body.raw, act)

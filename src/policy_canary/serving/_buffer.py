@@ -34,6 +34,7 @@ from typing import Any
 from policy_canary.errors import InputError
 from policy_canary.resilience import Outage, retry_delay
 from policy_canary.serving._link import EventRow, FeedbackRow, FeedbackWrite, Link
+from policy_canary.serving._routed import RoutedCounts
 
 #: Longest wait between flush retries while the store is down.
 MAX_RETRY_DELAY = 5.0
@@ -94,10 +95,12 @@ class EventBuffer:
         capacity: int,
         batch_size: int,
         wake: threading.Event,
+        routed: RoutedCounts | None = None,
     ) -> None:
         if capacity < 1 or batch_size < 1:
             raise InputError("buffer_size and batch_size must be at least 1")
         self._link = link
+        self._routed = routed
         self._now = now
         self._capacity = capacity
         self._batch_size = batch_size
@@ -237,7 +240,23 @@ class EventBuffer:
                 if not size or not self._write_inflight():
                     break
                 remaining -= size
+            if self._routed is not None:
+                self._write_routed(self._routed)
             return self._written - before
+
+    def _write_routed(self, routed: RoutedCounts) -> None:
+        """Write the routed/recorded counts that changed; on failure, the next flush retries."""
+        rows = routed.snapshot(self._now())
+        if not rows:
+            return
+        try:
+            self._link.write_routed(rows)
+        except Exception as error:  # cumulative counts: the next snapshot sends them again
+            self._failed(error)
+            if self._link.is_transient(error):
+                return
+            # Refused for their content (a rollout the store does not know): not retried.
+        routed.written(rows)
 
     def _write_inflight(self) -> bool:
         rows, fb_rows = self._inflight, self._inflight_feedback

@@ -50,6 +50,7 @@ from policy_canary.serving._gate import Gate, GateStatus, install_table, rebind_
 from policy_canary.serving._link import Link, PruneResult, checked_retention
 from policy_canary.serving._outcomes import metrics_json, quality_value
 from policy_canary.serving._refresher import Refresher
+from policy_canary.serving._routed import RoutedCounts
 from policy_canary.serving._routing import SpecCache
 
 if TYPE_CHECKING:  # loaded on first use: an agent that only routes never pays for them
@@ -328,7 +329,7 @@ class Canary:
             if gate is not None:
                 return gate
             epoch, tables = self._link.load([policy], specs=self._specs, known_epoch=None)
-            table = tables[policy]
+            table = self._routed.attach(tables[policy], self._clock.now())
             gate = Gate(
                 self._gate_status,
                 table,
@@ -375,7 +376,7 @@ class Canary:
             for name, table in tables.items():
                 # One reference assignment per gate: route() sees the old or the new table,
                 # never a mix.
-                install_table(self._gates[name], table)
+                install_table(self._gates[name], self._routed.attach(table, now))
             self._epoch = epoch
             self._refreshed = (now, now, None)
             return None
@@ -488,8 +489,11 @@ class Canary:
             closing=self._closing,
             listen=self._listen,
         )
+        # Routed decisions per window, written with the events (serving/_routed.py).
+        self._routed = RoutedCounts(self._id_prefix.rstrip("-"))
         self._buffer = EventBuffer(
             self._link,
+            routed=self._routed,
             now=self._clock.now,
             capacity=self._buffer_size,
             batch_size=self._batch_size,
@@ -526,8 +530,10 @@ class Canary:
         self._next_id = itertools.count(1).__next__
         # The parent still owns (and will write) what it had buffered.
         self._start_pipeline()
+        now = self._clock.now()
         for gate in self._gates.values():
             rebind_gate(gate, add=self._buffer.add, ids=self._next_id, id_prefix=self._id_prefix)
+            install_table(gate, self._routed.attach(gate.table, now))
 
     # -- life cycle -----------------------------------------------------------------------
 

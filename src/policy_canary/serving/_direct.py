@@ -18,13 +18,14 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exc, select
+from sqlalchemy import Connection, delete, exc, func, select
 
 from policy_canary.errors import NotFoundError, StoreError, first_line
 from policy_canary.resilience import store_trouble
 from policy_canary.serving._feedback import insert_feedback
 from policy_canary.serving._link import EventRow, FeedbackRow, FeedbackWrite, Listener, PruneResult
 from policy_canary.serving._outcomes import AT_INDEX, EVENT_COLUMNS
+from policy_canary.serving._routed import RoutedRow
 from policy_canary.serving._routing import (
     SERVING_STATES,
     RouteTable,
@@ -34,7 +35,14 @@ from policy_canary.serving._routing import (
 )
 from policy_canary.serving._splitter import BUCKETS, salt_prefix, threshold
 from policy_canary.store import Store
-from policy_canary.store.schema import events, feedback, policies, rollouts, versions
+from policy_canary.store.schema import (
+    events,
+    feedback,
+    policies,
+    rollouts,
+    routed_counts,
+    versions,
+)
 
 _COLUMNS = ", ".join(EVENT_COLUMNS)
 _SQLITE_INSERT = (
@@ -140,6 +148,11 @@ class StoreLink:
         else:
             conn.exec_driver_sql(_PG_INSERT, list(rows))
 
+    def write_routed(self, rows: Sequence[RoutedRow]) -> None:
+        """Upsert routed/recorded counts; each count keeps the larger of stored and new."""
+        with self.store.begin() as conn:
+            write_routed(conn, rows, sqlite=self._sqlite)
+
     @staticmethod
     def is_transient(error: BaseException) -> bool:
         """True for "cannot reach / cannot lock the database": retry later, keep the batch."""
@@ -171,11 +184,18 @@ class StoreLink:
                     )
                 )
                 deleted_events += result.rowcount
+            deleted_routed = conn.execute(
+                delete(routed_counts).where(
+                    routed_counts.c.window_end < cutoff, routed_counts.c.rollout_id.not_in(active)
+                )
+            ).rowcount
             kept = select(events.c.decision_id).where(events.c.rollout_id.in_(active))
             deleted_feedback = conn.execute(
                 delete(feedback).where(feedback.c.at < cutoff, feedback.c.decision_id.not_in(kept))
             ).rowcount
-        return PruneResult(cutoff=cutoff, events=deleted_events, feedback=deleted_feedback)
+        return PruneResult(
+            cutoff=cutoff, events=deleted_events, feedback=deleted_feedback, routed=deleted_routed
+        )
 
     def after_fork(self) -> None:
         """Forget the parent's pooled connections without touching them."""
@@ -184,6 +204,43 @@ class StoreLink:
     def close(self) -> None:
         """Release the store's connections."""
         self.store.close()
+
+
+#: The counts of a ``routed_counts`` row, in RoutedRow order after the key.
+_COUNTS = ("routed_stable", "routed_candidate", "recorded_stable", "recorded_candidate")
+
+
+def write_routed(conn: Connection, rows: Sequence[RoutedRow], *, sqlite: bool) -> None:
+    """Upsert routed counts in ``conn``'s transaction (the SDK's flush, the server's API)."""
+    if not rows:
+        return
+    if sqlite:
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    larger = func.max if sqlite else func.greatest  # SQLite's two-argument max() is scalar
+    values = [
+        {
+            "policy": r[0],
+            "rollout_id": r[1],
+            "source": r[2],
+            "window_start": r[3],
+            "window_end": r[4],
+            "traffic_bp": r[5],
+            "stage": r[6],
+            **dict(zip(_COUNTS, r[7:], strict=True)),
+        }
+        for r in rows
+    ]
+    statement = insert(routed_counts).values(values)
+    excluded = statement.excluded
+    statement = statement.on_conflict_do_update(
+        index_elements=["rollout_id", "source", "window_start", "traffic_bp"],
+        set_={
+            name: larger(routed_counts.c[name], excluded[name]) for name in ("window_end", *_COUNTS)
+        },
+    )
+    conn.execute(statement)
 
 
 def load_tables(

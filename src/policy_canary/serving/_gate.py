@@ -25,7 +25,7 @@ from policy_canary.serving._routing import RouteTable, VersionInfo
 from policy_canary.serving._splitter import BUCKETS, SCHEME_VERSION, Arm
 
 if TYPE_CHECKING:
-    pass
+    from policy_canary.serving._routed import Window
 
 __all__ = ["Decision", "Gate", "GateStatus"]
 
@@ -53,18 +53,39 @@ class Decision:
     """
 
     # _held and _start are only set by __enter__: fewer stores keep route() cheap.
-    __slots__ = ("_arm", "_gate", "_held", "_seq", "_start", "_state", "_sticky", "_table")
+    __slots__ = (
+        "_arm",
+        "_gate",
+        "_held",
+        "_seq",
+        "_start",
+        "_state",
+        "_sticky",
+        "_table",
+        "_window",
+    )
 
     _held: Outcome | None
     _start: float
 
-    def __init__(self, gate: Gate, table: RouteTable, arm: Arm, sticky: bool, seq: int) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        table: RouteTable,
+        arm: Arm,
+        sticky: bool,
+        seq: int,
+        window: Window | None = None,
+    ) -> None:
         self._gate = gate
         self._table = table
         self._arm = arm
         self._sticky = sticky
         self._seq = seq
         self._state = _ROUTED
+        # The routing window this decision was counted in (serving/_routed.py): its outcome
+        # is counted against the same window, however late it is recorded.
+        self._window = window
 
     # -- what was decided -----------------------------------------------------------------
 
@@ -377,8 +398,14 @@ class Gate:
                 # The splitter's scheme, as one byte-string comparison (see threshold()).
                 candidate = hasher.digest() < table.bound
                 sticky = True
+            # Routed decisions are counted so that lost outcomes show (serving/_routed.py).
+            tally = table.tally
+            window = None
+            if tally is not None:
+                window = tally.window
+                next(window.routed[candidate])
             decision = Decision(
-                self, table, _CANDIDATE if candidate else _STABLE, sticky, self._ids()
+                self, table, _CANDIDATE if candidate else _STABLE, sticky, self._ids(), window
             )
             if self._on_route is not None:
                 self._on_route(decision, unit_key)
@@ -405,6 +432,9 @@ class Gate:
             version_id, arm = table.candidate.id, "candidate"
         else:
             version_id, arm = table.stable.id, "stable"
+        window = decision._window
+        if window is not None:
+            next(window.recorded[arm == "candidate"])
         self._add(
             (
                 f"{self._id_prefix}{decision._seq:x}",

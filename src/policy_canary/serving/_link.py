@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from policy_canary.errors import InputError
 
 if TYPE_CHECKING:
+    from policy_canary.serving._routed import RoutedRow
     from policy_canary.serving._routing import RouteTable, SpecCache
 
 #: One event as the buffer holds it: the values of ``EVENT_COLUMNS`` in order.
@@ -40,6 +41,7 @@ class PruneResult:
     cutoff: datetime
     events: int
     feedback: int
+    routed: int = 0
 
 
 def checked_retention(retention: object) -> timedelta:
@@ -112,6 +114,10 @@ class Link(Protocol):
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow], *, retry: bool
     ) -> FeedbackWrite:
         """Commit one batch; return what became of its feedback (refused, repeats)."""
+        ...
+
+    def write_routed(self, rows: Sequence[RoutedRow]) -> None:
+        """Store routed/recorded counts per window (cumulative: the larger value is kept)."""
         ...
 
     def is_transient(self, error: BaseException) -> bool:

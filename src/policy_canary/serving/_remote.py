@@ -37,8 +37,9 @@ from policy_canary.errors import (
 )
 from policy_canary.serving._http import Http, Server, ServerUnavailableError, error_of, servers
 from policy_canary.serving._link import EventRow, FeedbackRow, FeedbackWrite, PruneResult
+from policy_canary.serving._routed import RoutedRow
 from policy_canary.serving._routing import RouteTable, SpecCache
-from policy_canary.serving._wire import event_json, feedback_json, table_from_json
+from policy_canary.serving._wire import event_json, feedback_json, routed_json, table_from_json
 
 #: The pushed routing document: (epoch, tables as JSON by policy name).
 Pushed = tuple[int, dict[str, Any]]
@@ -119,6 +120,10 @@ class RemoteLink:
             "POST", "/api/v1/feedback", body={"feedback": [feedback_json(r) for r in fb_rows]}
         )
         return FeedbackWrite(refused=int(done["refused"]), duplicates=int(done["duplicates"]))
+
+    def write_routed(self, rows: Sequence[RoutedRow]) -> None:
+        """Send routed/recorded counts; the server keeps the larger of stored and new."""
+        self.http.json("POST", "/api/v1/routed", body={"routed": [routed_json(r) for r in rows]})
 
     @staticmethod
     def is_transient(error: BaseException) -> bool:

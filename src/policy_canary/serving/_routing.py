@@ -56,6 +56,9 @@ class RouteTable:
     hasher: Any = None
     #: :func:`policy_canary.serving._splitter.threshold` of ``share_bp``.
     bound: bytes = b""
+    #: The :class:`~policy_canary.serving._routed.Tally` route() counts decisions into, set by
+    #: the canary when it installs the table (None: nothing counted, no candidate traffic).
+    tally: Any = None
 
 
 class SpecCache:

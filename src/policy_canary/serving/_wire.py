@@ -18,6 +18,7 @@ from typing import Any
 
 from policy_canary.serving._link import EventRow, FeedbackRow
 from policy_canary.serving._outcomes import AT_INDEX, EVENT_COLUMNS
+from policy_canary.serving._routed import RoutedRow
 from policy_canary.serving._routing import RouteTable, SpecCache, VersionInfo
 from policy_canary.serving._splitter import BUCKETS, salt_prefix, threshold
 
@@ -107,3 +108,27 @@ def feedback_json(row: FeedbackRow) -> dict[str, Any]:
 def outcome_fields() -> Sequence[str]:
     """The outcome columns of an event row (after ``at``)."""
     return _OUTCOME_COLUMNS
+
+
+#: The fields of one routed-counts row on the wire, in :data:`RoutedRow` order.
+ROUTED_FIELDS = (
+    "policy",
+    "rollout_id",
+    "source",
+    "window_start",
+    "window_end",
+    "traffic_bp",
+    "stage",
+    "routed_stable",
+    "routed_candidate",
+    "recorded_stable",
+    "recorded_candidate",
+)
+
+
+def routed_json(row: RoutedRow) -> dict[str, Any]:
+    """A routed-counts row as ``POST /api/v1/routed`` takes it."""
+    item = dict(zip(ROUTED_FIELDS, row, strict=True))
+    item["window_start"] = row[3].isoformat()
+    item["window_end"] = row[4].isoformat()
+    return item

@@ -37,7 +37,7 @@ ENV_VAR = "POLICY_CANARY_DB"
 _MIGRATIONS = Path(__file__).parent / "migrations"
 #: The newest migration's revision. Opening a store at this revision skips Alembic entirely;
 #: ``tests/store/test_store.py`` checks it against the migrations folder.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 # Arbitrary constant key: serialises concurrent migrations on PostgreSQL.
 _MIGRATION_LOCK = 0x70_63_6D_69  # "pcmi"
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -193,6 +194,28 @@ feedback = Table(
     Index(None, "decision_id"),
     Index(None, "at"),
     UniqueConstraint("decision_id", "metric"),
+)
+
+#: Decisions routed and outcomes recorded, per SDK process ("source"), rollout, routing window
+#: and share: the input of the built-in ``outcomes_recorded`` guardrail (migration 0006). The
+#: counts are cumulative per row and written with MAX(), so a retried flush is idempotent.
+routed_counts = Table(
+    "routed_counts",
+    metadata,
+    Column("rollout_id", String(40), ForeignKey("rollouts.id"), nullable=False),
+    Column("source", String(40), nullable=False),
+    Column("window_start", UTCDateTime(), nullable=False),
+    Column("traffic_bp", Integer, nullable=False),
+    Column("policy", String(NAME), nullable=False),
+    Column("stage", String(64), nullable=True),
+    Column("window_end", UTCDateTime(), nullable=False),
+    Column("routed_stable", BigInteger, nullable=False),
+    Column("routed_candidate", BigInteger, nullable=False),
+    Column("recorded_stable", BigInteger, nullable=False),
+    Column("recorded_candidate", BigInteger, nullable=False),
+    PrimaryKeyConstraint("rollout_id", "source", "window_start", "traffic_bp"),
+    Index(None, "rollout_id", "window_end"),
+    Index(None, "window_end"),
 )
 
 #: Tables whose rows may never be updated or deleted (design invariants 1 and 2).

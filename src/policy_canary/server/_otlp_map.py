@@ -10,6 +10,9 @@ duration is the latency; ERROR status or ``error.type`` there or below is a fail
 ``gen_ai.evaluation.result`` events there or below are late feedback, and
 ``gen_ai.guardrail.result`` events safety flags (their ``gen_ai.guardrail.name``, unless
 ``gen_ai.guardrail.triggered`` is false or ``gen_ai.guardrail.decision`` says it passed).
+An evaluation on a span outside every request (an evaluator exporting on its own) that
+carries ``gen_ai.response.id`` is handed back to be joined by that id (``_otlp_join.py``)
+with the request whose spans carry the same ``gen_ai.response.id``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 DECISION_ID = "policy_canary.decision_id"
+RESPONSE_ID = "gen_ai.response.id"
+EVALUATION_RESULT = "gen_ai.evaluation.result"
 EVALUATION_EVENT = "feature_flag.evaluation"
 _VARIANT = ("feature_flag.result.variant", "feature_flag.variant")
 _ERROR = Status.StatusCode.STATUS_CODE_ERROR
@@ -79,6 +84,10 @@ class Outcome:
     model: str | None = None
     evaluations: dict[str, float] = field(default_factory=dict)
     safety_flags: list[str] = field(default_factory=list)
+    #: The spans of this request in the export (its subtree and the span naming it).
+    spans: int = 0
+    #: The ``gen_ai.response.id`` values of its spans: late evaluations join by them.
+    response_ids: set[str] = field(default_factory=set)
 
     def record_kwargs(self) -> dict[str, Any]:
         """Keywords for ``Decision.record()``."""
@@ -89,6 +98,44 @@ class Outcome:
         if self.safety_flags:
             kwargs["safety_flags"] = tuple(sorted(set(self.safety_flags)))
         return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvaluation:
+    """A ``gen_ai.evaluation.result`` outside every request, naming its response by id."""
+
+    response_id: str
+    name: str
+    score: float
+
+
+@dataclass
+class Found:
+    """What one export holds: requests' outcomes, span counts, evaluations to join by id."""
+
+    outcomes: list[Outcome]
+    spans: int
+    unattributed: int
+    evaluations: list[LateEvaluation] = field(default_factory=list)
+
+
+def _score(e: Mapping[str, Any]) -> tuple[str, float] | None:
+    score = e.get("gen_ai.evaluation.score.value")
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        return str(e.get("gen_ai.evaluation.name") or "quality"), float(score)
+    return None
+
+
+def _late(span: Span, attrs: Mapping[str, Any]) -> Iterator[LateEvaluation]:
+    """Evaluation events of ``span`` that name a response (on the event, else on the span)."""
+    for event in span.events:
+        if event.name != EVALUATION_RESULT:
+            continue
+        e = attributes(event.attributes)
+        response_id = e.get(RESPONSE_ID) or attrs.get(RESPONSE_ID)
+        scored = _score(e)
+        if isinstance(response_id, str) and response_id and scored is not None:
+            yield LateEvaluation(response_id[:256], *scored)
 
 
 def _reference(span: Span, attrs: Mapping[str, Any]) -> Reference | None:
@@ -177,6 +224,11 @@ class PendingSpans:
                     self._size -= 1
                     export.add(span, attrs)
 
+    def size(self) -> int:
+        """Spans kept."""
+        with self._lock:
+            return self._size
+
     def keep(self, spans: Iterable[tuple[Span, dict[str, Any]]]) -> None:
         with self._lock:
             for span, attrs in spans:
@@ -187,34 +239,36 @@ class PendingSpans:
                 self._size -= len(dropped)
 
 
-def outcomes(
-    request: ExportTraceServiceRequest, pending: PendingSpans | None = None
-) -> tuple[list[Outcome], int, int]:
-    """The outcomes in an export, the number of spans, and how many belong to no decision.
+def outcomes(request: ExportTraceServiceRequest, pending: PendingSpans | None = None) -> Found:
+    """The outcomes in an export, its span counts, and evaluations to join by response id.
 
     With ``pending``, spans of a trace whose request root has not arrived yet are kept
     there and joined to it when it does.
     """
     export = Export.of(request)
-    received = len(export.spans)
+    arrived = set(export.spans)  # counted here; kept ones were counted when they arrived
     if pending is not None:
         pending.merge(export)
     found: dict[bytes, Outcome] = {}
-    referenced: set[bytes] = set()
+    owner: dict[bytes, bytes] = {}  # span -> the request root it is counted for
     for span_id, (span, attrs) in export.spans.items():
         reference = _reference(span, attrs)
         if reference is None:
             continue
         root = export.request_span(span_id)
-        if root in found:
-            referenced.add(span_id)
-            continue
-        found[root] = _outcome(export, root, reference)
-        referenced |= {s.span_id for s, _ in export.subtree(root)} | {span_id}
-    unreferenced = [export.spans[i] for i in export.spans if i not in referenced]
+        if root not in found:
+            found[root] = _outcome(export, root, reference)
+            for s, _ in export.subtree(root):
+                owner.setdefault(s.span_id, root)
+        owner.setdefault(span_id, root)
+    for span_id, root in owner.items():
+        found[root].spans += span_id in arrived
+    unreferenced = [i for i in export.spans if i not in owner]
     if pending is not None:
-        pending.keep(unreferenced)
-    return list(found.values()), received, min(len(unreferenced), received)
+        pending.keep(export.spans[i] for i in unreferenced)
+    late = [e for i in unreferenced if i in arrived for e in _late(*export.spans[i])]
+    unattributed = sum(i in arrived for i in unreferenced)
+    return Found(list(found.values()), len(arrived), unattributed, late)
 
 
 def _outcome(export: Export, root: bytes, reference: Reference) -> Outcome:
@@ -227,6 +281,9 @@ def _outcome(export: Export, root: bytes, reference: Reference) -> Outcome:
             value = attrs.get(f"gen_ai.usage.{name}")
             if isinstance(value, int) and value >= 0:
                 setattr(out, name, (getattr(out, name) or 0) + value)
+        response_id = attrs.get(RESPONSE_ID)
+        if isinstance(response_id, str) and response_id:
+            out.response_ids.add(response_id[:256])
         model = attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model")
         if out.model is None and isinstance(model, str):
             out.model = model
@@ -235,9 +292,8 @@ def _outcome(export: Export, root: bytes, reference: Reference) -> Outcome:
                 flag = _flag(attributes(event.attributes))
                 if flag is not None:
                     out.safety_flags.append(flag)
-            if event.name == "gen_ai.evaluation.result":
-                e = attributes(event.attributes)
-                score = e.get("gen_ai.evaluation.score.value")
-                if isinstance(score, int | float) and not isinstance(score, bool):
-                    out.evaluations[str(e.get("gen_ai.evaluation.name") or "quality")] = score
+            if event.name == EVALUATION_RESULT:
+                scored = _score(attributes(event.attributes))
+                if scored is not None:
+                    out.evaluations[scored[0]] = scored[1]
     return out

@@ -86,4 +86,7 @@ def test_bench_server_smoke(tmp_path: Path) -> None:
     result = _run("bench_server.py", tmp_path, "--quick")
     events = result["events"]
     assert events["acked"] == events["stored"] == 4_000  # type: ignore[index]
+    otlp = result["otlp"]
+    assert otlp["accepted"] == 4 * 1_000  # type: ignore[index]  # 4 exports of 1,000 spans
+    assert otlp["stored"] == otlp["requests"] == 1_000  # type: ignore[index]  # 4 spans each
     assert result["propagation_sqlite"]["rounds"] == 3  # type: ignore[index]

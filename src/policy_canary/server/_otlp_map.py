@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 DECISION_ID = "policy_canary.decision_id"
@@ -34,6 +34,7 @@ EVALUATION_EVENT = "feature_flag.evaluation"
 _VARIANT = ("feature_flag.result.variant", "feature_flag.variant")
 _ERROR = Status.StatusCode.STATUS_CODE_ERROR
 GUARDRAIL_EVENT = "gen_ai.guardrail.result"
+_USAGE = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
 #: Guardrail outcomes that mean nothing was flagged.
 _CLEAN = frozenset({"allow", "allowed", "pass", "passed", "none"})
 
@@ -51,15 +52,27 @@ def _flag(event: Mapping[str, Any]) -> str | None:
     return name[:64]
 
 
-def _value(v: AnyValue) -> Any:
-    kind = v.WhichOneof("value")
-    return getattr(v, kind) if kind in ("string_value", "int_value", "double_value",
-                                        "bool_value") else None  # fmt: skip
+_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+#: The attributes the mapping reads; the others are skipped unread (most of a span's).
+READ = frozenset({
+    DECISION_ID, RESPONSE_ID, "feature_flag.key", *_VARIANT, "feature_flag.context.id",
+    "gen_ai.operation.name", "error.type", "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens", "gen_ai.response.model", "gen_ai.request.model",
+    "gen_ai.guardrail.name", "gen_ai.guardrail.triggered", "gen_ai.guardrail.decision",
+    "gen_ai.evaluation.name", "gen_ai.evaluation.score.value",
+})  # fmt: skip
 
 
 def attributes(items: Iterable[KeyValue]) -> dict[str, Any]:
-    """OTLP key-values as a dict of scalars (arrays and maps are not read)."""
-    return {kv.key: _value(kv.value) for kv in items}
+    """The key-values the mapping reads (see :data:`READ`), as scalars; arrays and maps not."""
+    found: dict[str, Any] = {}
+    for kv in items:  # the ingest's hot loop: one pass, nothing built for unread keys
+        key = kv.key
+        if key in READ:
+            value = kv.value
+            kind = value.WhichOneof("value")
+            found[key] = getattr(value, kind) if kind in _SCALARS else None
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +152,10 @@ def _late(span: Span, attrs: Mapping[str, Any]) -> Iterator[LateEvaluation]:
 
 
 def _reference(span: Span, attrs: Mapping[str, Any]) -> Reference | None:
-    sources = [attrs] + [attributes(e.attributes) for e in span.events
+    events = span.events
+    if not events and DECISION_ID not in attrs and "feature_flag.key" not in attrs:
+        return None  # most spans: nothing names a decision
+    sources = [attrs] + [attributes(e.attributes) for e in events
                          if e.name == EVALUATION_EVENT]  # fmt: skip
     for found in reversed(sources):  # an evaluation event is more specific than the span
         decision_id = found.get(DECISION_ID)
@@ -172,10 +188,14 @@ class Export:
     @classmethod
     def of(cls, request: ExportTraceServiceRequest) -> Export:
         export = cls()
+        spans, children = export.spans, export.children
         for resource in request.resource_spans:
             for scope in resource.scope_spans:
-                for span in scope.spans:
-                    export.add(span, attributes(span.attributes))
+                for span in scope.spans:  # add(), inlined: the ingest's hottest loop
+                    span_id = span.span_id
+                    if span_id not in spans:
+                        spans[span_id] = (span, attributes(span.attributes))
+                        children.setdefault(span.parent_span_id, []).append(span_id)
         return export
 
     def add(self, span: Span, attrs: dict[str, Any]) -> None:
@@ -275,18 +295,23 @@ def _outcome(export: Export, root: bytes, reference: Reference) -> Outcome:
     span, _ = export.spans[root]
     latency = max(span.end_time_unix_nano - span.start_time_unix_nano, 0) / 1e6
     out = Outcome(reference, latency_ms=latency, error=False)
+    tokens: list[int | None] = [None, None]
     for s, attrs in export.subtree(root):
-        out.error |= s.status.code == _ERROR or attrs.get("error.type") is not None
-        for name in ("input_tokens", "output_tokens"):
-            value = attrs.get(f"gen_ai.usage.{name}")
-            if isinstance(value, int) and value >= 0:
-                setattr(out, name, (getattr(out, name) or 0) + value)
+        if not out.error:
+            out.error = s.status.code == _ERROR or attrs.get("error.type") is not None
+        for i, key in enumerate(_USAGE):
+            value = attrs.get(key)
+            if type(value) is int and value >= 0:
+                tokens[i] = (tokens[i] or 0) + value
         response_id = attrs.get(RESPONSE_ID)
         if isinstance(response_id, str) and response_id:
             out.response_ids.add(response_id[:256])
-        model = attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model")
-        if out.model is None and isinstance(model, str):
-            out.model = model
+        if out.model is None:
+            model = attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model")
+            if isinstance(model, str):
+                out.model = model
+        if not s.events:
+            continue
         for event in s.events:
             if event.name == GUARDRAIL_EVENT:
                 flag = _flag(attributes(event.attributes))
@@ -296,4 +321,5 @@ def _outcome(export: Export, root: bytes, reference: Reference) -> Outcome:
                 scored = _score(attributes(event.attributes))
                 if scored is not None:
                     out.evaluations[scored[0]] = scored[1]
+    out.input_tokens, out.output_tokens = tokens
     return out

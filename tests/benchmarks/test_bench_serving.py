@@ -42,10 +42,10 @@ def test_bench_route_smoke(tmp_path: Path) -> None:
     # Same scheme, same keys: the gate and the floor agree exactly.
     assert route["realized_share"] == floor["realized_share"]
     assert 0.02 < route["realized_share"] < 0.08
-    assert len(rows) == 7
-    # The cost of Canary(trace_spans=True), outside any span and inside a recording one.
-    for name in ("no span", "recording span"):
-        assert rows[f"route() trace_spans=True, {name}"]["median_us"] > 0
+    assert len(rows) == 8
+    # Span annotation off and on, outside any span and inside a recording one.
+    for name in ("False, recording span", "True, no span", "True, recording span"):
+        assert rows[f"route() trace_spans={name}"]["median_us"] > 0
     for row in rows.values():
         assert row["status"] == "ok" or row["status"].startswith("unavailable")
         if row["status"] == "ok" and row["realized_share"] is not None:

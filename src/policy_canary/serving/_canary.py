@@ -232,6 +232,7 @@ class Canary:
         background: bool = True,
         rng: random.Random | None = None,
         listen: bool = True,
+        trace_spans: bool = False,
     ) -> Canary:
         """A canary served by a ``policy-canary serve`` (no database credentials needed).
 
@@ -262,6 +263,7 @@ class Canary:
             rng=rng,
             listen=listen,
             owns_store=True,
+            trace_spans=trace_spans,
         )
 
     @property

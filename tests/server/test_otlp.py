@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from _serving import store_down
 from policy_canary.registry import Registry
 from policy_canary.store.schema import events, feedback
 
@@ -287,3 +288,19 @@ def test_an_evaluation_of_another_response_does_not_attach(seeded: Api) -> None:
     _post(seeded, json.dumps(_export(_evaluator_span("00000000000000e5", "resp-b", 0.3))).encode(),
           "application/json")  # fmt: skip
     assert _qualities(seeded) == []
+
+
+def test_store_trouble_is_503_with_retry_after_and_counted(seeded: Api) -> None:
+    body = json.dumps(_export(*_agent_request("user-6"))).encode()
+    unrelated = _span("00f067aa0ba90001", "GET /health", {"http.route": "/health"})
+    _post(seeded, json.dumps(_export(unrelated)).encode(), "application/json")  # token cached
+    with store_down(seeded.store):  # the policy's table was never loaded: nothing to route
+        response = _post(seeded, body, "application/json")
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "store_unavailable"
+    assert response.headers["retry-after"] == "1"
+    samples = _samples(seeded)
+    assert samples[("policy_canary_otlp_exports_total", (("result", "store_unavailable"),))] == 1
+    assert samples[("policy_canary_otlp_spans_total", (("outcome", "accepted"),))] == 0
+    assert _post(seeded, body, "application/json").status_code == 200  # the retry succeeds
+    assert len(_stored(seeded)) == 1

@@ -304,3 +304,18 @@ def test_store_trouble_is_503_with_retry_after_and_counted(seeded: Api) -> None:
     assert samples[("policy_canary_otlp_spans_total", (("outcome", "accepted"),))] == 0
     assert _post(seeded, body, "application/json").status_code == 200  # the retry succeeds
     assert len(_stored(seeded)) == 1
+
+
+def test_a_late_evaluation_with_a_bad_score_is_a_partial_success(seeded: Api) -> None:
+    _post(seeded, json.dumps(_export(*_answered("user-5", "resp-c"))).encode(),
+          "application/json")  # fmt: skip
+    judge = _evaluator_span("00000000000000e6", "resp-c", 7.5)  # quality is within 0..1
+    response = _post(seeded, json.dumps(_export(judge)).encode(), "application/json")
+    assert response.status_code == 200
+    partial = json.loads(response.content)["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert "quality" in partial["errorMessage"]
+    assert _qualities(seeded) == []
+    spans = _samples(seeded)
+    assert spans[("policy_canary_otlp_spans_total", (("outcome", "rejected"),))] == 1
+    assert spans[("policy_canary_otlp_spans_total", (("outcome", "unattributed"),))] == 0

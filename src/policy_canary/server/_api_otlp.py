@@ -68,20 +68,26 @@ def _ingest(
             retry_after=1,
         )
     rejected: list[str] = []
-    rejected_spans = joined = 0
+    rejected_spans = late_rejected = joined = 0
     for out in found.outcomes:
         try:
             decision = _decision(state, principal, out)
             decision.record(**out.record_kwargs())
-            _feedback(state, decision.decision_id, dict(out.evaluations))
-            responder = Responder(decision.decision_id, decision.policy)
-            early = ingest.responses.remember(out.response_ids, responder)
-            joined += _join(state, principal, responder, early)
         except StoreError:
             raise  # 503: the exporter retries the whole batch
         except CanaryError as error:
             rejected.append(error.message)
             rejected_spans += out.spans
+            continue
+        responder = Responder(decision.decision_id, decision.policy)
+        early = ingest.responses.remember(out.response_ids, responder)
+        try:
+            _feedback(state, decision.decision_id, dict(out.evaluations))
+            joined += _join(state, principal, responder, early)
+        except StoreError:
+            raise
+        except CanaryError as error:  # the event stands; only a score was refused
+            rejected.append(f"the request was recorded but not its evaluation: {error.message}")
     for late in found.evaluations:
         scored = ingest.responses.resolve(late)
         if scored is not None:  # else kept until its response is recorded
@@ -91,8 +97,10 @@ def _ingest(
                 raise
             except CanaryError as error:
                 rejected.append(error.message)
+                late_rejected += 1  # its span
     accepted = sum(out.spans for out in found.outcomes) - rejected_spans
-    ingest.stats.add(accepted=accepted, unattributed=found.unattributed,
+    rejected_spans += late_rejected
+    ingest.stats.add(accepted=accepted, unattributed=found.unattributed - late_rejected,
                      rejected=rejected_spans, joined=joined)  # fmt: skip
     response = ExportTraceServiceResponse()
     if rejected:

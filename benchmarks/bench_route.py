@@ -123,12 +123,18 @@ def _policy_canary(folder: Path) -> tuple[Contender, Contender, Contender, Store
 
 
 def _traced(store: Store) -> list[tuple[Contender, Callable[[], AbstractContextManager[Any]]]]:
-    """route() with ``trace_spans=True``: outside any span, and inside a recording one."""
+    """route() inside a recording span with annotation off, and with it on outside/inside one.
+
+    With the plain ``Gate.route()`` row (off, no span) these are the four cells side by side.
+    """
     try:
         from opentelemetry.sdk.trace import TracerProvider
     except ImportError:
         why = "unavailable: pip install opentelemetry-sdk"
         return [(Contender("route() trace_spans=True", None, status=why), nullcontext)]
+    plain = Canary(store, background=False)
+    off = Contender("route() trace_spans=False, recording span",
+                    plain.gate("support-agent").route, close=plain.close)  # fmt: skip
     canary = Canary(store, background=False, trace_spans=True)
     gate = canary.gate("support-agent")
     idle = Contender("route() trace_spans=True, no span", gate.route)
@@ -136,10 +142,8 @@ def _traced(store: Store) -> list[tuple[Contender, Callable[[], AbstractContextM
     # keeps the last 128), which is the cost an instrumented request pays.
     tracer = TracerProvider().get_tracer("bench")
     inside = Contender("route() trace_spans=True, recording span", gate.route, close=canary.close)
-    return [
-        (idle, nullcontext),
-        (inside, lambda: tracer.start_as_current_span("invoke_agent bench")),
-    ]
+    span = lambda: tracer.start_as_current_span("invoke_agent bench")  # noqa: E731
+    return [(off, span), (idle, nullcontext), (inside, span)]
 
 
 def _growthbook() -> Contender:

@@ -8,13 +8,19 @@ auth on, one uvicorn worker):
 2. Event ingestion: a separate Python process posts batches of 1,000 remote-SDK events
    (the full decision row, validated like ``record()``, committed before the answer) over
    several connections; events/s, and every event is counted in the store afterwards.
-3. Rollback propagation over the stream, on SQLite and on PostgreSQL: this process holds a
+3. OTLP ingest: a separate Python process exports protobuf batches (``POST /v1/traces``,
+   the OTLP/HTTP encoding OpenTelemetry's exporter sends) of agent traces, each request an
+   ``invoke_agent`` root with its ``feature_flag.evaluation`` event, two ``chat`` spans with
+   token usage and one ``execute_tool`` span; spans/s accepted, and every request's event is
+   counted in the store afterwards.
+4. Rollback propagation over the stream, on SQLite and on PostgreSQL: this process holds a
    remote canary (``Canary.connect``) subscribed to the server; a rollout is started and
    rolled back through the library (``Rollouts``, a separate store connection); the time
    from the rollback's commit to the first ``route()`` whose decision carries no rollout.
 
 Targets on the 2-core box: >= 5,000 OFREP evaluations/s with p99 <= 10 ms; >= 50,000
-events/s; propagation p99 <= 250 ms. Run: ``python benchmarks/bench_server.py [--quick]``.
+events/s; >= 30,000 OTLP spans/s; propagation p99 <= 250 ms.
+Run: ``python benchmarks/bench_server.py [--quick]``.
 Needs ``wrk`` on PATH (``apt-get install -y wrk``) and PostgreSQL for the last part
 (``POLICY_CANARY_TEST_PG``, default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``);
 a missing one is reported as such, not timed.
@@ -57,7 +63,8 @@ CLI = str(Path(sys.executable).parent / "policy-canary")
 PG_URL = os.environ.get(
     "POLICY_CANARY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-TARGETS = {"ofrep_rps": 5_000, "ofrep_p99_ms": 10.0, "events_per_s": 50_000, "prop_p99_ms": 250}
+TARGETS = {"ofrep_rps": 5_000, "ofrep_p99_ms": 10.0, "events_per_s": 50_000, "prop_p99_ms": 250,
+           "otlp_spans_per_s": 30_000}  # fmt: skip
 
 _WRK_LUA = """\
 local n = 0
@@ -184,6 +191,101 @@ def bench_events(
             "stored": int(stored)}  # fmt: skip
 
 
+_OTLP_POSTER = f"""\
+import http.client, json, os, sys, threading, time
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+host, port, token, batches, requests, conns, prefix = sys.argv[1:8]
+batches, requests, conns = int(batches), int(requests), int(conns)
+def kv(key, value):
+    v = AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
+    return KeyValue(key=key, value=v)
+t0 = 1_700_000_000_000_000_000
+def request(spans, key):
+    trace, root = os.urandom(16), os.urandom(8)
+    agent = spans.add(trace_id=trace, span_id=root, name="invoke_agent support-agent",
+                      kind=Span.SPAN_KIND_INTERNAL, start_time_unix_nano=t0,
+                      end_time_unix_nano=t0 + 840_000_000)
+    agent.attributes.extend([kv("gen_ai.operation.name", "invoke_agent"),
+                             kv("gen_ai.agent.name", "support-agent")])
+    agent.events.add(name="feature_flag.evaluation", time_unix_nano=t0, attributes=[
+        kv("feature_flag.key", "{POLICY}"), kv("feature_flag.result.variant", "v1"),
+        kv("feature_flag.provider.name", "policy-canary"), kv("feature_flag.context.id", key)])
+    for i, name in enumerate(("chat gpt-large", "execute_tool search", "chat gpt-large")):
+        child = spans.add(trace_id=trace, span_id=os.urandom(8), parent_span_id=root,
+                          name=name, kind=Span.SPAN_KIND_CLIENT,
+                          start_time_unix_nano=t0 + i * 200_000_000,
+                          end_time_unix_nano=t0 + (i + 1) * 200_000_000)
+        if name.startswith("chat"):
+            child.attributes.extend([kv("gen_ai.operation.name", "chat"),
+                kv("gen_ai.request.model", "gpt-large"), kv("gen_ai.response.model", "gpt-large"),
+                kv("gen_ai.usage.input_tokens", 812), kv("gen_ai.usage.output_tokens", 164)])
+        else:
+            child.attributes.extend([kv("gen_ai.operation.name", "execute_tool"),
+                                     kv("gen_ai.tool.name", "search")])
+def body(b):
+    export = ExportTraceServiceRequest()
+    scope = export.resource_spans.add().scope_spans.add()
+    export.resource_spans[0].resource.attributes.append(kv("service.name", "support-agent"))
+    scope.scope.name = "support-agent"
+    for r in range(requests):
+        request(scope.spans, f"{{prefix}}{{b}}-{{r}}")
+    return export.SerializeToString()
+bodies = [body(b) for b in range(batches)]
+spans_per_body = 4 * requests
+headers = {{"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {{token}}"}}
+accepted, retries = [0] * conns, [0] * conns
+def worker(k):
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    for b in range(k, batches, conns):
+        while True:
+            conn.request("POST", "/v1/traces", body=bodies[b], headers=headers)
+            reply = conn.getresponse(); data = reply.read()
+            if reply.status in (429, 503):  # what the OTLP exporter does: back off, retry
+                retries[k] += 1; time.sleep(0.05); continue
+            assert reply.status == 200, (reply.status, data[:200])
+            partial = ExportTraceServiceResponse.FromString(data).partial_success
+            assert partial.rejected_spans == 0, partial.error_message
+            accepted[k] += spans_per_body
+            break
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(conns)]
+t0_ = time.perf_counter()
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({{"seconds": time.perf_counter() - t0_, "accepted": sum(accepted),
+                  "retries": sum(retries), "bytes_per_body": len(bodies[0])}}))
+"""
+
+
+def bench_otlp(url: str, host: str, port: int, token: str, batches: int) -> dict[str, Any]:
+    """A separate process exporting protobuf batches of 1,000 spans over 4 connections."""
+    prefix = "otlp-" + uuid.uuid4().hex[:8] + "-"
+    requests = 250  # 4 spans each: 1,000 spans per export, like the SDK's default batch
+    done = subprocess.run(
+        [sys.executable, "-c", _OTLP_POSTER, host, str(port), token, str(batches),
+         str(requests), "4", prefix], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout.splitlines()[-1])
+    deadline = time.monotonic() + 60
+    store = Store.open(url)
+    try:
+        while True:  # the server's flusher writes every 0.5 s: wait (bounded) for the rows
+            only_otlp = events.c.model == "gpt-large"  # only the OTLP requests set a model
+            with store.read() as conn:
+                query = select(func.count()).select_from(events).where(only_otlp)
+                stored = int(conn.execute(query).scalar_one())
+            if stored >= batches * requests or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        store.close()
+    return {"spans_per_s": result["accepted"] / result["seconds"], "accepted": result["accepted"],
+            "requests": batches * requests, "stored": stored, "retries": result["retries"],
+            "bytes_per_export": result["bytes_per_body"]}  # fmt: skip
+
+
 def bench_propagation(url: str, host: str, port: int, token: str, rounds: int) -> dict[str, Any]:
     """Rollback commit → the subscribed agent's route() carries no rollout; ms per round."""
     store = Store.open(url)
@@ -250,6 +352,7 @@ def main() -> None:
         with serving(url) as (host, port):
             results["ofrep"] = bench_ofrep(host, port, token, seconds)
             results["events"] = bench_events(url, host, port, token, v1, batches)
+            results["otlp"] = bench_otlp(url, host, port, token, batches)
             results["propagation_sqlite"] = bench_propagation(url, host, port, token, rounds)
     with pg_schema() as (pg, problem):
         if pg is None:
@@ -268,6 +371,12 @@ def _cell(part: dict[str, Any], key: str, fmt: str) -> str:
     return part["skipped"] if "skipped" in part else format(part[key], fmt)
 
 
+def _otlp_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    t = r["otlp"]
+    return [("OTLP protobuf, exports of 1,000 spans (4 conns)", f"{t['spans_per_s']:,.0f} spans/s",
+             "", "", ">= 30,000/s")]  # fmt: skip
+
+
 def report(r: dict[str, Any]) -> None:
     o, e = r["ofrep"], r["events"]
     ps, pp = r["propagation_sqlite"], r["propagation_postgresql"]
@@ -276,6 +385,7 @@ def report(r: dict[str, Any]) -> None:
          _cell(o, "p50_ms", ".2f"), _cell(o, "p99_ms", ".2f"), ">= 5,000/s, p99 <= 10 ms"),
         ("events, batches of 1,000 (4 conns)", f"{e['events_per_s']:,.0f} events/s", "", "",
          ">= 50,000/s"),
+        *_otlp_rows(r),
         ("rollback -> route() over SSE, SQLite", "", _cell(ps, "p50_ms", ".1f"),
          _cell(ps, "p99_ms", ".1f"), "p99 <= 250 ms"),
         ("rollback -> route() over SSE, PostgreSQL", "", _cell(pp, "p50_ms", ".1f"),

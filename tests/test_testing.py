@@ -62,3 +62,26 @@ def test_scripted_breach_rolls_back_and_alerts() -> None:
         controller.close()
         Dispatcher(store, [sink], clock=clock).dispatch_once()
     assert [alert.kind.value for alert in sink.sent][-1] == "rollback"
+
+
+def test_running_server_serves_the_store_and_writes_what_it_accepted() -> None:
+    import httpx
+    from sqlalchemy import func, select
+
+    from policy_canary.store.schema import events
+    from policy_canary.testing import running_server
+    from policy_canary.tokens import Tokens
+
+    with temporary_store() as store:
+        Registry(store).register("support-agent", {"prompt": "hi"}, message="m", author="t")
+        token = Tokens(store).create("agent", role="agent", actor="t").secret
+        with running_server(store) as url:
+            assert url.startswith("http://127.0.0.1:")
+            assert httpx.get(f"{url}/api/v1/policies").status_code == 401  # auth is on
+            agent = Canary.connect(url, token=token, background=False)
+            agent.gate("support-agent").route("user-1").record(latency_ms=5.0)
+            assert agent.flush() == 1  # the server acknowledged it
+            agent.close()
+        # Leaving the block drained the server; the store stays open: it is the caller's.
+        with store.read() as conn:
+            assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 1

@@ -1,5 +1,5 @@
-"""Fakes for your own tests: a manual clock, an in-memory alert sink, a throw-away store, and
-monitors whose verdicts the test decides.
+"""Fakes for your own tests: a manual clock, an in-memory alert sink, a throw-away store,
+monitors whose verdicts the test decides, and a real server on a loopback port.
 
 ::
 
@@ -20,7 +20,10 @@ tests only.
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,7 +36,7 @@ from policy_canary.monitoring import MonitorEvent, Verdict, VerdictStatus
 from policy_canary.plan import RolloutPlan
 from policy_canary.store import Store
 
-__all__ = ["ManualClock", "MemorySink", "ScriptedMonitors", "temporary_store"]
+__all__ = ["ManualClock", "MemorySink", "ScriptedMonitors", "running_server", "temporary_store"]
 
 
 @contextmanager
@@ -54,6 +57,43 @@ def temporary_store(url: str | None = None) -> Iterator[Store]:
         store.close()
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def running_server(store: Store, *, auth: bool = True, open_metrics: bool = False) -> Iterator[str]:
+    """``policy-canary serve`` on ``store`` in a background thread; yields its base URL.
+
+    The real app (the ``server`` extra) under uvicorn on a free 127.0.0.1 port, so an agent's
+    OTLP exporter, an OpenFeature provider over ``Canary.connect()`` or a Prometheus scrape
+    can be tested end to end in one process. With ``auth`` requests need tokens
+    (:class:`~policy_canary.tokens.Tokens`). On exit the server drains and writes every
+    event it accepted.
+    """
+    import uvicorn
+
+    from policy_canary.server import create_app
+    from policy_canary.serving import Canary
+
+    canary = Canary(store)
+    app = create_app(canary, auth=auth, close_canary=True, open_metrics=open_metrics)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="policy-canary-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    try:
+        while not server.started:  # bounded: the thread binds its port
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the test server did not start on 127.0.0.1:{port}")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.state.server.watch.close(wait=False)  # ends open streams, as `serve` does
+        server.should_exit = True
+        thread.join(timeout=30)
+        canary.close()  # no-op when the app's shutdown closed it
 
 
 class ScriptedMonitors:

@@ -42,10 +42,10 @@ def test_bench_route_smoke(tmp_path: Path) -> None:
     # Same scheme, same keys: the gate and the floor agree exactly.
     assert route["realized_share"] == floor["realized_share"]
     assert 0.02 < route["realized_share"] < 0.08
-    assert len(rows) == 7
-    # The cost of Canary(trace_spans=True), outside any span and inside a recording one.
-    for name in ("no span", "recording span"):
-        assert rows[f"route() trace_spans=True, {name}"]["median_us"] > 0
+    assert len(rows) == 8
+    # Span annotation off and on, outside any span and inside a recording one.
+    for name in ("False, recording span", "True, no span", "True, recording span"):
+        assert rows[f"route() trace_spans={name}"]["median_us"] > 0
     for row in rows.values():
         assert row["status"] == "ok" or row["status"].startswith("unavailable")
         if row["status"] == "ok" and row["realized_share"] is not None:
@@ -86,4 +86,7 @@ def test_bench_server_smoke(tmp_path: Path) -> None:
     result = _run("bench_server.py", tmp_path, "--quick")
     events = result["events"]
     assert events["acked"] == events["stored"] == 4_000  # type: ignore[index]
+    otlp = result["otlp"]
+    assert otlp["accepted"] == 4 * 1_000  # type: ignore[index]  # 4 exports of 1,000 spans
+    assert otlp["stored"] == otlp["requests"] == 1_000  # type: ignore[index]  # 4 spans each
     assert result["propagation_sqlite"]["rounds"] == 3  # type: ignore[index]

@@ -5,12 +5,12 @@ decision (see ``_otlp_map.py``) becomes that decision's event, its evaluation ev
 feedback. A decision this server made (OFREP) is recorded by id; one made by an agent's own
 canary is re-routed here by policy and unit key, and recorded when the variant agrees (the
 splitter is deterministic). Spans of no decision are counted and ignored; spans that name a
-decision that cannot be recorded are reported in ``partial_success``.
+decision that cannot be recorded are reported in ``partial_success``. Evaluations outside
+every request join theirs by ``gen_ai.response.id`` (``_otlp_join.py``).
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, Request
@@ -22,32 +22,14 @@ from policy_canary.errors import CanaryError, RateLimitedError, StoreError
 from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import read_body
 from policy_canary.server._otlp_decode import decode, encode, media_type
-from policy_canary.server._otlp_map import Outcome, PendingSpans, outcomes
+from policy_canary.server._otlp_join import Responder, ResponseJoin
+from policy_canary.server._otlp_map import LateEvaluation, Outcome, PendingSpans, outcomes
+from policy_canary.server._otlp_metrics import OtlpCollector, OtlpStats
 from policy_canary.server._state import ServerState, server_state
 from policy_canary.serving._gate import Decision
 from policy_canary.tokens import Permission
 
 router = APIRouter(tags=["OTLP"])
-
-
-@dataclass
-class OtlpStats:
-    """Spans seen by /v1/traces since the server started (the metrics read them)."""
-
-    spans: int = 0
-    ignored: int = 0
-    rejected: int = 0
-    recorded: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, spans: int, ignored: int, rejected: int, recorded: int) -> None:
-        with self._lock:
-            self.spans += spans
-            self.ignored += ignored
-            self.rejected += rejected
-            self.recorded += recorded
 
 
 def _decision(state: ServerState, principal: Principal, out: Outcome) -> Decision:
@@ -77,47 +59,87 @@ def _decision(state: ServerState, principal: Principal, out: Outcome) -> Decisio
 def _ingest(
     state: ServerState, ingest: OtlpIngest, principal: Principal, raw: bytes, media: str
 ) -> bytes:
-    found, spans, ignored = outcomes(decode(raw, media), ingest.pending)
+    found = outcomes(decode(raw, media), ingest.pending)
     stats = state.canary.stats()
-    if stats.buffered + len(found) > stats.capacity:
+    if stats.buffered + len(found.outcomes) > stats.capacity:
         raise RateLimitedError(
             f"the event buffer is full ({stats.buffered:,} of {stats.capacity:,} waiting for "
             "the store); nothing was recorded, retry shortly",
             retry_after=1,
         )
     rejected: list[str] = []
-    for out in found:
+    rejected_spans = late_rejected = joined = 0
+    for out in found.outcomes:
         try:
             decision = _decision(state, principal, out)
             decision.record(**out.record_kwargs())
-            _feedback(state, decision.decision_id, out)
         except StoreError:
             raise  # 503: the exporter retries the whole batch
         except CanaryError as error:
             rejected.append(error.message)
-    ingest.stats.add(spans, ignored, len(rejected), len(found) - len(rejected))
+            rejected_spans += out.spans
+            continue
+        responder = Responder(decision.decision_id, decision.policy)
+        early = ingest.responses.remember(out.response_ids, responder)
+        try:
+            _feedback(state, decision.decision_id, dict(out.evaluations))
+            joined += _join(state, principal, responder, early)
+        except StoreError:
+            raise
+        except CanaryError as error:  # the event stands; only a score was refused
+            rejected.append(f"the request was recorded but not its evaluation: {error.message}")
+    for late in found.evaluations:
+        scored = ingest.responses.resolve(late)
+        if scored is not None:  # else kept until its response is recorded
+            try:
+                joined += _join(state, principal, scored, [late])
+            except StoreError:
+                raise
+            except CanaryError as error:
+                rejected.append(error.message)
+                late_rejected += 1  # its span
+    accepted = sum(out.spans for out in found.outcomes) - rejected_spans
+    rejected_spans += late_rejected
+    ingest.stats.add(accepted=accepted, unattributed=found.unattributed - late_rejected,
+                     rejected=rejected_spans, joined=joined)  # fmt: skip
     response = ExportTraceServiceResponse()
     if rejected:
-        response.partial_success.rejected_spans = len(rejected)
+        response.partial_success.rejected_spans = rejected_spans
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
         response.partial_success.error_message = rejected[0] + more
     return encode(response, media)
 
 
-def _feedback(state: ServerState, decision_id: str, out: Outcome) -> None:
-    if not out.evaluations:
+def _feedback(state: ServerState, decision_id: str, scores: dict[str, float]) -> None:
+    if not scores:
         return
-    scores = dict(out.evaluations)
     quality = scores.pop("quality", None)
     state.canary.feedback(decision_id, quality=quality, metrics=scores or None)
 
 
+def _join(
+    state: ServerState, principal: Principal, to: Responder, evaluations: list[LateEvaluation]
+) -> int:
+    """Attach evaluations that named ``to``'s response; how many were attached."""
+    if not evaluations:
+        return 0
+    principal.authorize(Permission.RECORD, to.policy)
+    _feedback(state, to.decision_id, {e.name: e.score for e in evaluations})
+    return len(evaluations)
+
+
 @dataclass
 class OtlpIngest:
-    """What one server keeps for /v1/traces: its counters and the spans awaiting a root."""
+    """What one server keeps for /v1/traces: counters, spans awaiting a root, response ids."""
 
     stats: OtlpStats = field(default_factory=OtlpStats)
     pending: PendingSpans = field(default_factory=PendingSpans)
+    responses: ResponseJoin = field(default_factory=ResponseJoin)
+
+    def collector(self) -> OtlpCollector:
+        """Its ``policy_canary_otlp_*`` Prometheus series."""
+        return OtlpCollector(self.stats, pending=self.pending.size,
+                             waiting=self.responses.waiting)  # fmt: skip
 
 
 def ingest_of(request: Request) -> OtlpIngest:
@@ -132,8 +154,13 @@ async def traces(
     request: Request,
     principal: Principal = Depends(require(Permission.RECORD, per_policy=True)),
 ) -> Response:
-    media = media_type(request.headers.get("content-type"))
-    state = server_state(request)
-    raw = await read_body(request, limit=state.limits.events_body_bytes)
-    body = await run_in_threadpool(_ingest, state, ingest_of(request), principal, raw, media)
+    ingest = ingest_of(request)
+    try:
+        media = media_type(request.headers.get("content-type"))
+        state = server_state(request)
+        raw = await read_body(request, limit=state.limits.events_body_bytes)
+        body = await run_in_threadpool(_ingest, state, ingest, principal, raw, media)
+    except CanaryError as error:
+        ingest.stats.refused(error)
+        raise
     return Response(body, media_type=media)

@@ -100,9 +100,11 @@ def create_app(
         auth=auth,
         limits=chosen,
     )
-    app.state.metrics_registry = metrics_registry(ReleaseCollector(canary.store, canary=canary))
+    app.state.otlp = otlp = _api_otlp.OtlpIngest()
+    app.state.metrics_registry = metrics_registry(
+        ReleaseCollector(canary.store, canary=canary), otlp.collector()
+    )
     app.state.metrics_open = open_metrics
-    app.state.otlp = _api_otlp.OtlpIngest()
     install(app)
     for module in (
         _api_policies,

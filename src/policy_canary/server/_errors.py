@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from policy_canary.errors import CanaryError, ErrorCode, RateLimitedError
+from policy_canary.errors import CanaryError, ErrorCode, RateLimitedError, StoreError
 from policy_canary.server._render import render_json
 
 log = logging.getLogger("policy_canary.server")
@@ -53,6 +53,8 @@ def status_of(error: CanaryError) -> int:
 def _headers(error: CanaryError) -> dict[str, str]:
     if isinstance(error, RateLimitedError):
         return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, StoreError):  # 503: clients (OTLP exporters) back off, then retry
+        return {"Retry-After": "1"}
     if error.code is ErrorCode.UNAUTHENTICATED:
         return {"WWW-Authenticate": 'Bearer realm="policy-canary"'}
     return {}

@@ -233,6 +233,7 @@ class Canary:
         background: bool = True,
         rng: random.Random | None = None,
         listen: bool = True,
+        trace_spans: bool = False,
     ) -> Canary:
         """A canary served by a ``policy-canary serve`` (no database credentials needed).
 
@@ -263,6 +264,7 @@ class Canary:
             rng=rng,
             listen=listen,
             owns_store=True,
+            trace_spans=trace_spans,
         )
 
     @property

@@ -30,6 +30,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, bool]] = {
     ("POST", "/api/v1/policies/import"): ("admin", False),
     ("GET", "/api/v1/rollouts"): ("viewer", False),
     ("GET", "/api/v1/rollouts/{rollout_id}"): ("viewer", False),
+    ("GET", "/api/v1/rollouts/{rollout_id}/trace"): ("viewer", False),
     ("GET", f"{P}/rollouts"): ("viewer", False),
     ("POST", f"{P}/rollouts"): ("operator", True),
     ("POST", f"{P}/rollout/pause"): ("operator", True),

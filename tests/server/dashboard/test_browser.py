@@ -147,7 +147,8 @@ def test_a_guardrail_breach_is_drawn_and_explained(site: Site) -> None:
         status = site.story.tick()
         if status.rollout.state is RolloutState.ROLLED_BACK:
             break
-    assert status is not None and status.rollout.state is RolloutState.ROLLED_BACK
+    assert status is not None
+    assert status.rollout.state is RolloutState.ROLLED_BACK
     page = site.page("operator")
     page.goto(_rollout_url(site))
     card = page.locator("article.guardrail-breach[data-guardrail='error_rate']")

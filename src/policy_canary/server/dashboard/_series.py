@@ -83,7 +83,7 @@ class Series:
             return ""
         if self.contrast:
             return f"{self.contrast.replace('mu_c', 'candidate').replace('mu_s', 'stable')}"
-        return f"{self.metric}: {self.shape.label}"
+        return self.shape.label
 
     @property
     def drawable(self) -> bool:
@@ -96,7 +96,13 @@ class Series:
         """A plotly figure: the estimate with its band and the tolerance over the e-value."""
         xs = [p.at for p in self.points]
         lower = [p.lower for p in self.points]
-        upper = [p.upper for p in self.points]
+        # An unbounded upper limit (no candidate-side evidence yet) is drawn to the chart's top.
+        seen = [v for p in self.points for v in (p.estimate, p.lower, p.upper) if v is not None]
+        top = max([*seen, self.tolerance or 0.0, 0.0]) * 1.15 or 1.0
+        upper = [
+            p.upper if p.upper is not None else (top if p.lower is not None else None)
+            for p in self.points
+        ]
         data: list[dict[str, Any]] = [
             _line(xs, upper, "upper bound", "#9ab8d8", "y", width=0.5, legend=False),
             _line(xs, lower, "anytime-valid band", "#9ab8d8", "y", width=0.5, fill="tonexty"),

@@ -51,6 +51,7 @@ class Story:
             plan=RolloutPlan.loads(PLAN, source="plan"),
             actor="carol",
             reason="try the concise prompt",
+            salt="5a17" * 8,  # a fixed salt: the same users reach the candidate on every run
         )
         self.canary.refresh_now()
         self.rollout_id = row.id

@@ -65,6 +65,20 @@ def test_start_with_the_default_plan_then_steer_it_by_hand(api: Api) -> None:
     assert "operator-token" in actors
 
 
+def test_the_trace_lists_every_recorded_tick_oldest_first(api: Api) -> None:
+    _seed(api)
+    rollout_id = api.post(f"{BASE}/rollouts", {"candidate": "v2", "reason": "ship"}, "operator")
+    rollout_id = rollout_id.json()["id"]
+    api.post(f"{BASE}/rollout/pause", {"reason": "look <here>"}, "operator")
+    trace = api.get(f"/api/v1/rollouts/{rollout_id}/trace", "viewer").json()
+    assert [t["action"] for t in trace] == ["start", "pause"]
+    assert [t["seq"] for t in trace] == [1, 2]
+    assert trace[1]["inputs"]["actor"] == "operator-token"
+    assert "look <here>" in trace[1]["message"]
+    missing = api.get("/api/v1/rollouts/ro_missing/trace", "viewer")
+    assert missing.status_code == 404
+
+
 def test_start_with_a_yaml_plan_text_freezes_that_plan(api: Api) -> None:
     _seed(api)
     plan = RolloutPlan.default().to_dict()

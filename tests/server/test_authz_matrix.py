@@ -30,6 +30,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, bool]] = {
     ("POST", "/api/v1/policies/import"): ("admin", False),
     ("GET", "/api/v1/rollouts"): ("viewer", False),
     ("GET", "/api/v1/rollouts/{rollout_id}"): ("viewer", False),
+    ("GET", "/api/v1/rollouts/{rollout_id}/trace"): ("viewer", False),
     ("GET", f"{P}/rollouts"): ("viewer", False),
     ("POST", f"{P}/rollouts"): ("operator", True),
     ("POST", f"{P}/rollout/pause"): ("operator", True),
@@ -127,6 +128,6 @@ def test_every_route_by_every_caller(api: Api) -> None:
         if (v[0] == "allowed" and v[1] in (401, 403)) or (v[0] != "allowed" and str(v[1]) != v[0])
     }
     assert wrong == {}
-    assert len(outcomes) == len(ROUTES) * len(callers) == 38 * 11
+    assert len(outcomes) == len(ROUTES) * len(callers) == 39 * 11
     # The matrix exercised all three outcomes for real.
     assert {v[1] for v in outcomes.values()} >= {401, 403, 200}

@@ -21,12 +21,13 @@ from rich.table import Table
 from policy_canary.alerts import AlertSink, Dispatcher, LogSink, WebhookSink
 from policy_canary.cli._output import JsonOption, console, emit_json, reporting, shown
 from policy_canary.clock import Clock, ManualClock, SystemClock
-from policy_canary.errors import ConflictError
+from policy_canary.errors import ConflictError, InputError
 from policy_canary.monitoring import VerdictStatus
 from policy_canary.registry import Registry
 from policy_canary.serving import Canary
 from policy_canary.simulate import POLICY, DemoReport, DemoScenario, Progress, WebhookReceiver
 from policy_canary.store import Store
+from policy_canary.tokens import Tokens
 
 DEMO_DB = Path("policy-canary-demo.db")
 ALERT_LOG = Path("policy-canary-demo-alerts.jsonl")
@@ -49,9 +50,17 @@ def demo(
     webhook: bool = typer.Option(
         False, "--webhook", help="Also deliver alerts to a local signed-webhook receiver."
     ),
+    serve: bool = typer.Option(
+        False,
+        "--serve",
+        help="Then serve the dashboard on 127.0.0.1 (prints a login token).",
+    ),
+    port: int = typer.Option(8600, "--port", min=1, max=65535, help="Port for --serve."),
     json_output: bool = JsonOption,
 ) -> None:
     """Roll out a good change (promoted) and a bad one (rolled back automatically)."""
+    if serve:
+        _check_server_extra()
     with reporting(json_output):
         url = _fresh_db(db)
         clock: Clock = SystemClock() if realtime else ManualClock(_morning())
@@ -79,8 +88,40 @@ def demo(
             received = len(receiver.received.alerts) if receiver else None
         if json_output:
             emit_json({**report.to_dict(), "db": url, "webhook_received": received})
-            return
-        _summary(report, url, received)
+        else:
+            _summary(report, url, received)
+        if serve:
+            _serve_dashboard(url, port)
+
+
+def _check_server_extra() -> None:
+    """Refuse ``--serve`` before the story runs when the server cannot start afterwards."""
+    with reporting(json_output=False):
+        try:
+            import policy_canary.server  # noqa: F401 (the optional [server] extra)
+        except ImportError as exc:
+            raise InputError(
+                f"demo --serve needs the [server] extra ({exc.name} is missing): "
+                "pip install 'policy-canary[server]'"
+            ) from None
+
+
+def _serve_dashboard(url: str, port: int) -> None:
+    """Keep serving the demo's store: the dashboard and API on loopback, with a fresh token."""
+    from policy_canary.server import serve as run
+
+    store = Store.open(url)
+    try:
+        name = f"demo-operator-{secrets.token_hex(3)}"
+        created = Tokens(store).create(name, role="operator", actor="demo")
+    finally:
+        store.close()
+    console.print(
+        f"\n[bold]dashboard[/]: http://127.0.0.1:{port}/  log in with this operator token "
+        f"(shown once):\n  {created.secret}\nCtrl-C stops the server.",
+        highlight=False,
+    )
+    run(db_url=url, host="127.0.0.1", port=port, echo=lambda line: console.print(line))
 
 
 def _morning() -> datetime:

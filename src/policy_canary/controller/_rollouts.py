@@ -22,6 +22,7 @@ from sqlalchemy import Connection, select
 from policy_canary.canonical import jsonable
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._apply import AppliedAction, apply_decision
+from policy_canary.controller._bundle import trace
 from policy_canary.controller._model import (
     Action,
     ActionKind,
@@ -316,6 +317,17 @@ class Rollouts:
             active = [r for r in rows if r.state.is_active()]
             chosen = active or (rows[:1] if policy is not None else [])
             return [self._status(conn, r) for r in chosen]
+
+    def trace(self, rollout_id: str) -> list[dict[str, Any]]:
+        """The decision trace of one rollout: every recorded tick with its verdicts, oldest first.
+
+        Each entry holds the tick's action, message, stage and share, every guardrail's
+        verdict with its evidence (estimate, confidence bounds, e-value, threshold, counts)
+        and what ``decide()`` saw; the dashboard draws its charts from these.
+        """
+        with self.store.read() as conn:
+            load_rollout(conn, rollout_id)  # a clear error for an unknown id
+            return trace(conn, rollout_id)
 
     def history(self, policy: str) -> list[RolloutStatus]:
         """Every rollout of ``policy``, newest first."""

@@ -88,6 +88,13 @@ def get(
     return render_json(server_state(request).rollouts.get(rollout_id).to_dict())
 
 
+@router.get("/rollouts/{rollout_id}/trace", summary="A rollout's decision trace, oldest first")
+def trace(
+    rollout_id: str, request: Request, _: Principal = Depends(require(Permission.READ))
+) -> Response:
+    return render_json(server_state(request).rollouts.trace(rollout_id))
+
+
 @router.get("/policies/{name}/rollouts", summary="Every rollout of a policy, newest first")
 def history(
     name: str, request: Request, _: Principal = Depends(require(Permission.READ))

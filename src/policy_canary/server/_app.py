@@ -27,6 +27,7 @@ from policy_canary.server import (
 from policy_canary.server._errors import install, problem
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.server._state import Limits, ServerState
+from policy_canary.server.dashboard import mount
 from policy_canary.serving import Canary
 from policy_canary.telemetry import ReleaseCollector, metrics_registry
 from policy_canary.tokens import Tokens
@@ -60,6 +61,7 @@ def create_app(
     limits: Limits | None = None,
     close_canary: bool = False,
     open_metrics: bool = False,
+    dashboard: bool = True,
 ) -> FastAPI:
     """The HTTP API and OFREP over ``canary`` (its store, clock and gates).
 
@@ -67,7 +69,8 @@ def create_app(
     (``policy-canary serve``) decides when running without is allowed. With
     ``close_canary`` the app's shutdown (after in-flight requests drained) closes the
     canary, which writes every buffered event. ``/metrics`` needs a viewer token unless
-    ``open_metrics`` (or auth is off).
+    ``open_metrics`` (or auth is off). With ``dashboard`` the pages are served at ``/``
+    (log in with a token; ``policy_canary.server.dashboard.mount`` for its options).
     """
     chosen = limits or Limits()
 
@@ -117,6 +120,8 @@ def create_app(
         _api_otlp,
     ):
         app.include_router(module.router)
+    if dashboard:
+        mount(app, clock=clock)
     most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
     app.add_middleware(_ContentLengthCap, most=most)
     return app

@@ -35,11 +35,13 @@ def mutation(
     act: Callable[[], Any],
     *,
     status: int = 200,
+    refresh: bool = True,
 ) -> Response:
     """Run ``act`` (a library call) at most once per ``Idempotency-Key``, then render it.
 
-    The server's own routing tables are refreshed afterwards, so its next OFREP evaluation
-    sees what the mutation changed.
+    The server's own routing tables are refreshed afterwards (unless ``refresh`` is False:
+    writing events changes no routing), so its next OFREP evaluation sees what the mutation
+    changed.
     """
     state = server_state(request)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -49,7 +51,8 @@ def mutation(
         fingerprint=request_hash(request.method, target, raw),
         act=lambda: (status, act()),
     )
-    state.canary.refresh_now()
+    if refresh:
+        state.canary.refresh_now()
     return render_json(
         data, status=code, headers={"Idempotent-Replayed": "true"} if replayed else {}
     )

@@ -296,4 +296,6 @@ def sqlite_time(at: datetime) -> str:
     C-implemented ``isoformat`` writes the same ``YYYY-MM-DD HH:MM:SS.ffffff`` text that
     its ``DATETIME`` type writes and parses back, in a third of the time.
     """
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if at.tzinfo is not UTC:  # most times are UTC already (the clock's, an ISO "+00:00")
+        at = at.astimezone(UTC)
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")

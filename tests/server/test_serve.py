@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from policy_canary.cli import app as cli_app
 from policy_canary.errors import InputError
+from policy_canary.registry import Registry
 from policy_canary.server._run import check_exposure, is_loopback
 from policy_canary.store import Store
 from policy_canary.store.schema import events, feedback
@@ -55,6 +56,38 @@ def test_no_auth_on_loopback_says_so_and_serves(sqlite_url: str) -> None:
     finally:
         out = stop(proc)
     assert "AUTH DISABLED (--no-auth)" in out
+    assert "GET /api/v1/policies" not in out  # no access log unless asked for
+
+
+def test_workers_share_the_store_and_the_access_log_is_opt_in(sqlite_url: str) -> None:
+    """Given ``serve --workers 2 --access-log``, two processes serve the port over one store:
+    an OFREP evaluation and its event on one connection, a remote-SDK event on another,
+    each request logged; SIGTERM stops every worker and the events are stored."""
+    store = Store.open(sqlite_url)
+    version = Registry(store).register("support-agent", {"prompt": "hi"}, author="t").version
+    secret = Tokens(store).create("agent", role="agent").secret
+    proc, base = start(sqlite_url, "--workers", "2", "--access-log")
+    auth = {"Authorization": f"Bearer {secret}"}
+    try:
+        with httpx.Client(base_url=base, headers=auth) as client:
+            flag = client.post("/ofrep/v1/evaluate/flags/support-agent",
+                               json={"context": {"targetingKey": "u"}})  # fmt: skip
+            assert flag.status_code == 200, flag.text
+            event = {"decision_id": flag.json()["metadata"]["decisionId"], "latency_ms": 5.0}
+            recorded = client.post("/api/v1/events", json={"events": [event]})
+            assert recorded.json() == {"accepted": 1}, recorded.text
+        remote = {"decision_id": "remote-1", "policy": "support-agent", "arm": "stable",
+                  "version_digest": version.id, "at": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+        posted = httpx.post(f"{base}/api/v1/events", json={"events": [remote]}, headers=auth)
+        assert posted.json() == {"accepted": 1}, posted.text
+    finally:
+        out = stop(proc)
+    assert "2 worker processes" in out
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", out))) == 2
+    assert '"POST /ofrep/v1/evaluate/flags/support-agent HTTP/1.1" 200' in out
+    with store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 2
+    store.close()
 
 
 def _sh_blocks() -> list[str]:

@@ -30,6 +30,18 @@ def serve(
     open_metrics: bool = typer.Option(
         False, "--open-metrics", help="Serve /metrics without a token (e.g. to a scraper)."
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Server processes on the one port, each with its own store connections and "
+        "routing watcher (use up to one per core).",
+    ),
+    access_log: bool = typer.Option(
+        False,
+        "--access-log/--no-access-log",
+        help="Log one line per request (off by default: it costs a fifth of OFREP throughput).",
+    ),
 ) -> None:
     """Serve the HTTP API (/api/v1) and OFREP (/ofrep/v1) until interrupted."""
     with reporting(json_output=False):
@@ -48,5 +60,7 @@ def serve(
             no_auth=no_auth,
             rate_limit=rate_limit,
             open_metrics=open_metrics,
+            workers=workers,
+            access_log=access_log,
             settings=cli.settings,
         )

@@ -149,7 +149,7 @@ def events(
             decision.record(**kwargs)
         return {"accepted": len(taken)}
 
-    return mutation(request, principal, body.raw, act)
+    return mutation(request, principal, body.raw, act, refresh=False)
 
 
 def _remote_events(
@@ -163,7 +163,7 @@ def _remote_events(
         write_events(state.canary._link, rows)
         return {"accepted": len(rows)}
 
-    return mutation(request, principal, body.raw, act)
+    return mutation(request, principal, body.raw, act, refresh=False)
 
 
 @router.post(

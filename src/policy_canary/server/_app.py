@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +30,7 @@ from policy_canary.server import (
 )
 from policy_canary.server._errors import install, problem
 from policy_canary.server._idempotency import Idempotency
+from policy_canary.server._ofrep_fast import OfrepFastPath
 from policy_canary.server._state import Limits, ServerState
 from policy_canary.server.dashboard import mount
 from policy_canary.serving import Canary
@@ -54,6 +59,21 @@ class _ContentLengthCap:
         await self.app(scope, receive, send)
 
 
+def _end_streams_on_signal(end: Callable[[], None]) -> None:
+    """Run ``end`` on SIGTERM/SIGINT before the handler uvicorn installed (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+
+        def handler(number: int, frame: FrameType | None, previous: Any = previous) -> None:
+            end()
+            if callable(previous):
+                previous(number, frame)
+
+        signal.signal(sig, handler)
+
+
 def create_app(
     canary: Canary,
     *,
@@ -62,6 +82,7 @@ def create_app(
     close_canary: bool = False,
     open_metrics: bool = False,
     dashboard: bool = True,
+    end_streams_on_signal: bool = False,
 ) -> FastAPI:
     """The HTTP API and OFREP over ``canary`` (its store, clock and gates).
 
@@ -71,6 +92,10 @@ def create_app(
     canary, which writes every buffered event. ``/metrics`` needs a viewer token unless
     ``open_metrics`` (or auth is off). With ``dashboard`` the pages are served at ``/``
     (log in with a token; ``policy_canary.server.dashboard.mount`` for its options).
+    With ``end_streams_on_signal`` (a serving process)
+    SIGTERM/SIGINT first ends the event streams: a stream never finishes by itself, so
+    uvicorn's graceful shutdown would otherwise wait its whole timeout for them before
+    closing in-flight requests.
     """
     chosen = limits or Limits()
 
@@ -78,6 +103,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watch = app.state.server.watch
         watch.start(asyncio.get_running_loop())
+        if end_streams_on_signal:
+            _end_streams_on_signal(lambda: watch.close(wait=False))
         yield
         await run_in_threadpool(watch.close)
         if close_canary:
@@ -122,6 +149,8 @@ def create_app(
         app.include_router(module.router)
     if dashboard:
         mount(app, clock=clock)
+    # Added first, so the length cap below runs before it (add_middleware wraps outward).
+    app.add_middleware(OfrepFastPath, state=app.state.server)
     most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
     app.add_middleware(_ContentLengthCap, most=most)
     return app

@@ -51,7 +51,12 @@ async def _authenticate(
     secret = credentials.credentials if credentials else None
     token = state.token_cache.get(secret) if secret else None
     if token is None or token.state(state.tokens.clock.now()) != "active":
-        token = await run_in_threadpool(state.tokens.authenticate, secret)
+        try:
+            token = await run_in_threadpool(state.tokens.authenticate, secret)
+        except BaseException:
+            if secret:
+                state.token_cache.forget(secret)
+            raise
         if secret:
             state.token_cache.put(secret, token)
     return Principal(actor=token.name, token=token)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +19,7 @@ from policy_canary.errors import CanaryError, ErrorCode, InputError
 from policy_canary.server._auth import Principal, require
 from policy_canary.server._body import parse_json, read_body
 from policy_canary.server._errors import ofrep_error
+from policy_canary.server._ofrep_body import evaluation
 from policy_canary.server._render import render_json
 from policy_canary.server._state import ServerState, server_state
 from policy_canary.serving import Decision, Gate
@@ -44,36 +44,6 @@ _REQUEST = {
         }
     }
 }
-
-
-def reason(decision: Decision) -> str:
-    """SPLIT when the splitter chose the arm, DEFAULT during a rollout at share 0, else STATIC."""
-    if decision.traffic_bp > 0:
-        return "SPLIT"
-    return "DEFAULT" if decision.rollout_id is not None else "STATIC"
-
-
-def evaluation(decision: Decision) -> dict[str, Any]:
-    """The OFREP evaluation success body of one decision."""
-    version = decision.version
-    metadata: dict[str, Any] = {
-        "decisionId": decision.decision_id,
-        "versionDigest": version.id,
-        "arm": decision.arm.value,
-        "sticky": decision.sticky,
-        "trafficBp": decision.traffic_bp,
-    }
-    if decision.rollout_id is not None:
-        metadata["rolloutId"] = decision.rollout_id
-    if decision.stage is not None:
-        metadata["stage"] = decision.stage
-    return {
-        "key": decision.policy,
-        "value": version.spec,
-        "variant": f"v{version.number}",
-        "reason": reason(decision),
-        "metadata": metadata,
-    }
 
 
 class _ContextError(Exception):
@@ -127,7 +97,7 @@ async def evaluate(
         return ofrep_error(failed.error, key, parse=failed.parse)
     except CanaryError as error:
         return ofrep_error(error, key)
-    return render_json({**evaluation(decision), "cacheable": False})
+    return Response(state.bodies.body(decision), media_type="application/json")
 
 
 def _gates(state: ServerState, principal: Principal) -> list[Gate]:

@@ -135,8 +135,8 @@ def _row(item: Any, index: int) -> EventRow:
     where = f"events[{index}]"
     if not isinstance(item, dict):
         raise InputError(f"{where}: an event is a JSON object, got {type(item).__name__}")
-    unknown = sorted(set(item) - _ALL_KEYS)
-    if unknown:
+    if not _ALL_KEYS.issuperset(item):
+        unknown = sorted(set(item) - _ALL_KEYS)
         raise InputError(
             f"{where}: unknown field {unknown[0]!r}; a remote event has "
             + ", ".join(DECISION_KEYS + _OUTCOME_KEYS)

@@ -35,21 +35,27 @@ def mutation(
     act: Callable[[], Any],
     *,
     status: int = 200,
+    refresh: bool = True,
 ) -> Response:
     """Run ``act`` (a library call) at most once per ``Idempotency-Key``, then render it.
 
-    The server's own routing tables are refreshed afterwards, so its next OFREP evaluation
-    sees what the mutation changed.
+    The server's own routing tables are refreshed afterwards (unless ``refresh`` is False:
+    writing events changes no routing), so its next OFREP evaluation sees what the mutation
+    changed.
     """
     state = server_state(request)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    key = request.headers.get("idempotency-key")
     (code, data), replayed = state.idempotency.run(
         actor=principal.actor,
-        key=request.headers.get("idempotency-key"),
-        fingerprint=request_hash(request.method, target, raw),
+        key=key,
+        # Only a keyed request is compared with an earlier one; hashing a 16 MB batch of
+        # events without a key would cost time for nothing.
+        fingerprint=request_hash(request.method, target, raw) if key is not None else "",
         act=lambda: (status, act()),
     )
-    state.canary.refresh_now()
+    if refresh:
+        state.canary.refresh_now()
     return render_json(
         data, status=code, headers={"Idempotent-Replayed": "true"} if replayed else {}
     )

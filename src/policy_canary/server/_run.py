@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from collections.abc import Callable
-from types import FrameType
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from policy_canary.errors import InputError
 from policy_canary.server._app import OPENAPI_URL, create_app
@@ -49,20 +54,40 @@ def check_exposure(*, host: str, no_auth: bool, usable_tokens: int) -> str:
     return f"auth: bearer tokens required ({usable_tokens} usable)"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, ending the event streams first on SIGTERM/SIGINT.
+#: Where ``serve --workers N`` tells its worker processes how to build their app.
+WORKER_ENV = "POLICY_CANARY_SERVE_WORKER"
 
-    A stream never finishes by itself, so without this the graceful shutdown would wait
-    its whole timeout for them before closing in-flight requests.
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """What builds one serving process's app (the same in every worker)."""
+
+    db_url: str | None
+    no_auth: bool
+    rate_limit: float | None
+    open_metrics: bool
+    max_spec_bytes: int
+
+    def app(self, canary: Canary) -> FastAPI:
+        limits = Limits(spec_bytes=self.max_spec_bytes, rate_per_second=self.rate_limit)
+        return create_app(
+            canary,
+            auth=not self.no_auth,
+            limits=limits,
+            close_canary=True,
+            open_metrics=self.open_metrics,
+            end_streams_on_signal=True,
+        )
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``serve --workers N`` process: its own canary, store pool and watcher.
+
+    uvicorn calls this (an import-string factory) in each worker it spawns; the options come
+    from :data:`WORKER_ENV`, which :func:`serve` sets before spawning.
     """
-
-    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
+    options = _Options(**json.loads(os.environ[WORKER_ENV]))
+    return options.app(Canary.open(options.db_url))
 
 
 def serve(
@@ -73,41 +98,52 @@ def serve(
     no_auth: bool = False,
     rate_limit: float | None = None,
     open_metrics: bool = False,
+    workers: int = 1,
+    access_log: bool = False,
     settings: Settings | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests drain, buffered events flush.
 
-    uvicorn re-raises the signal once it has shut down (so a supervisor sees how the process
-    ended), which is why the canary is closed by the app's shutdown rather than after
-    ``run()`` returns; the ``finally`` covers start-up failures.
+    With ``workers`` > 1, uvicorn runs that many processes on one socket, each with its own
+    canary and routing watcher over the same store. uvicorn re-raises the signal once it has
+    shut down (so a supervisor sees how the process ended), which is why the canary is
+    closed by the app's shutdown rather than after ``run()`` returns; the ``finally`` covers
+    start-up failures.
     """
+    if workers < 1:
+        raise InputError(f"--workers must be 1 or more, got {workers}")
     chosen = settings or Settings.from_env()
+    options = _Options(db_url, no_auth, rate_limit, open_metrics, chosen.max_spec_bytes)
     canary = Canary.open(db_url)
     try:
         auth_line = check_exposure(
             host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
         )
-        limits = Limits(spec_bytes=chosen.max_spec_bytes, rate_per_second=rate_limit)
-        app = create_app(
-            canary,
-            auth=not no_auth,
-            limits=limits,
-            close_canary=True,
-            open_metrics=open_metrics,
-        )
         where = f"[{host}]" if ":" in host else host
         echo(f"policy-canary serve on http://{where}:{port}  (store: {safe_url(canary.store.url)})")
         echo(auth_line)
         echo(f"API http://{where}:{port}/api/v1  OpenAPI {OPENAPI_URL}  OFREP /ofrep/v1")
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="info",
-            timeout_graceful_shutdown=GRACEFUL_SECONDS,
-            server_header=False,
-        )
-        _Server(config, on_exit=lambda: app.state.server.watch.close(wait=False)).run()
+        if workers > 1:
+            echo(
+                f"{workers} worker processes; an OFREP decision is held by the worker that "
+                "made it (send its event to the same connection, or use the remote SDK)"
+            )
+        common: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "log_level": "info",
+            "access_log": access_log,
+            "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+            "server_header": False,
+        }
+        if workers == 1:
+            app = options.app(canary)
+            uvicorn.Server(uvicorn.Config(app, **common)).run()
+            return
+        canary.close()  # each worker opens its own
+        os.environ[WORKER_ENV] = json.dumps(asdict(options))
+        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **common)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         canary.close()  # idempotent: already closed by the app's shutdown

@@ -6,7 +6,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,6 +17,7 @@ from policy_canary.controller import Incidents, Rollouts
 from policy_canary.errors import InputError, NotFoundError, RateLimitedError
 from policy_canary.registry import Registry
 from policy_canary.server._idempotency import Idempotency
+from policy_canary.server._ofrep_body import EvaluationBodies
 from policy_canary.server._remote_events import KnownRefs
 from policy_canary.server._watch import RoutingWatch
 from policy_canary.serving import Canary, Decision
@@ -117,25 +118,57 @@ class TokenCache:
 
     A hit is re-checked for expiry at every use; a revocation through this server clears
     the cache at once, one made elsewhere (the CLI, another replica) takes effect here
-    within ``seconds``. Refusals are never cached.
+    within ``seconds`` (plus the one store read that re-checks it). Refusals are never
+    cached. When an entry goes stale, the first request re-authenticates while the others
+    keep the entry for up to :attr:`RECHECK_SECONDS` more: a busy token costs one store read
+    a second, not one per request in flight at that moment.
     """
 
-    def __init__(self, seconds: float) -> None:
+    #: How long a stale entry serves while one request re-checks the token.
+    RECHECK_SECONDS = 0.5
+
+    def __init__(self, seconds: float, *, now: Callable[[], float] = time.monotonic) -> None:
         self._seconds = seconds
+        self._now = now
         self._found: dict[str, tuple[TokenInfo, float]] = {}
+        self._lock = threading.Lock()
 
     def get(self, secret: str) -> TokenInfo | None:
+        """The cached token, or None: then the caller authenticates (and puts or forgets)."""
+        digest = token_digest(secret)
+        hit = self._found.get(digest)
+        if hit is None:
+            return None
+        now = self._now()
+        if now - hit[1] <= self._seconds:
+            return hit[0]
+        with self._lock:
+            hit = self._found.get(digest)
+            if hit is None or now - hit[1] <= self._seconds:
+                return None if hit is None else hit[0]
+            # This caller re-checks; the others see the entry fresh for a moment meanwhile.
+            self._found[digest] = (hit[0], now - self._seconds + self.RECHECK_SECONDS)
+        return None
+
+    def peek(self, secret: str) -> TokenInfo | None:
+        """The cached token if it is fresh; never starts a re-check (see :meth:`get`)."""
         hit = self._found.get(token_digest(secret))
-        if hit is None or time.monotonic() - hit[1] > self._seconds:
+        if hit is None or self._now() - hit[1] > self._seconds:
             return None
         return hit[0]
 
     def put(self, secret: str, token: TokenInfo) -> None:
+        """Remember ``token`` as authenticated now."""
         if len(self._found) > 10_000:
             self._found.clear()
-        self._found[token_digest(secret)] = (token, time.monotonic())
+        self._found[token_digest(secret)] = (token, self._now())
+
+    def forget(self, secret: str) -> None:
+        """Drop ``secret``'s entry (its re-check refused it)."""
+        self._found.pop(token_digest(secret), None)
 
     def clear(self) -> None:
+        """Forget every token (a revocation through this server)."""
         self._found = {}
 
 
@@ -189,6 +222,7 @@ class ServerState:
     watch: RoutingWatch = field(init=False)
     known_refs: KnownRefs = field(default_factory=KnownRefs)
     token_cache: TokenCache = field(init=False)
+    bodies: EvaluationBodies = field(default_factory=EvaluationBodies)
 
     def __post_init__(self) -> None:
         self.decisions = Decisions(self.limits.decisions_kept)

@@ -13,7 +13,9 @@ Events go in batches:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -64,6 +66,13 @@ class StoreLink:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._sqlite = store.dialect == "sqlite"
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
+        # SQLite's busy handler (1, 2, 5, 10... ms) rather than waking when it is released.
+        # Writers of this process (a server's concurrent event batches, the flusher) queue
+        # here instead, and are woken the moment the previous commit is done.
+        self._writers: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._sqlite else contextlib.nullcontext()
+        )
 
     @property
     def can_listen(self) -> bool:
@@ -117,7 +126,7 @@ class StoreLink:
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow], *, retry: bool
     ) -> FeedbackWrite:
         """Write one batch in one transaction; return what became of its feedback."""
-        with self.store.begin() as conn:
+        with self._writers, self.store.begin() as conn:
             if not self._sqlite:
                 # Monitors read events (and feedback) past an id cursor. PostgreSQL hands out
                 # ids when rows are inserted but shows them when their transaction commits,
@@ -199,6 +208,8 @@ class StoreLink:
 
     def after_fork(self) -> None:
         """Forget the parent's pooled connections without touching them."""
+        if self._sqlite:  # another thread of the parent may have held it at the fork
+            self._writers = threading.Lock()
         self.store.engine.dispose(close=False)
 
     def close(self) -> None:
@@ -342,4 +353,6 @@ def sqlite_time(at: datetime) -> str:
     C-implemented ``isoformat`` writes the same ``YYYY-MM-DD HH:MM:SS.ffffff`` text that
     its ``DATETIME`` type writes and parses back, in a third of the time.
     """
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if at.tzinfo is not UTC:  # most times are UTC already (the clock's, an ISO "+00:00")
+        at = at.astimezone(UTC)
+    return at.replace(tzinfo=None).isoformat(" ", "microseconds")

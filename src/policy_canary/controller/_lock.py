@@ -1,7 +1,15 @@
-"""One acting controller: a PostgreSQL advisory lock, or a SQLite lease row with an expiry.
+"""One acting controller: a lease, held as a PostgreSQL advisory lock or a SQLite row.
 
 The lock keeps a second controller idle rather than racing; correctness does not depend on
 it, because every write also compare-and-swaps the rollout's revision under the policy's lock.
+
+Both forms expire when the holder stops renewing them for ``ttl``. SQLite's row carries its
+expiry. PostgreSQL's advisory lock lives as long as its session, and a controller cut off
+by the network leaves a session the server may not notice for hours (no packet ever tells
+it, and a proxy in between keeps its side open), so the lock's session sets
+``idle_session_timeout`` to the ttl: the server ends a session that stayed silent that
+long, the lock goes with it, and a standby takes over. Every tick renews the lease (one
+``SELECT 1``), so the controller's interval must stay below the ttl.
 """
 
 from __future__ import annotations
@@ -105,11 +113,24 @@ class ControllerLock:
                     text(_PG_KEY), {"suffix": ":policy-canary-controller"}
                 ).scalar_one()
             )
+            self._expire_when_silent(self._pg)
         got = bool(
             self._pg.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
         )
         self._pg.commit()
         return got
+
+    def _expire_when_silent(self, conn: Connection) -> None:
+        """Make the server end this session (and free the lock) after ``ttl`` of silence."""
+        version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
+        if version < 140000:  # idle_session_timeout is PostgreSQL 14+; older ones keep it
+            return
+        milliseconds = max(1, round(self.ttl.total_seconds() * 1000))
+        conn.execute(
+            text("SELECT set_config('idle_session_timeout', :ms, false)"),
+            {"ms": f"{milliseconds}ms"},
+        )
+        conn.commit()
 
     def _renew_lease(self) -> bool:
         now = self.clock.now()

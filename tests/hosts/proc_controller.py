@@ -25,7 +25,9 @@ def main(config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Timer(float(config["lifetime"]), stop.set).start()
+    lifetime = threading.Timer(float(config["lifetime"]), stop.set)
+    lifetime.daemon = True  # it must not keep a stopped controller alive
+    lifetime.start()
     store = Store.open(config["db_url"], migrate=False)
     controller = Controller(
         store, holder=config["name"], lease_ttl=timedelta(seconds=float(config["lease_ttl"]))

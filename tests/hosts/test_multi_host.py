@@ -176,7 +176,9 @@ def cluster() -> Iterator[Cluster]:
         for proc in reversed(list(cluster.procs.values())):
             proc.terminate()  # all at once: each drains in parallel
         for proc in reversed(list(cluster.procs.values())):
-            proc.stop()
+            began = time.monotonic()
+            code = proc.stop()
+            cluster.report.setdefault("stopped", {})[proc.name] = [code, round(time.monotonic() - began, 1)]
         topo.destroy()
         left = topo.exists()
         store.close()

@@ -12,6 +12,7 @@ when it listens; stops on SIGTERM or after LIFETIME seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -78,10 +79,8 @@ async def main(netns_file: str, address: str, port: int, target: int, lifetime: 
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print(json.dumps({"kind": "ready", "listen": f"{address}:{port}"}), flush=True)
     async with server:
-        try:
+        with contextlib.suppress(TimeoutError):  # the lifetime is up: stop by itself
             await asyncio.wait_for(stop.wait(), timeout=lifetime)
-        except TimeoutError:
-            pass
 
 
 if __name__ == "__main__":

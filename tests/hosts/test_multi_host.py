@@ -44,8 +44,8 @@ from _topology import (
     TopologyError,
 )
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from _serving import CANDIDATE_SPEC, POLICY, STABLE_SPEC
 from policy_canary.controller import Rollouts
@@ -178,7 +178,10 @@ def cluster() -> Iterator[Cluster]:
         for proc in reversed(list(cluster.procs.values())):
             began = time.monotonic()
             code = proc.stop()
-            cluster.report.setdefault("stopped", {})[proc.name] = [code, round(time.monotonic() - began, 1)]
+            cluster.report.setdefault("stopped", {})[proc.name] = [
+                code,
+                round(time.monotonic() - began, 1),
+            ]
         topo.destroy()
         left = topo.exists()
         store.close()
@@ -411,7 +414,7 @@ def test_remote_agents_fail_over_when_a_replica_is_killed(cluster: Cluster) -> N
 
 def test_every_event_each_agent_recorded_landed_or_was_counted(cluster: Cluster) -> None:
     finals = {}
-    for name, proc in cluster.agents.items():
+    for proc in cluster.agents.values():
         proc.send({"cmd": "stop"})
     for name, proc in cluster.agents.items():
         finals[name] = proc.wait_for(lambda p=proc: p.last("final"), "its final report")

@@ -29,7 +29,7 @@ class Replica:
         replica = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 replica.hits += 1
                 body = json.dumps({"epoch": 7, "code": "store_unavailable"}).encode()
                 self.send_response(replica.status)

@@ -19,6 +19,7 @@ its namespace): its packets go nowhere, the others' packets to it are dropped at
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import queue
@@ -42,6 +43,8 @@ PG_PORT = 5432
 SERVER_PORT = 8600
 #: How long any helper process may live before it stops by itself (seconds).
 LIFETIME = 240
+#: prctl(2): the signal a child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class TopologyError(AssertionError):
@@ -148,6 +151,12 @@ class Topology:
         return [name for name in listed if name.startswith(self.run)]
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it if the test process dies (even SIGKILLed) before it stops."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Proc:
     """A helper process; its stdout lines are JSON reports, collected by a reader thread."""
 
@@ -158,6 +167,7 @@ class Proc:
         prefix = ["ip", "netns", "exec", netns] if netns else []
         self.popen = subprocess.Popen(
             [*prefix, *argv],
+            preexec_fn=_die_with_parent,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

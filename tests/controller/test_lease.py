@@ -49,6 +49,16 @@ def test_the_lock_session_carries_the_lease_length(pg_url: str) -> None:
         assert conn is not None
         assert conn.execute(text("SHOW idle_session_timeout")).scalar_one() == "7s"
         conn.commit()
+        controller.close()
+        # Back in the pool, the connection must not carry the timeout to other work (a
+        # LISTEN connection waits silently for minutes): every pooled one shows none.
+        held = [store.engine.connect() for _ in range(3)]
+        try:
+            shown = {c.execute(text("SHOW idle_session_timeout")).scalar_one() for c in held}
+        finally:
+            for c in held:
+                c.close()
+        assert shown == {"0"}
     finally:
         controller.close()
         store.close()

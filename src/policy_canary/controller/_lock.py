@@ -29,7 +29,9 @@ from policy_canary.store.schema import leases
 #: The lease row's name (SQLite).
 LEASE_NAME = "controller"
 # Keyed by schema so stores sharing one PostgreSQL database (tests, tenants) do not contend.
-_PG_KEY = "SELECT hashtext(current_schema() || :suffix)"
+_PG_KEY = "SELECT hashtext(current_schema() || :suffix), current_setting('server_version_num')::int"
+#: idle_session_timeout exists from PostgreSQL 14; older servers keep the lock with the session.
+_PG_IDLE_TIMEOUT_SINCE = 140000
 
 
 def default_holder() -> str:
@@ -47,6 +49,7 @@ class ControllerLock:
         self.clock = clock
         self._pg: Connection | None = None
         self._key: int | None = None
+        self._expiring = False  # the lock's session has idle_session_timeout set
         self.held = False
 
     def acquire(self) -> bool:
@@ -73,12 +76,15 @@ class ControllerLock:
             try:
                 if self.held and self._key is not None:
                     self._pg.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                    self._pg.commit()
+                if self._expiring:  # the connection goes back to the pool: no timeout there
+                    self._pg.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
+                self._pg.commit()
             except SQLAlchemyError:
                 pass  # a dead session has released its advisory locks already
             finally:
                 self._pg.close()
                 self._pg = None
+                self._expiring = False
         elif self.held:
             with self.store.begin() as conn:
                 conn.execute(
@@ -100,7 +106,9 @@ class ControllerLock:
                 self._pg.invalidate()
                 self._pg.close()
                 self._pg = None
+        fresh = self._pg is None
         if self._pg is None:
+            self._expiring = False
             try:
                 self._pg = self.store.engine.connect()
             except SQLAlchemyError as error:  # outside Store.begin(), so mapped here
@@ -108,29 +116,38 @@ class ControllerLock:
                     f"the store is unavailable, cannot take the controller lock: "
                     f"{first_line(error)}; check that the database is running"
                 ) from error
-            self._key = int(
-                self._pg.execute(
-                    text(_PG_KEY), {"suffix": ":policy-canary-controller"}
-                ).scalar_one()
+        try:
+            if fresh:
+                self._prepare(self._pg)
+            got = bool(
+                self._pg.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
             )
-            self._expire_when_silent(self._pg)
-        got = bool(
-            self._pg.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
-        )
-        self._pg.commit()
+            self._pg.commit()
+        except SQLAlchemyError as error:
+            # The session ended (its own silence, the server's restart): the next tick starts
+            # on a fresh connection rather than on this dead one.
+            self._pg.invalidate()
+            self._pg.close()
+            self._pg = None
+            self._expiring = False
+            raise StoreUnavailableError(
+                f"the store is unavailable, cannot take the controller lock: "
+                f"{first_line(error)}; check that the database is running"
+            ) from error
         return got
 
-    def _expire_when_silent(self, conn: Connection) -> None:
-        """Make the server end this session (and free the lock) after ``ttl`` of silence."""
-        version = int(conn.execute(text("SHOW server_version_num")).scalar_one())
-        if version < 140000:  # idle_session_timeout is PostgreSQL 14+; older ones keep it
-            return
-        milliseconds = max(1, round(self.ttl.total_seconds() * 1000))
-        conn.execute(
-            text("SELECT set_config('idle_session_timeout', :ms, false)"),
-            {"ms": f"{milliseconds}ms"},
-        )
-        conn.commit()
+    def _prepare(self, conn: Connection) -> None:
+        """Read the lock's key; make the server end this session after ``ttl`` of silence."""
+        key, version = conn.execute(text(_PG_KEY), {"suffix": ":policy-canary-controller"}).one()
+        self._key = int(key)
+        if int(version) >= _PG_IDLE_TIMEOUT_SINCE:
+            # Committed with the try that follows; the lock goes with the session.
+            milliseconds = max(1, round(self.ttl.total_seconds() * 1000))
+            conn.execute(
+                text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                {"ms": f"{milliseconds}ms"},
+            )
+            self._expiring = True
 
     def _renew_lease(self) -> bool:
         now = self.clock.now()

@@ -289,3 +289,32 @@ def test_a_full_sqlite_database_keeps_events_buffered_until_it_has_room(
     warnings = _warnings(caplog)
     assert len(warnings) == 1, warnings
     assert "events cannot be written" in warnings[0]
+
+
+def test_events_kept_through_an_outage_are_written_when_the_refresher_reaches_the_store(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a flusher deep in its backoff, the refresher's first good poll ends the wait."""
+    from policy_canary.serving import _buffer
+
+    # A backoff longer than the test: only the refresher's recovery can end it in time.
+    monkeypatch.setattr(_buffer, "retry_delay", lambda *args, **kwargs: 3600.0)
+    clock = ManualClock()
+    seed_policy(store, clock)
+    with Canary(
+        store, clock=clock, refresh_interval=0.05, flush_interval=0.05, listen=False
+    ) as canary:
+        gate = canary.gate(POLICY)
+        down = StoreUnavailableError("the store is unavailable")
+        read = Flaky(store.read_epoch, down)
+        write = Flaky(canary._link.write, down)
+        monkeypatch.setattr(store, "read_epoch", read)
+        monkeypatch.setattr(canary._link, "write", write)
+        gate.route("u").record(latency_ms=1.0)
+        assert eventually(lambda: write.calls >= 1 and canary.stats().flush_errors >= 1)
+        assert eventually(lambda: read.calls >= 2 and gate.status().stale)
+        calls = write.calls
+        read.failing = write.failing = False
+        assert eventually(lambda: canary.stats().written == 1), canary.stats()
+        assert write.calls == calls + 1  # one retry, made when the store came back
+        assert gate.status().stale is False

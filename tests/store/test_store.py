@@ -142,3 +142,23 @@ def test_schema_head_constant_names_the_newest_migration(store: Store) -> None:
 
     assert store.head_revision() == SCHEMA_HEAD
     assert store.current_revision() == SCHEMA_HEAD
+
+
+def test_postgres_connections_give_up_on_a_silent_network_unless_the_url_says_otherwise(
+    pg_url: str,
+) -> None:
+    """Given no settings, tcp_user_timeout and connect_timeout are set; the URL's win."""
+
+    def parameters(url: str) -> dict[str, str]:
+        store = Store.open(url)
+        try:
+            with store.engine.connect() as conn:
+                params: dict[str, str] = conn.connection.dbapi_connection.info.get_parameters()
+                return params
+        finally:
+            store.close()
+
+    defaults = parameters(pg_url)
+    assert (defaults["tcp_user_timeout"], defaults["connect_timeout"]) == ("10000", "5")
+    chosen = parameters(f"{pg_url}&tcp_user_timeout=1500&connect_timeout=2")
+    assert (chosen["tcp_user_timeout"], chosen["connect_timeout"]) == ("1500", "2")

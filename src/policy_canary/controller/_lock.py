@@ -1,7 +1,15 @@
-"""One acting controller: a PostgreSQL advisory lock, or a SQLite lease row with an expiry.
+"""One acting controller: a lease, held as a PostgreSQL advisory lock or a SQLite row.
 
 The lock keeps a second controller idle rather than racing; correctness does not depend on
 it, because every write also compare-and-swaps the rollout's revision under the policy's lock.
+
+Both forms expire when the holder stops renewing them for ``ttl``. SQLite's row carries its
+expiry. PostgreSQL's advisory lock lives as long as its session, and a controller cut off
+by the network leaves a session the server may not notice for hours (no packet ever tells
+it, and a proxy in between keeps its side open), so the lock's session sets
+``idle_session_timeout`` to the ttl: the server ends a session that stayed silent that
+long, the lock goes with it, and a standby takes over. Every tick renews the lease (one
+``SELECT 1``), so the controller's interval must stay below the ttl.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from policy_canary.store.schema import leases
 #: The lease row's name (SQLite).
 LEASE_NAME = "controller"
 # Keyed by schema so stores sharing one PostgreSQL database (tests, tenants) do not contend.
-_PG_KEY = "SELECT hashtext(current_schema() || :suffix)"
+_PG_KEY = "SELECT hashtext(current_schema() || :suffix), current_setting('server_version_num')::int"
+#: idle_session_timeout exists from PostgreSQL 14; older servers keep the lock with the session.
+_PG_IDLE_TIMEOUT_SINCE = 140000
 
 
 def default_holder() -> str:
@@ -39,6 +49,7 @@ class ControllerLock:
         self.clock = clock
         self._pg: Connection | None = None
         self._key: int | None = None
+        self._expiring = False  # the lock's session has idle_session_timeout set
         self.held = False
 
     def acquire(self) -> bool:
@@ -65,12 +76,15 @@ class ControllerLock:
             try:
                 if self.held and self._key is not None:
                     self._pg.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
-                    self._pg.commit()
+                if self._expiring:  # the connection goes back to the pool: no timeout there
+                    self._pg.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
+                self._pg.commit()
             except SQLAlchemyError:
                 pass  # a dead session has released its advisory locks already
             finally:
                 self._pg.close()
                 self._pg = None
+                self._expiring = False
         elif self.held:
             with self.store.begin() as conn:
                 conn.execute(
@@ -92,7 +106,9 @@ class ControllerLock:
                 self._pg.invalidate()
                 self._pg.close()
                 self._pg = None
+        fresh = self._pg is None
         if self._pg is None:
+            self._expiring = False
             try:
                 self._pg = self.store.engine.connect()
             except SQLAlchemyError as error:  # outside Store.begin(), so mapped here
@@ -100,16 +116,38 @@ class ControllerLock:
                     f"the store is unavailable, cannot take the controller lock: "
                     f"{first_line(error)}; check that the database is running"
                 ) from error
-            self._key = int(
-                self._pg.execute(
-                    text(_PG_KEY), {"suffix": ":policy-canary-controller"}
-                ).scalar_one()
+        try:
+            if fresh:
+                self._prepare(self._pg)
+            got = bool(
+                self._pg.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
             )
-        got = bool(
-            self._pg.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._key}).scalar()
-        )
-        self._pg.commit()
+            self._pg.commit()
+        except SQLAlchemyError as error:
+            # The session ended (its own silence, the server's restart): the next tick starts
+            # on a fresh connection rather than on this dead one.
+            self._pg.invalidate()
+            self._pg.close()
+            self._pg = None
+            self._expiring = False
+            raise StoreUnavailableError(
+                f"the store is unavailable, cannot take the controller lock: "
+                f"{first_line(error)}; check that the database is running"
+            ) from error
         return got
+
+    def _prepare(self, conn: Connection) -> None:
+        """Read the lock's key; make the server end this session after ``ttl`` of silence."""
+        key, version = conn.execute(text(_PG_KEY), {"suffix": ":policy-canary-controller"}).one()
+        self._key = int(key)
+        if int(version) >= _PG_IDLE_TIMEOUT_SINCE:
+            # Committed with the try that follows; the lock goes with the session.
+            milliseconds = max(1, round(self.ttl.total_seconds() * 1000))
+            conn.execute(
+                text("SELECT set_config('idle_session_timeout', :ms, false)"),
+                {"ms": f"{milliseconds}ms"},
+            )
+            self._expiring = True
 
     def _renew_lease(self) -> bool:
         now = self.clock.now()

@@ -48,7 +48,7 @@ _log = logging.getLogger("policy_canary.controller")
 
 #: Events read per query while folding; a tick keeps reading until it has seen them all.
 DEFAULT_BATCH = 5_000
-#: How long a SQLite controller lease lasts without renewal.
+#: How long the controller lease lasts without renewal (SQLite's row, PostgreSQL's session).
 DEFAULT_LEASE_TTL = timedelta(seconds=30)
 
 
@@ -301,9 +301,14 @@ class Controller:
         No exception from a tick or a dispatch ends the loop. A run of failures (a store
         outage) is logged once as an error, with the traceback only when the error is not
         store trouble, then as one warning line per failed tick, and its end at INFO. The
-        lock is released on the way out, so a standby controller takes over at once.
+        lock is released on the way out, so a standby controller takes over at once; a
+        controller that stops renewing it (killed, or cut off from the database) loses it
+        after ``lease_ttl`` (at least three intervals), on SQLite and PostgreSQL alike.
         """
         wait = interval.total_seconds()
+        # Each tick renews the lease: one that lapsed between two ticks would hand the lock
+        # to a standby every time, so it lasts at least three intervals.
+        self.lock.ttl = max(self.lock.ttl, 3 * interval)
         # Each tick during an outage is one failed connection: the loop keeps its pace, so
         # the first tick after the store returns acts (a rollback must not wait out a backoff).
         ticking = _outage(f"controller tick failed; retrying every {wait:g}s")

@@ -18,6 +18,9 @@ them.
 
 The flusher thread survives every exception: a failing flush (or pruning) is logged once per
 outage, retried with a growing delay (up to MAX_RETRY_DELAY), and logged again when it works.
+The wait is cut short by :meth:`EventBuffer.retry_now`, which the canary calls when its
+refresher reaches the store (or server) again after an outage: the events buffered during a
+partition are written as soon as the link is back, not after the rest of the backoff.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class EventBuffer:
         self._capacity = capacity
         self._batch_size = batch_size
         self._wake = wake
+        self._retry = threading.Event()  # ends a backoff early: the link is back
         self._events: deque[EventRow] = deque()
         self._feedback: deque[FeedbackRow] = deque()
         self._inflight: list[EventRow] = []
@@ -159,7 +163,9 @@ class EventBuffer:
             else:
                 flushing.failed(error)
                 # Not woken early by a full buffer: the wait is what keeps this from spinning.
-                closing.wait(retry_delay(flushing.failures, interval, longest=MAX_RETRY_DELAY))
+                # Only retry_now() (once per outage of the refresher) or close() ends it.
+                self._retry.wait(retry_delay(flushing.failures, interval, longest=MAX_RETRY_DELAY))
+            self._retry.clear()
             if housekeeping and time.monotonic() - last_housekeeping > housekeeping_interval:
                 last_housekeeping = time.monotonic()
                 try:
@@ -168,6 +174,10 @@ class EventBuffer:
                     pruning.failed(raised)
                 else:
                     pruning.recovered("old events are pruned again")
+
+    def retry_now(self) -> None:
+        """End the flusher's current backoff wait (the link works again, or it is closing)."""
+        self._retry.set()
 
     # -- producers (the agent's threads) --------------------------------------------------
 

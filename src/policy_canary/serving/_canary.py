@@ -484,13 +484,6 @@ class Canary:
         """Create the event buffer and (with ``background``) start the two threads."""
         self._wake = threading.Event()
         self._closing = threading.Event()
-        self._refresher = Refresher(
-            self._link,
-            refresh=self._refresh,
-            interval=self._refresh_interval,
-            closing=self._closing,
-            listen=self._listen,
-        )
         # Routed decisions per window, written with the events (serving/_routed.py).
         self._routed = RoutedCounts(self._id_prefix.rstrip("-"))
         self._buffer = EventBuffer(
@@ -500,6 +493,14 @@ class Canary:
             capacity=self._buffer_size,
             batch_size=self._batch_size,
             wake=self._wake,
+        )
+        self._refresher = Refresher(
+            self._link,
+            refresh=self._refresh,
+            interval=self._refresh_interval,
+            closing=self._closing,
+            listen=self._listen,
+            on_recovered=self._buffer.retry_now,
         )
         self._threads: list[threading.Thread] = []
         if self._background:
@@ -557,6 +558,7 @@ class Canary:
             )
         self._closing.set()
         self._wake.set()
+        self._buffer.retry_now()  # a flusher backing off must not hold close() up
         self._refresher.wake()  # it may be waiting on its LISTEN connection
         for thread in self._threads:
             thread.join(timeout=30)

@@ -16,7 +16,8 @@ leaves the gates on their last tables, is reported by ``gate.status()`` (``stale
 ``last_error``) and is logged once per outage; polling goes on at the interval, because a
 poll is one cheap read and a rollback must reach ``route()`` within one interval of the
 store coming back. The first successful poll after an outage also reopens the listener at
-once instead of waiting out its backoff.
+once instead of waiting out its backoff, and calls ``on_recovered`` (the canary ends the
+flusher's backoff with it, so buffered events follow the routing tables).
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ class Refresher:
         interval: float,
         closing: threading.Event,
         listen: bool = True,
+        on_recovered: Callable[[], None] | None = None,
     ) -> None:
         self._link = link
         self._refresh = refresh
         self._interval = interval
         self._closing = closing
         self._listen = listen and link.can_listen
+        self._on_recovered = on_recovered
         self._listener: Listener | None = None
         self._failures = 0  # consecutive listener failures; 0 while it works
         self._retry_at = 0.0  # monotonic time of the next attempt to open it
@@ -120,8 +123,11 @@ class Refresher:
         if error is not None:
             self._outage.failed(error)
             return
-        if self._outage.failures and self._listener is None:
-            self._retry_at = 0.0  # the store is back: listen again now, not after the backoff
+        if self._outage.failures:
+            if self._listener is None:
+                self._retry_at = 0.0  # the store is back: listen again now, not after the backoff
+            if self._on_recovered is not None:
+                self._on_recovered()  # and the flusher may write what it kept, now
         self._outage.recovered("routing tables are refreshed again")
 
     def _open_listener(self) -> None:

@@ -196,16 +196,15 @@ class SseListener:
         """Connect to the first server that answers; :class:`ServerUnavailableError` if none."""
         http = link.http
         problems = []
-        count = len(http.servers)
-        for step in range(count):
-            index = (http.current + step) % count
+        for index in http.order():  # the same order, and the same resting, as requests
             server = http.servers[index]
             try:
                 listener = cls._connect(link, server)
-            except OSError as error:
+            except (OSError, ServerUnavailableError) as error:  # unreachable, or "not now"
+                http.failed(index)
                 problems.append(f"{server.url}: {type(error).__name__}: {error}")
                 continue
-            http.current = index
+            http.succeeded(index)
             return listener
         raise ServerUnavailableError("cannot open the event stream (" + "; ".join(problems) + ")")
 

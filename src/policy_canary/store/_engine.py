@@ -105,7 +105,7 @@ class Store:
                 pool_pre_ping=True,
                 pool_size=5,
                 max_overflow=10,
-                connect_args={"connect_timeout": 5},
+                connect_args=postgres_connect_defaults(parsed),
             )
         else:
             raise StoreUnavailableError(
@@ -307,6 +307,18 @@ def _parse_url(url: str) -> URL:
             "policy-canary needs a synchronous one: postgresql+psycopg://..."
         )
     return parsed
+
+
+#: libpq connection parameters set unless the URL sets them. ``tcp_user_timeout`` (ms)
+#: abandons a connection whose sent data went unacknowledged that long: after a network
+#: partition a query in flight fails instead of waiting out TCP's retransmissions (up to a
+#: quarter of an hour), so the SDK reconnects as soon as the network is back.
+POSTGRES_CONNECT_DEFAULTS = {"connect_timeout": 5, "tcp_user_timeout": 10_000}
+
+
+def postgres_connect_defaults(url: URL) -> dict[str, Any]:
+    """The defaults above, less those the URL's query gives (the URL wins)."""
+    return {k: v for k, v in POSTGRES_CONNECT_DEFAULTS.items() if k not in url.query}
 
 
 def _check_postgres_url(url: URL) -> None:

@@ -23,7 +23,8 @@ auth on, access log off, ``--workers`` as given, default 1):
 Targets on the 2-core box: >= 5,000 OFREP evaluations/s with p99 <= 10 ms; >= 50,000
 events/s; >= 30,000 OTLP spans/s; propagation p99 <= 250 ms. The report gives each result
 as a ratio to its target and the machine's load average before and after, since wrk, the
-server and everything else on the box share its cores. Run: ``python benchmarks/bench_server.py [--quick] [--workers N]``.
+server and everything else on the box share its cores.
+Run: ``python benchmarks/bench_server.py [--quick] [--workers N]``.
 Needs ``wrk`` on PATH (``apt-get install -y wrk``) and PostgreSQL for its parts
 (``POLICY_CANARY_TEST_PG``, default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``);
 a missing one is reported as such, not timed.

@@ -127,6 +127,6 @@ def test_every_route_by_every_caller(api: Api) -> None:
         if (v[0] == "allowed" and v[1] in (401, 403)) or (v[0] != "allowed" and str(v[1]) != v[0])
     }
     assert wrong == {}
-    assert len(outcomes) == len(ROUTES) * len(callers) == 37 * 11
+    assert len(outcomes) == len(ROUTES) * len(callers) == 38 * 11
     # The matrix exercised all three outcomes for real.
     assert {v[1] for v in outcomes.values()} >= {401, 403, 200}

@@ -42,7 +42,8 @@ def test_bench_route_smoke(tmp_path: Path) -> None:
     # Same scheme, same keys: the gate and the floor agree exactly.
     assert route["realized_share"] == floor["realized_share"]
     assert 0.02 < route["realized_share"] < 0.08
-    assert len(rows) == 8
+    assert len(rows) == 9
+    assert rows["route() without routed counters"]["median_us"] > 0
     # Span annotation off and on, outside any span and inside a recording one.
     for name in ("False, recording span", "True, no span", "True, recording span"):
         assert rows[f"route() trace_spans={name}"]["median_us"] > 0

@@ -29,9 +29,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from policy_canary.errors import PlanError
 from policy_canary.guardrails._direction import check_direction, is_reversed, watched
@@ -97,12 +106,13 @@ class Guardrail(BaseModel):
     max_value: float | None = Field(default=None, alias="max")
     min_value: float | None = Field(default=None, alias="min")
     direction: Direction | None = None
-    tripwire: bool = False
+    # Strict: YAML's true, 5.0 or '5' is a mistake to point at, not a value to coerce.
+    tripwire: StrictBool = False
     flags: tuple[str, ...] = ()
     detect: float | None = None
-    min_samples: int = Field(default=100, ge=1, le=MAX_MIN_SAMPLES)
+    min_samples: Annotated[int, Strict()] = Field(default=100, ge=1, le=MAX_MIN_SAMPLES)
     action: GuardrailAction = GuardrailAction.ROLLBACK
-    bounds: tuple[float, float] | None = None
+    bounds: tuple[Annotated[float, Strict()], Annotated[float, Strict()]] | None = None
     negligible: float | None = None
 
     @model_validator(mode="before")

@@ -8,8 +8,8 @@ import pytest
 
 from policy_canary.errors import PlanError
 from policy_canary.guardrails import Guardrail
-from policy_canary.monitoring import VerdictStatus
-from policy_canary.monitoring._monitor import MONITOR_STATE_FORMAT, MonitorEvent, RolloutMonitor
+from policy_canary.monitoring import MonitorEvent, RolloutMonitor, VerdictStatus
+from policy_canary.monitoring._monitor import MONITOR_STATE_FORMAT
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: The default plan's safety guardrail.

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from policy_canary.stats.edges import rejection_edge
+
 __all__ = [
     "BPS",
     "LIMIT_WEIGHT",
@@ -255,17 +257,8 @@ class ConditionalRateProcess:
             near, far = math.log(max(mixture.ratios)), math.log(_RATIO_CEILING)
         else:
             near, far = math.log(min(mixture.ratios)), math.log(_RATIO_FLOOR)
-        if not rejected(far):
-            return None
-        if rejected(near):
-            return math.exp(near)
-        for _ in range(48):
-            middle = 0.5 * (near + far)
-            if rejected(middle):
-                far = middle
-            else:
-                near = middle
-        return math.exp(far)
+        edge = rejection_edge(rejected, near, far)
+        return None if edge is None else math.exp(edge)
 
     def rates(self) -> tuple[float | None, float | None]:
         """Return the observed (stable, candidate) rates, ``None`` for an arm without data."""

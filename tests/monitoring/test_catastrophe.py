@@ -63,5 +63,6 @@ def test_a_state_from_the_previous_rate_test_is_refused() -> None:
     for old in (2, 3):
         state = RolloutMonitor([SAFETY]).to_dict()
         state["format"] = old
-        with pytest.raises(PlanError, match=rf"format {old} cannot be continued.*abort the rollout"):
+        refused = rf"format {old} cannot be continued.*abort the rollout"
+        with pytest.raises(PlanError, match=refused):
             RolloutMonitor.from_dict(state)

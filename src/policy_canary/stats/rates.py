@@ -45,16 +45,16 @@ MAIN_WEIGHT = 0.65
 MID_WEIGHT = 0.20
 FAR_WEIGHT = 0.15
 #: The relative rate test's mixture (``RateMixture.around``): weight of ``detect`` ...
-RATE_DETECT_WEIGHT = 0.53
+RATE_DETECT_WEIGHT = 0.52
 #: ... of the geometric midpoint between the tolerance and ``detect`` ...
 RATE_MID_WEIGHT = 0.20
 #: ... of the first doubling, ``detect`` x 2 (a gross regression: failures 1% -> 4%) ...
 RATE_DOUBLE_WEIGHT = 0.21
 #: ... of the further tail ``detect`` x 2^k, k = 2..TAIL_STEPS + 1, split geometrically (each
 #: doubling gets TAIL_DECAY times the previous one's weight) ...
-TAIL_WEIGHT = 0.04
+TAIL_WEIGHT = 0.05
 TAIL_STEPS = 11
-TAIL_DECAY = 0.7
+TAIL_DECAY = 0.8
 #: ... and of the limit "stable never shows it" (ratio infinite; zero for a decrease).
 LIMIT_WEIGHT = 0.02
 #: Search range for confidence bounds on the rate ratio.
@@ -84,13 +84,13 @@ class RateMixture:
     def around(cls, null_ratio: float, detect_ratio: float) -> RateMixture:
         """Alternatives from the tolerance out to the limit, most weight on ``detect``.
 
-        * ``detect`` (weight 0.53): the regression the guardrail is sized for;
+        * ``detect`` (weight 0.52): the regression the guardrail is sized for;
         * the geometric midpoint of tolerance and ``detect`` (0.20): a pure SPRT tuned to
           ``detect`` drifts *down* on regressions well below it and never fires;
         * the first doubling, ``detect`` x 2 (0.21): a gross regression (failures 1% -> 4%
           at ``detect`` 100%) within 1.3x of the SPRT told the ratio; an alternative a doubling
           away keeps only about 60% of the information per event, so it needs its own term;
-        * a further tail ``detect`` x 2^k, k = 2..12 (0.04 in all, each doubling 0.7 times the
+        * a further tail ``detect`` x 2^k, k = 2..12 (0.05 in all, each doubling 0.8 times the
           previous one's weight): catastrophes (failures 1% -> 30%, flags 0.01% -> 1%);
         * the limit, an infinite ratio (0.02): stable never shows the bad event, so each
           candidate one multiplies this component by 1/q0 and the first stable one ends it.

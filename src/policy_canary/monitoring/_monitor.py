@@ -46,8 +46,9 @@ from policy_canary.monitoring._observations import MonitorEvent, observe
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
 #: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums,
-#: 3 since the rate test mixes out to "stable never shows it" (same fields, a different test).
-MONITOR_STATE_FORMAT = 3
+#: 3 since the rate test mixes out to "stable never shows it", 4 since its mixture gives the first
+#: doubling beyond ``detect`` its own weight (3 and 4: same fields, a different test each).
+MONITOR_STATE_FORMAT = 4
 
 __all__ = ["MONITOR_STATE_FORMAT", "RolloutMonitor"]
 

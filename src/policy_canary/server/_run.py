@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import os
@@ -70,7 +71,7 @@ class _Options:
 
     def app(self, canary: Canary) -> FastAPI:
         limits = Limits(spec_bytes=self.max_spec_bytes, rate_per_second=self.rate_limit)
-        return create_app(
+        app = create_app(
             canary,
             auth=not self.no_auth,
             limits=limits,
@@ -78,6 +79,13 @@ class _Options:
             open_metrics=self.open_metrics,
             end_streams_on_signal=True,
         )
+        # What importing and building the app allocated (~140,000 objects: modules, classes,
+        # routes, schemas) lives as long as the process. Left to the collector, every full
+        # collection walks all of it again, stalling the event loop (and every request in
+        # flight) for tens of milliseconds; frozen, a full collection walks only what
+        # requests keep (such as the open OFREP decisions), about half as long.
+        gc.freeze()
+        return app
 
 
 def worker_app() -> FastAPI:

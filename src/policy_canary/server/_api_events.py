@@ -7,6 +7,7 @@ remembers it); events of remote SDKs carry the whole decision (``_remote_events.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -105,7 +106,9 @@ def _fields(item: Any, index: int) -> tuple[str, dict[str, Any]]:
     return decision_id, kwargs
 
 
-def _batch_route(path: str, summary: str, key: str, item: dict[str, Any]) -> Any:
+def _batch_route(
+    path: str, summary: str, key: str, item: dict[str, Any]
+) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
     """``POST /api/v1/{path}`` taking ``{key: [item, ...]}`` (documented, idempotent)."""
     body = {"type": "object", "required": [key],
             "properties": {key: {"type": "array", "items": item}}}  # fmt: skip

@@ -55,6 +55,9 @@ def check_exposure(*, host: str, no_auth: bool, usable_tokens: int) -> str:
     return f"auth: bearer tokens required ({usable_tokens} usable)"
 
 
+#: How long a ``serve --workers N`` worker may take to start before uvicorn replaces it.
+WORKER_READY_SECONDS = 60
+
 #: Where ``serve --workers N`` tells its worker processes how to build their app.
 WORKER_ENV = "POLICY_CANARY_SERVE_WORKER"
 
@@ -151,7 +154,16 @@ def serve(
             return
         canary.close()  # each worker opens its own
         os.environ[WORKER_ENV] = json.dumps(asdict(options))
-        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, **common)
+        # uvicorn kills a worker that is not ready within its health-check timeout (5 s by
+        # default) and starts another; on a busy host importing and opening the store takes
+        # longer than that, and the workers were replaced for ever without serving.
+        config = uvicorn.Config(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=WORKER_READY_SECONDS,
+            **common,
+        )
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
         canary.close()  # idempotent: already closed by the app's shutdown

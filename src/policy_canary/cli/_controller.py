@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ from policy_canary.cli._output import (
     JsonOption,
     console,
     emit_json,
+    log_lines,
     render,
     reporting,
     shown,
@@ -25,7 +24,6 @@ from policy_canary.cli._output import (
 )
 from policy_canary.controller import Controller, TickReport
 from policy_canary.errors import InputError
-from policy_canary.resilience import RECOVERED
 from policy_canary.store import Store
 
 
@@ -46,29 +44,6 @@ def _human(report: TickReport) -> None:
                 f"{stamp} {shown(o.policy)} {o.action.kind.value}: {shown(o.action.message)}",
                 highlight=False,
             )
-
-
-@contextmanager
-def _log_lines() -> Iterator[None]:
-    """Print the library's warnings (and the end of an outage) on stderr, one line each.
-
-    The loop logs a store outage once as an error and then one warning per failed tick;
-    without a handler of our own, Python's fallback would print bare messages. A traceback
-    appears only when the loop attached one: once per run of failures, and never for store
-    trouble, whose message already says what to check.
-    """
-    logger = logging.getLogger("policy_canary")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(lambda r: r.levelno >= logging.WARNING or bool(getattr(r, RECOVERED, False)))
-    level = logger.level
-    logger.setLevel(logging.INFO)  # recoveries are INFO records; the filter keeps the rest out
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @contextmanager
@@ -143,7 +118,7 @@ def controller(
                 _human(report)
 
         stop = threading.Event()
-        with _stop_on_signals(stop), _log_lines():
+        with _stop_on_signals(stop), log_lines():
             ticks = worker.run(interval=pace, stop=stop, dispatch=dispatch, on_tick=on_tick)
         if not json_output:
             console.print(f"controller stopped after {ticks} ticks; lock released")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 
 from policy_canary.errors import CanaryError, ErrorCode, InputError, first_line
+from policy_canary.resilience import RECOVERED
 from policy_canary.settings import Settings
 from policy_canary.store import Store
 
@@ -226,3 +228,27 @@ def render(json_output: bool, data: Any, human: Callable[[], None]) -> None:
 
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+@contextmanager
+def log_lines() -> Iterator[None]:
+    """Print the library's warnings (and the end of an outage) on stderr, one line each.
+
+    A controller's loop (standalone, or in ``serve --controller``) logs a store outage once
+    as an error and then one warning per failed tick;
+    without a handler of our own, Python's fallback would print bare messages. A traceback
+    appears only when the loop attached one: once per run of failures, and never for store
+    trouble, whose message already says what to check.
+    """
+    logger = logging.getLogger("policy_canary")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or bool(getattr(r, RECOVERED, False)))
+    level = logger.level
+    logger.setLevel(logging.INFO)  # recoveries are INFO records; the filter keeps the rest out
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

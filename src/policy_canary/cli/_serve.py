@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import typer
 
-from policy_canary.cli._output import reporting, state
+from policy_canary.cli._options import parse_interval
+from policy_canary.cli._output import log_lines, reporting, state
 from policy_canary.errors import InputError
 
 
@@ -42,6 +45,30 @@ def serve(
         "--access-log/--no-access-log",
         help="Log one line per request (off by default: it costs a fifth of OFREP throughput).",
     ),
+    controller: bool = typer.Option(
+        False,
+        "--controller",
+        help="Also run the controller loop in this process (with --workers N: once, in the "
+        "supervisor); the lease keeps one controller acting across replicas.",
+    ),
+    controller_interval: str | None = typer.Option(
+        None,
+        "--controller-interval",
+        help="Time between the controller's ticks, e.g. 5s, 1m (default 5s; needs --controller).",
+        show_default=False,
+    ),
+    controller_holder: str | None = typer.Option(
+        None,
+        "--controller-holder",
+        help="The controller's name in the lock (default host:pid; needs --controller).",
+        show_default=False,
+    ),
+    no_alerts: bool = typer.Option(
+        False,
+        "--no-alerts",
+        help="The controller delivers no alerts: another process runs the dispatcher "
+        "(needs --controller).",
+    ),
 ) -> None:
     """Serve the HTTP API (/api/v1) and OFREP (/ofrep/v1) until interrupted."""
     with reporting(json_output=False):
@@ -53,14 +80,41 @@ def serve(
                 "pip install 'policy-canary[server]'"
             ) from None
         cli = state(ctx)
-        run(
-            db_url=db or cli.db_url,
-            host=host,
-            port=port,
-            no_auth=no_auth,
-            rate_limit=rate_limit,
-            open_metrics=open_metrics,
-            workers=workers,
-            access_log=access_log,
-            settings=cli.settings,
-        )
+        given = [
+            name
+            for name, value in (
+                ("--controller-interval", controller_interval is not None),
+                ("--controller-holder", controller_holder is not None),
+                ("--no-alerts", no_alerts),
+            )
+            if value
+        ]
+        if given and not controller:
+            raise InputError(
+                f"{', '.join(given)} only apply to the in-process controller: add --controller "
+                "(or run 'policy-canary controller' with the same options)"
+            )
+        options = None
+        if controller:
+            from policy_canary.server import ControllerOptions
+
+            options = ControllerOptions(
+                interval=parse_interval(
+                    controller_interval or "5s", option="--controller-interval"
+                ),
+                holder=controller_holder,
+                alerts=not no_alerts,
+            )
+        with log_lines() if controller else nullcontext():
+            run(
+                db_url=db or cli.db_url,
+                host=host,
+                port=port,
+                no_auth=no_auth,
+                rate_limit=rate_limit,
+                open_metrics=open_metrics,
+                workers=workers,
+                access_log=access_log,
+                controller=options,
+                settings=cli.settings,
+            )

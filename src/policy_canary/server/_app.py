@@ -28,6 +28,7 @@ from policy_canary.server import (
     _ofrep,
     _stream,
 )
+from policy_canary.server._controller import ServedController
 from policy_canary.server._errors import install, problem
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.server._ofrep_fast import OfrepFastPath
@@ -83,6 +84,7 @@ def create_app(
     open_metrics: bool = False,
     dashboard: bool = True,
     end_streams_on_signal: bool = False,
+    controller: ServedController | None = None,
 ) -> FastAPI:
     """The HTTP API and OFREP over ``canary`` (its store, clock and gates).
 
@@ -95,7 +97,10 @@ def create_app(
     With ``end_streams_on_signal`` (a serving process)
     SIGTERM/SIGINT first ends the event streams: a stream never finishes by itself, so
     uvicorn's graceful shutdown would otherwise wait its whole timeout for them before
-    closing in-flight requests.
+    closing in-flight requests. With ``controller`` (``serve --controller``) the app starts
+    that controller's loop once it is ready, asks it to stop on SIGTERM/SIGINT (so a standby
+    takes the lease while requests drain) and joins it, within a bound, before the canary
+    closes; its leadership and tick series join ``/metrics``.
     """
     chosen = limits or Limits()
 
@@ -104,8 +109,18 @@ def create_app(
         watch = app.state.server.watch
         watch.start(asyncio.get_running_loop())
         if end_streams_on_signal:
-            _end_streams_on_signal(lambda: watch.close(wait=False))
+
+            def end() -> None:
+                watch.close(wait=False)
+                if controller is not None:
+                    controller.stop_soon()
+
+            _end_streams_on_signal(end)
+        if controller is not None:
+            controller.start()
         yield
+        if controller is not None:
+            await run_in_threadpool(controller.stop)
         await run_in_threadpool(watch.close)
         if close_canary:
             await run_in_threadpool(canary.close)
@@ -135,6 +150,9 @@ def create_app(
         ReleaseCollector(canary.store, canary=canary), otlp.collector()
     )
     app.state.metrics_open = open_metrics
+    app.state.controller = controller
+    if controller is not None:
+        controller.meter(app.state.metrics_registry)
     install(app)
     for module in (
         _api_policies,

@@ -1,4 +1,9 @@
-"""``policy-canary serve``: refuse unsafe exposure, print the banner, run uvicorn, drain."""
+"""``policy-canary serve``: refuse unsafe exposure, print the banner, run uvicorn, drain.
+
+With ``--controller`` the controller loop runs in this process too (``_controller.py``):
+in the app's lifespan with one worker, in the supervisor with ``--workers N`` (never in a
+worker: one controller per ``serve``, whatever the number of workers).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ from uvicorn.supervisors import Multiprocess
 
 from policy_canary.errors import InputError
 from policy_canary.server._app import OPENAPI_URL, create_app
+from policy_canary.server._controller import ControllerOptions, ServedController
 from policy_canary.server._state import Limits
 from policy_canary.serving import Canary
 from policy_canary.settings import Settings
-from policy_canary.store import safe_url
+from policy_canary.store import Store, safe_url
 from policy_canary.tokens import Tokens
 
 #: Seconds uvicorn waits for in-flight requests after SIGTERM/SIGINT before closing them.
@@ -72,7 +78,7 @@ class _Options:
     open_metrics: bool
     max_spec_bytes: int
 
-    def app(self, canary: Canary) -> FastAPI:
+    def app(self, canary: Canary, controller: ServedController | None = None) -> FastAPI:
         limits = Limits(spec_bytes=self.max_spec_bytes, rate_per_second=self.rate_limit)
         app = create_app(
             canary,
@@ -81,6 +87,7 @@ class _Options:
             close_canary=True,
             open_metrics=self.open_metrics,
             end_streams_on_signal=True,
+            controller=controller,
         )
         # What importing and building the app allocated (~140,000 objects: modules, classes,
         # routes, schemas) lives as long as the process. Left to the collector, every full
@@ -101,6 +108,11 @@ def worker_app() -> FastAPI:
     return options.app(Canary.open(options.db_url))
 
 
+def say(line: str) -> None:
+    """Print a line of the banner or of the controller's reports at once (stdout: a pipe?)."""
+    print(line, flush=True)
+
+
 def serve(
     *,
     db_url: str | None,
@@ -111,8 +123,9 @@ def serve(
     open_metrics: bool = False,
     workers: int = 1,
     access_log: bool = False,
+    controller: ControllerOptions | None = None,
     settings: Settings | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = say,
 ) -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests drain, buffered events flush.
 
@@ -121,12 +134,19 @@ def serve(
     shut down (so a supervisor sees how the process ended), which is why the canary is
     closed by the app's shutdown rather than after ``run()`` returns; the ``finally`` covers
     start-up failures.
+
+    With ``controller`` the controller loop runs in this process: in the app (started once it
+    is ready, stopped before the canary closes, its series on ``/metrics``) with one worker;
+    with several, in this supervisor process on a store of its own, from before the workers
+    start until they have all stopped, so ``--workers N`` still runs one controller.
     """
     if workers < 1:
         raise InputError(f"--workers must be 1 or more, got {workers}")
     chosen = settings or Settings.from_env()
     options = _Options(db_url, no_auth, rate_limit, open_metrics, chosen.max_spec_bytes)
     canary = Canary.open(db_url)
+    own_store: Store | None = None
+    served: ServedController | None = None
     try:
         auth_line = check_exposure(
             host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
@@ -140,6 +160,16 @@ def serve(
                 f"{workers} worker processes; an OFREP decision is held by the worker that "
                 "made it (send its event to the same connection, or use the remote SDK)"
             )
+        if controller is not None:
+            if workers > 1:
+                own_store = Store.open(db_url)
+            served = ServedController(own_store or canary.store, controller, echo=echo)
+            echo(served.banner())
+            if workers > 1:
+                echo(
+                    "controller: runs in the supervisor process, not in the workers; its "
+                    "series (policy_canary_controller_*) are not on /metrics"
+                )
         common: dict[str, Any] = {
             "host": host,
             "port": port,
@@ -149,7 +179,7 @@ def serve(
             "server_header": False,
         }
         if workers == 1:
-            app = options.app(canary)
+            app = options.app(canary, served)
             uvicorn.Server(uvicorn.Config(app, **common)).run()
             return
         canary.close()  # each worker opens its own
@@ -164,6 +194,13 @@ def serve(
             timeout_worker_healthcheck=WORKER_READY_SECONDS,
             **common,
         )
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        if served is not None:
+            served.start()  # workers are spawned, not forked: they do not inherit its thread
+        supervisor.run()  # returns once every worker has drained and exited
     finally:
+        if served is not None:
+            served.stop()  # with one worker, the app's shutdown stopped it already
         canary.close()  # idempotent: already closed by the app's shutdown
+        if own_store is not None:
+            own_store.close()

@@ -36,7 +36,8 @@ from policy_canary.serving._routing import (
     stage_name,
 )
 from policy_canary.serving._splitter import BUCKETS, salt_prefix, threshold
-from policy_canary.store import Store
+from policy_canary.store import Store, claim_floors
+from policy_canary.store._visibility import WRITER_LOCK
 from policy_canary.store.schema import (
     events,
     feedback,
@@ -56,8 +57,9 @@ _PG_INSERT = (
     "ON CONFLICT (decision_id) DO NOTHING"
 )
 _PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN"
-#: Advisory lock key ("pcev") serialising event writers on PostgreSQL; see ``write``.
-EVENT_WRITER_LOCK = 0x70_63_65_76
+#: Advisory lock key ("pcev"): held exclusively by the event writers of earlier versions,
+#: shared by every writer and reader now (store/_visibility.py).
+EVENT_WRITER_LOCK = WRITER_LOCK
 
 
 class StoreLink:
@@ -127,15 +129,12 @@ class StoreLink:
     ) -> FeedbackWrite:
         """Write one batch in one transaction; return what became of its feedback."""
         with self._writers, self.store.begin() as conn:
-            if not self._sqlite:
-                # Monitors read events (and feedback) past an id cursor. PostgreSQL hands out
-                # ids when rows are inserted but shows them when their transaction commits,
-                # so two concurrent writers could make a higher id visible before a lower
-                # one and the cursor would skip the lower. Holding this lock from the first
-                # id to the commit makes ids visible in order. (SQLite's write transactions
-                # are already serial.) One writer at a time still clears tens of thousands
-                # of rows a second: COPY, not the lock, is the bottleneck.
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVENT_WRITER_LOCK})")
+            # Monitors read events (and feedback) past an id cursor, and PostgreSQL shows ids
+            # in commit order, not in the order it hands them out: announce where this
+            # transaction's ids start, so the controller stops short of them until it
+            # commits (store/_visibility.py has the argument). Writers do not wait for
+            # each other. A no-op on SQLite, whose write transactions are serial.
+            claim_floors(conn)
             if rows:
                 self._insert_events(conn, rows, fast=not retry)
             return insert_feedback(conn, fb_rows) if fb_rows else FeedbackWrite()

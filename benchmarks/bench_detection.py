@@ -1,6 +1,7 @@
 """Detection benchmark: anytime-valid guardrails against the usual canary checks.
 
     python benchmarks/bench_detection.py [--quick] [--runs N] [--json-out PATH] [--seed S]
+                                         [--only NAME ...]
 
 Every scenario simulates many rollouts; within a run all methods see the *same* simulated
 traffic (common random numbers), checked after every look (one look = 400 requests):
@@ -49,7 +50,7 @@ from scipy import stats as sps
 
 from _detection_report import render, render_targets, render_truth
 from _floors import binomial_median_floor, gamma_median_floor, gaussian_median_floor
-from _late_line import render_late_lines, run_late_lines
+from _late_line import LATE_SCENARIOS, render_late_lines, run_late_lines
 from policy_canary.guardrails import Guardrail, Statistic
 from policy_canary.monitoring import Baseline, MetricBaseline, VerdictStatus
 from policy_canary.monitoring._judges import MeanJudge, Setup
@@ -675,9 +676,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="A/A runs (default 2000, quick 200)")
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        default=None,
+        help="run only these scenarios (names as in the tables; each keeps its random stream)",
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (200 if args.quick else 2000)
-    result = run_benchmark(runs=runs, seed=args.seed)
+    known = {sc.name for sc in (*SCENARIOS, *LATE_SCENARIOS)}
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    names = tuple(args.only) if args.only else None
+    result = run_benchmark(runs=runs, seed=args.seed, names=names)
     result["mode"] = "quick" if args.quick else "full"
     print(render(result))
     print()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import json
 import math
 import sys
 from datetime import UTC, datetime, timedelta
@@ -159,6 +160,30 @@ def test_catastrophes_are_caught_within_the_first_few_bad_events(bench: ModuleTy
         line.startswith("safety_0_to_2pct_zero ") and " inf " in line for line in table.splitlines()
     )
     assert max(len(line) for line in bench.render_targets(result).splitlines()) <= 110
+
+
+def test_only_runs_the_named_scenarios_and_refuses_unknown_names(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two scenario names (one rate scenario, one late-frozen line)
+    out = tmp_path / "only.json"
+    names = ["safety_0_to_2pct_zero", "aa_late_p95"]
+    # When the benchmark runs with --only
+    argv = ["--runs", "40", "--seed", "5", "--only", *names, "--json-out", str(out)]
+    assert bench.main(argv) == 0
+    # Then only those ran, and the rate scenario kept its own random stream
+    result = json.loads(out.read_text())
+    assert [s["scenario"] for s in result["scenarios"]] == ["safety_0_to_2pct_zero"]
+    assert [s["scenario"] for s in result["late_lines"]] == ["aa_late_p95"]
+    alone = bench.run_benchmark(runs=40, seed=5, names=("safety_0_to_2pct_zero",))
+    assert result["scenarios"][0]["methods"]["ours"] == alone["scenarios"][0]["methods"]["ours"]
+    capsys.readouterr()
+    # And an unknown name is refused with the known ones listed
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "failure_1_to_3pct"])
+    err = capsys.readouterr().err
+    assert "unknown scenario(s) failure_1_to_3pct" in err
+    assert "failure_1_to_4pct_gross" in err
 
 
 # --- the median floors ----------------------------------------------------------------------

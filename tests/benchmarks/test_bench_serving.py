@@ -94,6 +94,7 @@ def test_bench_server_smoke(tmp_path: Path) -> None:
     assert events["stored"] >= events["acked"]
     assert events["errors"] == 0
     assert result["ofrep"]["errors"] == 0  # type: ignore[index]
+    assert result["ofrep_8"]["errors"] == 0  # type: ignore[index]  # the 8-connection row
     otlp = result["otlp"]
     assert otlp["accepted"] == 4 * 1_000  # type: ignore[index]  # 4 exports of 1,000 spans
     assert otlp["stored"] == otlp["requests"] == 1_000  # type: ignore[index]  # 4 spans each

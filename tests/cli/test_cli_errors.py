@@ -270,3 +270,27 @@ def test_an_argument_that_is_not_utf8_is_refused(sqlite_url: str, tmp_path: Path
     run = cli("policy", "push", "sa", str(spec), "-m", "bad \udcff byte", "--json")
     assert_clear_error(run, "not valid UTF-8 text (byte 0xff")
     assert cli("policy", "list", "--json").json() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["plan", "check", "plan.yaml", "--rps", "nan"], "Invalid value for '--rps'"),
+        (["policy", "push", "--json"], "Missing argument 'name'"),
+        (["rollout", "status", "--json", "--watch", "--interval"], "requires an argument"),
+        (["policy", "list", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_answer_in_json_under_json(
+    sqlite_url: str, args: list[str], fragment: str
+) -> None:
+    """Issue 10 item 16: a usage error (exit 2) is an error path too; --json gets its JSON."""
+    run = make_cli(sqlite_url)(*args, *([] if "--json" in args else ["--json"]))
+    assert run.code == 2, (run.code, run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr
+    error = run.json()["error"]
+    assert error["code"] == "usage_error"
+    assert fragment in error["message"]
+    assert fragment in run.stderr  # the parser's own help box still reaches people
+    without = make_cli(sqlite_url)(*[a for a in args if a != "--json"])
+    assert (without.code, without.stdout) == (2, "")

@@ -267,5 +267,5 @@ def test_no_input_ends_in_a_traceback(world: World, data: st.DataObject) -> None
     assert result.exit_code in (0, 1, 2, 3), (result.exit_code, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     assert GUARD not in result.stderr, result.stderr
-    if result.exit_code in (1, 3) and "--json" in argv:
-        json.loads(result.stdout)  # every failure still answers in JSON under --json
+    if result.exit_code in (1, 2, 3) and "--json" in argv:
+        json.loads(result.stdout)  # every failure, usage errors too, answers in JSON

@@ -8,8 +8,8 @@ import pytest
 
 from policy_canary.errors import PlanError
 from policy_canary.guardrails import Guardrail
-from policy_canary.monitoring import VerdictStatus
-from policy_canary.monitoring._monitor import MONITOR_STATE_FORMAT, MonitorEvent, RolloutMonitor
+from policy_canary.monitoring import MonitorEvent, RolloutMonitor, VerdictStatus
+from policy_canary.monitoring._monitor import MONITOR_STATE_FORMAT
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: The default plan's safety guardrail.
@@ -56,10 +56,13 @@ def test_two_flagged_requests_against_a_flawless_stable_roll_back_the_canary() -
 
 
 def test_a_state_from_the_previous_rate_test_is_refused() -> None:
-    # Format 3: the rate test's mixture changed, so a rollout started under format 2 cannot
-    # be continued (its e-value would come from a different test than the one it started).
-    assert MONITOR_STATE_FORMAT == 3
-    state = RolloutMonitor([SAFETY]).to_dict()
-    state["format"] = 2
-    with pytest.raises(PlanError, match=r"format 2 cannot be continued.*abort the rollout"):
-        RolloutMonitor.from_dict(state)
+    # Format 4: the rate test's mixture changed (format 3 before it, format 2 before that), so
+    # a rollout started under an earlier format cannot be continued (its e-value would come
+    # from a different test than the one it started).
+    assert MONITOR_STATE_FORMAT == 4
+    for old in (2, 3):
+        state = RolloutMonitor([SAFETY]).to_dict()
+        state["format"] = old
+        refused = rf"format {old} cannot be continued.*abort the rollout"
+        with pytest.raises(PlanError, match=refused):
+            RolloutMonitor.from_dict(state)

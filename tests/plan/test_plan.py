@@ -182,6 +182,43 @@ def test_a_guardrails_min_samples_is_bounded_too() -> None:
     assert load(PLAN_YAML.replace("metric: error,", "metric: error, min_samples: 10000000,", 1))
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("metric: error,", "metric: error, min_samples: true,"),
+         r"plan.yaml:3:5: guardrail 'error_rate': min_samples: Input should be a valid integer"),
+        (("metric: error,", "metric: error, min_samples: 5.0,"), r"min_samples: .*valid integer"),
+        (("metric: error,", "metric: error, min_samples: '5',"), r"min_samples: .*valid integer"),
+        (("tripwire: true", "tripwire: 1"), r"plan.yaml:4:5: .*tripwire: .*valid boolean"),
+        (("tripwire: true", "tripwire: 'yes'"), r"tripwire: .*valid boolean"),
+        (("{error_rate: {max_increase: 10%}}", "{error_rate: {min_samples: true}}"),
+         r"stage 'validation': guardrail 'error_rate': min_samples: .*valid integer"),
+        (("alpha: 0.01\n", "alpha: 0.01\nprices:\n  m: {input_usd_per_1m: '2.5', "
+          "output_usd_per_1m: 10}\n"), r"price for model 'm': input_usd_per_1m: .*valid number"),
+        (("alpha: 0.01\n", "alpha: 0.01\nprices:\n  m: {input_usd_per_1m: 1, "
+          "output_usd_per_1m: true}\n"), r"price for model 'm': output_usd_per_1m: .*valid number"),
+    ],
+)  # fmt: skip
+def test_guardrail_and_price_fields_of_the_wrong_type_are_refused_not_coerced(
+    edit: tuple[str, str], message: str
+) -> None:
+    """Issue 10 item 17: YAML's ``true``, ``5.0`` or ``'5'`` is not read as the number 1 or 5."""
+    old, new = edit
+    assert old in PLAN_YAML
+    with pytest.raises(PlanError, match=message):
+        load(PLAN_YAML.replace(old, new, 1))
+
+
+def test_custom_metric_bounds_must_be_numbers() -> None:
+    rule = "  - {name: score, metric: metrics.score, max_increase: 20%, bounds: [BOUNDS]}"
+    text = PLAN_YAML.replace(_REVERSED, _REVERSED + "\n" + rule, 1)
+    (score,) = [g for g in load(text.replace("BOUNDS", "0, 2")).guardrails if g.name == "score"]
+    assert score.bounds == (0.0, 2.0)
+    for bad in ("true, 2", "'0', '2'"):
+        with pytest.raises(PlanError, match=r"guardrail 'score': bounds.0: .*valid number"):
+            load(text.replace("BOUNDS", bad))
+
+
 _REVERSED = "  - {name: error_rate, metric: error, max_increase: 20%}"
 
 

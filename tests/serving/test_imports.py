@@ -105,3 +105,26 @@ def test_the_remote_sdk_loads_no_sqlalchemy_and_no_driver(tmp_path: Path) -> Non
         server.wait(timeout=20)
     assert _top(loaded, (*HEAVY, "sqlalchemy", "psycopg2", "asyncpg")) == []
     assert not [m for m in loaded if m.startswith(("policy_canary.store", "policy_canary.server"))]
+
+
+def test_every_serving_module_but_the_direct_link_is_held_to_no_database() -> None:
+    """The import-linter contract names its modules one by one; a new module must join it."""
+    import tomllib
+
+    import policy_canary.serving
+
+    root = Path(policy_canary.serving.__file__).parent
+    pyproject = root.parents[2] / "pyproject.toml"
+    contracts = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["importlinter"]
+    (no_database,) = [
+        c
+        for c in contracts["contracts"]
+        if "sqlalchemy" in c.get("forbidden_modules", ())
+        and all(m.startswith("policy_canary.serving.") for m in c["source_modules"])
+    ]
+    modules = {f"policy_canary.serving.{p.stem}" for p in root.glob("_*.py")} - {
+        "policy_canary.serving.__init__",
+        "policy_canary.serving._direct",  # the link on a store: the only SQL on the path
+        "policy_canary.serving._feedback",  # feedback SQL: the direct link and the controller
+    }
+    assert sorted(no_database["source_modules"]) == sorted(modules)

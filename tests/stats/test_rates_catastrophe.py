@@ -116,6 +116,45 @@ def test_a_thirtyfold_failure_rate_is_caught_within_a_few_candidate_failures() -
     assert float(np.median(needed)) <= 5
 
 
+def _exact_median_events(mixture: RateMixture, ratio: float, *, share: float, r0: float) -> int:
+    """The exact median number of bad events (both arms) before ln K first reaches ln(1/alpha).
+
+    K depends on the events only through the counts per arm, so the probability of every
+    (candidate, stable) cell not yet stopped is propagated one event at a time; no sampling.
+    """
+    q = float(candidate_share_of_bad(share, ratio))
+    n = 400
+    cand = np.arange(n + 1, dtype=np.float64)[:, None] * np.ones((1, n + 1))
+    log_k = conditional_log_evalue(
+        cand[..., None], cand.T[..., None], [share], null_ratio=r0, mixture=mixture
+    )
+    stops = log_k >= math.log(1 / ALPHA)
+    alive = np.zeros((n + 1, n + 1))
+    alive[0, 0] = 1.0
+    stopped = 0.0
+    for events in range(1, n + 1):
+        step = np.zeros_like(alive)
+        step[1:, :] += alive[:-1, :] * q
+        step[:, 1:] += alive[:, :-1] * (1.0 - q)
+        stopped += float(step[stops].sum())
+        step[stops] = 0.0
+        alive = step
+        if stopped >= 0.5:
+            return events
+    raise AssertionError(f"not stopped within {n} events in half the paths")
+
+
+def test_a_fourfold_failure_rate_is_caught_within_1_3x_of_the_sprt_told_the_ratio() -> None:
+    # Failures 1% -> 4% under a 20% tolerance and detect 100%, at a 5% share. Computed exactly:
+    # the SPRT told the ratio stops after a median of 52 bad events (both arms), ours after 67
+    # (1.29x); the format-3 mixture, whose first doubling had 0.127 of the prior, needed 70.
+    mixture = RateMixture.around(1.2, 2.0)
+    ours = _exact_median_events(mixture, 4.0, share=0.05, r0=1.2)
+    truth = _exact_median_events(RateMixture((4.0,), (1.0,)), 4.0, share=0.05, r0=1.2)
+    assert truth == 52
+    assert ours <= 1.3 * truth
+
+
 def test_the_limit_of_a_decrease_is_a_candidate_that_never_shows_the_event() -> None:
     # max_decrease: alternatives below r0, halving, down to a zero ratio.
     mixture = RateMixture.around(0.95, 0.9)
@@ -139,6 +178,8 @@ def test_limits_are_accepted_and_nonsense_is_not() -> None:
     assert mixture.weights[-1] == LIMIT_WEIGHT
     # detect, the midpoint, the doubling tail beyond detect, the limit
     assert mixture.ratios[:3] == (2.0, pytest.approx(math.sqrt(2.4)), 4.0)
+    # detect, the midpoint and the first doubling carry most of the prior
+    assert mixture.weights[:3] == (0.52, 0.20, 0.21)
     assert mixture.ratios[-2] == 2.0 * 2**12
     assert all(r > 1.2 for r in mixture.ratios)
     with pytest.raises(ValueError, match=">= 0"):

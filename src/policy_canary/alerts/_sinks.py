@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import IO, Any, ClassVar, Protocol, runtime_checkable
 
+from policy_canary import __version__
 from policy_canary.alerts._types import Alert
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.errors import InputError
@@ -169,9 +170,6 @@ class HttpSink(BaseSink):
         self.timeout = float(timeout)
         self._clock = clock or SystemClock()
         self._opener = urllib.request.build_opener(_NoRedirect)
-        # Imported here: the package's __init__ may import this module before it is complete.
-        from policy_canary import __version__
-
         self._user_agent = f"policy-canary/{__version__}"
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         #: Where alerts go, without path or query (safe to print and to store as an error).

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from policy_canary import __version__
 from policy_canary.cli import (
@@ -19,10 +21,31 @@ from policy_canary.cli import (
     _serve,
     _token,
 )
-from policy_canary.cli._output import CliState, fail_unexpected
+from policy_canary.cli._output import CliState, emit_usage_error, fail_unexpected
+
+
+class _RootGroup(TyperGroup):
+    """The root command: a usage error (exit 2) also answers in JSON when ``--json`` was asked."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["policy_canary.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as error:
+            # A usage error (a subcommand's parser refused its arguments) is the one kind with
+            # exit code 2; typer's UsageError class itself is private to its vendored click.
+            usage = getattr(error, "exit_code", None) == 2 and hasattr(error, "format_message")
+            if usage and "--json" in ctx.meta.get("policy_canary.argv", ()):
+                emit_usage_error(error.format_message())
+            raise
+
 
 app = typer.Typer(
     name="policy-canary",
+    cls=_RootGroup,
     help="Ship LLM agent policy changes like production releases.",
     no_args_is_help=True,
     add_completion=False,

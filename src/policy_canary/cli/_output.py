@@ -189,6 +189,14 @@ def fail_unexpected(error: BaseException, *, json_output: bool) -> NoReturn:
 #: The ``--json`` error code of :func:`fail_unexpected` (not an :class:`ErrorCode`: no library
 #: error carries it).
 INTERNAL_ERROR = "internal_error"
+#: The ``--json`` error code of a usage error (exit 2): an unknown option, a missing argument,
+#: a value the option's type refuses. Reported by the CLI's parser, not by the library.
+USAGE_ERROR = "usage_error"
+
+
+def emit_usage_error(message: str) -> None:
+    """Answer a usage error in JSON on stdout; the parser prints its own help on stderr."""
+    emit_json({"error": {"code": USAGE_ERROR, "message": message}})
 
 
 def _report(code: str, message: str, *, json_output: bool) -> None:

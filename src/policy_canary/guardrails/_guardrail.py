@@ -20,8 +20,9 @@ write instead. Stages may override thresholds with :meth:`Guardrail.with_overrid
 :func:`resolve_stage_guardrails`); ``metric``, ``statistic`` and ``detect`` are fixed for the
 whole rollout because the sequential test is sized from them when the rollout starts.
 
-The metric vocabulary lives in ``_types.py``, the price table in ``_prices.py`` and
-the value parsing in ``_guardrail_input.py``; every public name is re-exported here.
+The metric vocabulary lives in ``_types.py``, the price table in ``_prices.py``, the
+value parsing in ``_input.py`` and the direction checks in ``_direction.py``; the package
+re-exports the public names of each.
 """
 
 from __future__ import annotations
@@ -29,14 +30,22 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from policy_canary.errors import PlanError
 from policy_canary.guardrails._direction import check_direction, is_reversed, watched
 from policy_canary.guardrails._input import explain_validation, parse_number
-from policy_canary.guardrails._prices import ModelPrice, price_of
 from policy_canary.guardrails._types import (
     BUILTIN_METRICS,
     DEFAULT_NEGLIGIBLE,
@@ -49,22 +58,7 @@ from policy_canary.guardrails._types import (
     Statistic,
 )
 
-__all__ = [
-    "BUILTIN_METRICS",
-    "DEFAULT_NEGLIGIBLE",
-    "MAX_MIN_SAMPLES",
-    "OVERRIDABLE_FIELDS",
-    "Direction",
-    "Guardrail",
-    "GuardrailAction",
-    "GuardrailKind",
-    "MetricInfo",
-    "ModelPrice",
-    "Statistic",
-    "check_unique_names",
-    "price_of",
-    "resolve_stage_guardrails",
-]
+__all__ = ["Guardrail", "check_unique_names", "resolve_stage_guardrails"]
 
 _TOLERANCE_FIELDS = ("max_increase", "max_decrease", "max_delta", "max", "min")
 _CUSTOM = re.compile(r"^metrics\.[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -97,12 +91,13 @@ class Guardrail(BaseModel):
     max_value: float | None = Field(default=None, alias="max")
     min_value: float | None = Field(default=None, alias="min")
     direction: Direction | None = None
-    tripwire: bool = False
+    # Strict: YAML's true, 5.0 or '5' is a mistake to point at, not a value to coerce.
+    tripwire: StrictBool = False
     flags: tuple[str, ...] = ()
     detect: float | None = None
-    min_samples: int = Field(default=100, ge=1, le=MAX_MIN_SAMPLES)
+    min_samples: Annotated[int, Strict()] = Field(default=100, ge=1, le=MAX_MIN_SAMPLES)
     action: GuardrailAction = GuardrailAction.ROLLBACK
-    bounds: tuple[float, float] | None = None
+    bounds: tuple[Annotated[float, Strict()], Annotated[float, Strict()]] | None = None
     negligible: float | None = None
 
     @model_validator(mode="before")

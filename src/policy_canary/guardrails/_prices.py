@@ -6,8 +6,9 @@ Users import :class:`ModelPrice` and :func:`price_of` from :mod:`policy_canary.g
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 
 class ModelPrice(BaseModel):
@@ -15,8 +16,9 @@ class ModelPrice(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_usd_per_1m: float = Field(ge=0.0)
-    output_usd_per_1m: float = Field(ge=0.0)
+    # Strict: a quoted '2.5' or a YAML true is refused rather than read as a price.
+    input_usd_per_1m: Annotated[float, Strict()] = Field(ge=0.0, allow_inf_nan=False)
+    output_usd_per_1m: Annotated[float, Strict()] = Field(ge=0.0, allow_inf_nan=False)
 
 
 def price_of(

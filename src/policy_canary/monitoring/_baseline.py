@@ -1,7 +1,7 @@
 """The baseline: stable's recent behaviour per metric, frozen when a rollout starts.
 
 Quantile lines are frozen from it; rates, means and variances size the tests. Users import
-:class:`Baseline` and :class:`MetricBaseline` from :mod:`policy_canary.monitoring._monitor`.
+:class:`Baseline` and :class:`MetricBaseline` from :mod:`policy_canary.monitoring`.
 """
 
 from __future__ import annotations

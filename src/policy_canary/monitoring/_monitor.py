@@ -13,9 +13,9 @@ The controller's tick uses three things from here::
 Every guardrail's test runs from the rollout start to its end; stages only choose which
 thresholds are read (see ``docs/statistics.md``). :func:`preflight` sizes a plan before it runs.
 
-The parts live in private modules and are re-exported here: :class:`MonitorEvent`
-(``_observations.py``), the :class:`Baseline` snapshot (``_baseline.py``), the judges
-(``_judges/``) and :func:`preflight` (``_preflight.py``).
+The parts live in private modules, and the package re-exports their public names:
+:class:`MonitorEvent` (``_observations.py``), the :class:`Baseline` snapshot
+(``_baseline.py``), the judges (``_judges/``) and :func:`preflight` (``_preflight.py``).
 """
 
 from __future__ import annotations
@@ -35,35 +35,22 @@ from policy_canary.guardrails import (
     check_unique_names,
     resolve_stage_guardrails,
 )
-from policy_canary.monitoring._baseline import Baseline, MetricBaseline
+from policy_canary.monitoring._baseline import Baseline
 from policy_canary.monitoring._judges import Judge, Setup, build_judge, unobserved
 from policy_canary.monitoring._missing import (
-    GRACE_SECONDS,
     OUTCOMES_RECORDED,
     MissingOutcomes,
     RoutedWindow,
 )
-from policy_canary.monitoring._observations import ARMS, MonitorEvent, observe
-from policy_canary.monitoring._preflight import PreflightRow, StagePlan, preflight
+from policy_canary.monitoring._observations import MonitorEvent, observe
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
 #: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums,
-#: 3 since the rate test mixes out to "stable never shows it" (same fields, a different test).
-MONITOR_STATE_FORMAT = 3
+#: 3 since the rate test mixes out to "stable never shows it", 4 since its mixture gives the first
+#: doubling beyond ``detect`` its own weight (3 and 4: same fields, a different test each).
+MONITOR_STATE_FORMAT = 4
 
-__all__ = [
-    "ARMS",
-    "GRACE_SECONDS",
-    "OUTCOMES_RECORDED",
-    "Baseline",
-    "MetricBaseline",
-    "MonitorEvent",
-    "PreflightRow",
-    "RolloutMonitor",
-    "RoutedWindow",
-    "StagePlan",
-    "preflight",
-]
+__all__ = ["MONITOR_STATE_FORMAT", "RolloutMonitor"]
 
 
 class RolloutMonitor:

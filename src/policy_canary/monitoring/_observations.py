@@ -2,7 +2,7 @@
 
 Shared by the baseline snapshot (``_baseline.py``) and
 :class:`policy_canary.monitoring._monitor.RolloutMonitor`; users import :class:`MonitorEvent` from
-:mod:`policy_canary.monitoring._monitor`.
+:mod:`policy_canary.monitoring`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Preflight: can each stage of a plan detect each guardrail's smallest regression in time?
 
 Users import :func:`preflight`, :class:`StagePlan` and :class:`PreflightRow` from
-:mod:`policy_canary.monitoring._monitor`.
+:mod:`policy_canary.monitoring`.
 """
 
 from __future__ import annotations

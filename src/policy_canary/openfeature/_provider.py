@@ -26,7 +26,7 @@ from policy_canary.errors import (
     first_line,
 )
 from policy_canary.resilience import loop_interval
-from policy_canary.serving._gate import Decision, Gate
+from policy_canary.serving._gate import Decision, Gate, flag_metadata, flag_reason
 from policy_canary.serving._routing import RouteTable
 
 if TYPE_CHECKING:
@@ -40,29 +40,13 @@ FlagObject = Sequence[Any] | Mapping[str, Any]
 
 
 def _reason(decision: Decision, stale: bool) -> str:
-    """STALE on an old table; SPLIT when the splitter chose; DEFAULT at share 0; else STATIC."""
-    if stale:
-        return Reason.STALE
-    if decision.traffic_bp > 0:
-        return Reason.SPLIT
-    return Reason.DEFAULT if decision.rollout_id is not None else Reason.STATIC
+    """STALE on an old table; else as OFREP says (:func:`~policy_canary.serving.flag_reason`)."""
+    return Reason.STALE if stale else Reason(flag_reason(decision))
 
 
 def _metadata(decision: Decision) -> dict[str, bool | int | float | str]:
-    version = decision.version
-    data: dict[str, bool | int | float | str] = {
-        "decisionId": decision.decision_id,
-        "version": version.label,
-        "versionDigest": version.id,
-        "arm": decision.arm.value,
-        "sticky": decision.sticky,
-        "trafficBp": decision.traffic_bp,
-    }
-    if decision.rollout_id is not None:
-        data["rolloutId"] = decision.rollout_id
-    if decision.stage is not None:
-        data["stage"] = decision.stage
-    return data
+    """OFREP's flag metadata plus the version's label."""
+    return {"version": decision.version.label, **flag_metadata(decision)}
 
 
 def _not_an_object(flag_key: str, wanted: str) -> NoReturn:

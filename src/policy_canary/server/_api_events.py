@@ -7,6 +7,7 @@ remembers it); events of remote SDKs carry the whole decision (``_remote_events.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -19,7 +20,6 @@ from policy_canary.server._remote_events import (
     feedback_rows,
     is_remote,
     remote_rows,
-    write_events,
     write_feedback,
 )
 from policy_canary.server._remote_routed import routed_rows
@@ -106,15 +106,23 @@ def _fields(item: Any, index: int) -> tuple[str, dict[str, Any]]:
     return decision_id, kwargs
 
 
-@router.post(
+def _batch_route(
+    path: str, summary: str, key: str, item: dict[str, Any]
+) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """``POST /api/v1/{path}`` taking ``{key: [item, ...]}`` (documented, idempotent)."""
+    body = {"type": "object", "required": [key],
+            "properties": {key: {"type": "array", "items": item}}}  # fmt: skip
+    return router.post(
+        path, summary=summary, openapi_extra=with_extra(_body_schema(body), IDEMPOTENCY_HEADER)
+    )
+
+
+@_batch_route(
     "/events",
-    summary="Record the outcomes of decisions made by OFREP evaluation (all or none)",
-    openapi_extra=with_extra(
-        _body_schema({"type": "object", "required": ["events"],
-                      "properties": {"events": {"type": "array", "items": _EVENT_SCHEMA}}}),
-        IDEMPOTENCY_HEADER,
-    ),
-)  # fmt: skip
+    "Record the outcomes of decisions made by OFREP evaluation (all or none)",
+    "events",
+    _EVENT_SCHEMA,
+)
 def events(
     request: Request,
     principal: Principal = Depends(require(Permission.RECORD, per_policy=True)),
@@ -160,21 +168,18 @@ def _remote_events(
     rows = remote_rows(items, principal, state.canary.store, state.known_refs)
 
     def act() -> dict[str, Any]:
-        write_events(state.canary._link, rows)
+        state.event_writer.write(rows)
         return {"accepted": len(rows)}
 
     return mutation(request, principal, body.raw, act, refresh=False)
 
 
-@router.post(
+@_batch_route(
     "/routed",
-    summary="Store routed decisions and recorded outcomes per window (from remote SDKs)",
-    openapi_extra=with_extra(
-        _body_schema({"type": "object", "required": ["routed"],
-                      "properties": {"routed": {"type": "array", "items": {"type": "object"}}}}),
-        IDEMPOTENCY_HEADER,
-    ),
-)  # fmt: skip
+    "Store routed decisions and recorded outcomes per window (from remote SDKs)",
+    "routed",
+    {"type": "object"},
+)
 def routed(
     request: Request,
     principal: Principal = Depends(require(Permission.RECORD, per_policy=True)),

@@ -5,36 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from policy_canary.server._render import dumps
-from policy_canary.serving import Decision
-
-
-def reason(decision: Decision) -> str:
-    """SPLIT when the splitter chose the arm, DEFAULT during a rollout at share 0, else STATIC."""
-    if decision.traffic_bp > 0:
-        return "SPLIT"
-    return "DEFAULT" if decision.rollout_id is not None else "STATIC"
+from policy_canary.serving import Decision, flag_metadata, flag_reason
 
 
 def evaluation(decision: Decision) -> dict[str, Any]:
     """The OFREP evaluation success body of one decision."""
-    version = decision.version
-    metadata: dict[str, Any] = {
-        "decisionId": decision.decision_id,
-        "versionDigest": version.id,
-        "arm": decision.arm.value,
-        "sticky": decision.sticky,
-        "trafficBp": decision.traffic_bp,
-    }
-    if decision.rollout_id is not None:
-        metadata["rolloutId"] = decision.rollout_id
-    if decision.stage is not None:
-        metadata["stage"] = decision.stage
     return {
         "key": decision.policy,
-        "value": version.spec,
-        "variant": f"v{version.number}",
-        "reason": reason(decision),
-        "metadata": metadata,
+        "value": decision.version.spec,
+        "variant": f"v{decision.version.number}",
+        "reason": flag_reason(decision),
+        "metadata": flag_metadata(decision),
     }
 
 

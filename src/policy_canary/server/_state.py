@@ -18,7 +18,7 @@ from policy_canary.errors import InputError, NotFoundError, RateLimitedError
 from policy_canary.registry import Registry
 from policy_canary.server._idempotency import Idempotency
 from policy_canary.server._ofrep_body import EvaluationBodies
-from policy_canary.server._remote_events import KnownRefs
+from policy_canary.server._remote_events import GroupCommit, KnownRefs
 from policy_canary.server._watch import RoutingWatch
 from policy_canary.serving import Canary, Decision
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
@@ -223,9 +223,11 @@ class ServerState:
     known_refs: KnownRefs = field(default_factory=KnownRefs)
     token_cache: TokenCache = field(init=False)
     bodies: EvaluationBodies = field(default_factory=EvaluationBodies)
+    event_writer: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:
         self.decisions = Decisions(self.limits.decisions_kept)
+        self.event_writer = GroupCommit(self.canary._link)
         self.token_cache = TokenCache(self.limits.token_cache_seconds)
         self.watch = RoutingWatch(
             self.canary.store, self.canary._link, interval=self.limits.watch_interval

@@ -27,7 +27,7 @@ from policy_canary.serving._splitter import BUCKETS, SCHEME_VERSION, Arm
 if TYPE_CHECKING:
     from policy_canary.serving._routed import Window
 
-__all__ = ["Decision", "Gate", "GateStatus"]
+__all__ = ["Decision", "Gate", "GateStatus", "flag_metadata", "flag_reason"]
 
 _CANDIDATE: Final = Arm.CANDIDATE
 _STABLE: Final = Arm.STABLE
@@ -249,6 +249,33 @@ class Decision:
             out = (latency, failed, *held[2:])
         self._gate._emit(self, out)
         # Returning None lets the agent's exception propagate unchanged.
+
+
+def flag_reason(decision: Decision) -> str:
+    """OpenFeature's reason: SPLIT if the splitter chose, DEFAULT at a share of 0, else STATIC."""
+    if decision.traffic_bp > 0:
+        return "SPLIT"
+    return "DEFAULT" if decision.rollout_id is not None else "STATIC"
+
+
+def flag_metadata(decision: Decision) -> dict[str, bool | int | float | str]:
+    """The flag metadata an OpenFeature evaluation carries (OFREP bodies and the provider).
+
+    ``decisionId`` is what later feedback names; ``rolloutId`` and ``stage`` only during a
+    rollout.
+    """
+    data: dict[str, bool | int | float | str] = {
+        "decisionId": decision.decision_id,
+        "versionDigest": decision.version.id,
+        "arm": decision.arm.value,
+        "sticky": decision.sticky,
+        "trafficBp": decision.traffic_bp,
+    }
+    if decision.rollout_id is not None:
+        data["rolloutId"] = decision.rollout_id
+    if decision.stage is not None:
+        data["stage"] = decision.stage
+    return data
 
 
 def _bad_key(unit_key: object) -> InputError:

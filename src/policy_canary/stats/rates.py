@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from policy_canary.stats.edges import rejection_edge
+
 __all__ = [
     "BPS",
     "LIMIT_WEIGHT",
@@ -45,14 +47,16 @@ MAIN_WEIGHT = 0.65
 MID_WEIGHT = 0.20
 FAR_WEIGHT = 0.15
 #: The relative rate test's mixture (``RateMixture.around``): weight of ``detect`` ...
-RATE_DETECT_WEIGHT = 0.55
+RATE_DETECT_WEIGHT = 0.52
 #: ... of the geometric midpoint between the tolerance and ``detect`` ...
 RATE_MID_WEIGHT = 0.20
-#: ... of the tail ``detect`` x 2^k, k = 1..TAIL_STEPS, split geometrically (each doubling gets
-#: TAIL_DECAY times the previous one's weight) ...
-TAIL_WEIGHT = 0.23
-TAIL_STEPS = 12
-TAIL_DECAY = 0.45
+#: ... of the first doubling, ``detect`` x 2 (a gross regression: failures 1% -> 4%) ...
+RATE_DOUBLE_WEIGHT = 0.21
+#: ... of the further tail ``detect`` x 2^k, k = 2..TAIL_STEPS + 1, split geometrically (each
+#: doubling gets TAIL_DECAY times the previous one's weight) ...
+TAIL_WEIGHT = 0.05
+TAIL_STEPS = 11
+TAIL_DECAY = 0.8
 #: ... and of the limit "stable never shows it" (ratio infinite; zero for a decrease).
 LIMIT_WEIGHT = 0.02
 #: Search range for confidence bounds on the rate ratio.
@@ -82,18 +86,22 @@ class RateMixture:
     def around(cls, null_ratio: float, detect_ratio: float) -> RateMixture:
         """Alternatives from the tolerance out to the limit, most weight on ``detect``.
 
-        * ``detect`` (weight 0.55): the regression the guardrail is sized for;
+        * ``detect`` (weight 0.52): the regression the guardrail is sized for;
         * the geometric midpoint of tolerance and ``detect`` (0.20): a pure SPRT tuned to
           ``detect`` drifts *down* on regressions well below it and never fires;
-        * a tail ``detect`` x 2^k, k = 1..12 (0.23 in all, each doubling 0.45 times the
-          previous one's weight): gross regressions (failures 1% -> 4% or 1% -> 30%);
+        * the first doubling, ``detect`` x 2 (0.21): a gross regression (failures 1% -> 4%
+          at ``detect`` 100%) within 1.3x of the SPRT told the ratio; an alternative a doubling
+          away keeps only about 60% of the information per event, so it needs its own term;
+        * a further tail ``detect`` x 2^k, k = 2..12 (0.05 in all, each doubling 0.8 times the
+          previous one's weight): catastrophes (failures 1% -> 30%, flags 0.01% -> 1%);
         * the limit, an infinite ratio (0.02): stable never shows the bad event, so each
           candidate one multiplies this component by 1/q0 and the first stable one ends it.
           At a 1% share two candidate bad events breach (ln(1/q0) = 4.4 each).
 
         On the other side of the null (``detect`` below it, a ``max_decrease``) the tail halves
         and the limit is a zero ratio. Every component is a likelihood ratio of an alternative
-        on the far side of ``null_ratio``, so the mixture is a test supermartingale.
+        on the far side of ``null_ratio`` with a weight fixed before the data, so the mixture is
+        a test supermartingale.
         """
         if math.isclose(null_ratio, detect_ratio):
             raise ValueError("the alternative must differ from the null ratio")
@@ -104,10 +112,17 @@ class RateMixture:
             ratios=(
                 detect_ratio,
                 math.sqrt(null_ratio * detect_ratio),
-                *(detect_ratio * step ** (k + 1) for k in range(TAIL_STEPS)),
+                detect_ratio * step,
+                *(detect_ratio * step ** (k + 2) for k in range(TAIL_STEPS)),
                 limit,
             ),
-            weights=(RATE_DETECT_WEIGHT, RATE_MID_WEIGHT, *(scale * w for w in tail), LIMIT_WEIGHT),
+            weights=(
+                RATE_DETECT_WEIGHT,
+                RATE_MID_WEIGHT,
+                RATE_DOUBLE_WEIGHT,
+                *(scale * w for w in tail),
+                LIMIT_WEIGHT,
+            ),
         )
 
     @classmethod
@@ -255,17 +270,8 @@ class ConditionalRateProcess:
             near, far = math.log(max(mixture.ratios)), math.log(_RATIO_CEILING)
         else:
             near, far = math.log(min(mixture.ratios)), math.log(_RATIO_FLOOR)
-        if not rejected(far):
-            return None
-        if rejected(near):
-            return math.exp(near)
-        for _ in range(48):
-            middle = 0.5 * (near + far)
-            if rejected(middle):
-                far = middle
-            else:
-                near = middle
-        return math.exp(far)
+        edge = rejection_edge(rejected, near, far)
+        return None if edge is None else math.exp(edge)
 
     def rates(self) -> tuple[float | None, float | None]:
         """Return the observed (stable, candidate) rates, ``None`` for an arm without data."""

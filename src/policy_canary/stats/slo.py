@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from policy_canary.stats.edges import rejection_edge
+
 __all__ = [
     "BETTING_GRID",
     "UPPER_BOUND_FRACTIONS",
@@ -184,17 +186,7 @@ class IndicatorProcess:
             value = self.log_e_value(null_rate=rate, alternatives=alternatives, weights=weights)
             return value >= threshold
 
-        if not rejected(far):
-            return None
-        if rejected(near):
-            return near
-        for _ in range(48):
-            middle = 0.5 * (near + far)
-            if rejected(middle):
-                far = middle
-            else:
-                near = middle
-        return far
+        return rejection_edge(rejected, near, far)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""

@@ -488,7 +488,7 @@ def test_fast_sqlite_timestamps_are_the_text_sqlalchemy_writes(at: datetime) -> 
     assert sqlite_time(at) == expected
 
 
-def test_postgres_event_writers_take_turns_so_ids_become_visible_in_order(
+def test_postgres_event_writers_wait_for_a_writer_of_the_previous_protocol(
     pg_url: str, clock: ManualClock
 ) -> None:
     store = Store.open(pg_url)
@@ -496,7 +496,7 @@ def test_postgres_event_writers_take_turns_so_ids_become_visible_in_order(
     canary = Canary(store, clock=clock, background=False, owns_store=True)
     canary.gate(POLICY).route("u").record(latency_ms=1.0)
     other = store.engine.connect()
-    # Another writer is mid-batch: it holds the writers' lock until it commits.
+    # A writer of an earlier version is mid-batch: it holds the writers' lock exclusively.
     transaction = other.begin()
     other.execute(text(f"SELECT pg_advisory_xact_lock({EVENT_WRITER_LOCK})"))
     flusher = threading.Thread(target=canary.flush)

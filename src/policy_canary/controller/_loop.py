@@ -40,7 +40,7 @@ from policy_canary.monitoring import GRACE_SECONDS, MonitorEvent
 from policy_canary.registry import lock_policy
 from policy_canary.resilience import Outage
 from policy_canary.serving._feedback import first_observations
-from policy_canary.store import Store
+from policy_canary.store import Horizon, Store, visible_through
 from policy_canary.store._audit import check_short_text
 from policy_canary.store.schema import events, feedback
 
@@ -128,6 +128,8 @@ class Controller:
         self.lock = ControllerLock(store, holder=self.holder, ttl=lease_ttl, clock=self.clock)
         # Rollouts whose tick keeps failing: each run of failures is logged in full once.
         self._failing: dict[str, Outage] = {}
+        # The ids this tick may read up to (store/_visibility.py); set at each tick's start.
+        self._horizon = Horizon()
 
     # -- one tick -------------------------------------------------------------------------
 
@@ -138,6 +140,9 @@ class Controller:
             return TickReport(at=now, acted=False, holder=self.lock.owner() or "another controller")
         with self.store.read() as conn:
             pending = [(r.id, r.policy) for r in active_rollouts(conn)]
+            # Before any rollout's transaction: rows up to it are visible to the transactions
+            # that follow, and a horizon stays valid once computed (store/_visibility.py).
+            self._horizon = visible_through(conn)
         outcomes = tuple(self._tick_one(rid, policy, now) for rid, policy in pending)
         return TickReport(at=now, acted=True, holder=self.holder, outcomes=outcomes)
 
@@ -230,11 +235,16 @@ class Controller:
     ) -> Iterator[tuple[list[tuple[str | None, MonitorEvent]], Cursors]]:
         """Yield batches of new events, then new feedback, with the cursors after each."""
         through = cursors.events_through
+        # Never past an id that a writer still in flight may commit (store/_visibility.py).
+        ev_bound = [] if self._horizon.events is None else [events.c.id <= self._horizon.events]
+        fb_bound = (
+            [] if self._horizon.feedback is None else [feedback.c.id <= self._horizon.feedback]
+        )
         while True:
             rows = (
                 conn.execute(
                     select(events)
-                    .where(events.c.rollout_id == rollout_id, events.c.id > through)
+                    .where(events.c.rollout_id == rollout_id, events.c.id > through, *ev_bound)
                     .order_by(events.c.id)
                     .limit(self.batch_size)
                 )
@@ -262,7 +272,7 @@ class Controller:
                     feedback.c.quality,
                     feedback.c.metrics,
                 )
-                .where(feedback.c.id > fb_through)
+                .where(feedback.c.id > fb_through, *fb_bound)
                 .order_by(feedback.c.id)
                 .limit(self.batch_size)
             ).all()

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exc, func, select
+from sqlalchemy import Connection, Delete, delete, exc, func, select
 
 from policy_canary.errors import NotFoundError, StoreError, first_line
 from policy_canary.resilience import store_trouble
@@ -36,7 +37,8 @@ from policy_canary.serving._routing import (
     stage_name,
 )
 from policy_canary.serving._splitter import BUCKETS, salt_prefix, threshold
-from policy_canary.store import Store
+from policy_canary.store import Store, claim_floors
+from policy_canary.store._visibility import WRITER_LOCK
 from policy_canary.store.schema import (
     events,
     feedback,
@@ -56,8 +58,13 @@ _PG_INSERT = (
     "ON CONFLICT (decision_id) DO NOTHING"
 )
 _PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN"
-#: Advisory lock key ("pcev") serialising event writers on PostgreSQL; see ``write``.
-EVENT_WRITER_LOCK = 0x70_63_65_76
+#: Rows deleted per transaction by :meth:`StoreLink.prune`.
+PRUNE_CHUNK = 10_000
+#: Longest pause between two of a prune's transactions (seconds).
+MAX_PRUNE_PAUSE = 0.1
+#: Advisory lock key ("pcev"): held exclusively by the event writers of earlier versions,
+#: shared by every writer and reader now (store/_visibility.py).
+EVENT_WRITER_LOCK = WRITER_LOCK
 
 
 class StoreLink:
@@ -127,15 +134,12 @@ class StoreLink:
     ) -> FeedbackWrite:
         """Write one batch in one transaction; return what became of its feedback."""
         with self._writers, self.store.begin() as conn:
-            if not self._sqlite:
-                # Monitors read events (and feedback) past an id cursor. PostgreSQL hands out
-                # ids when rows are inserted but shows them when their transaction commits,
-                # so two concurrent writers could make a higher id visible before a lower
-                # one and the cursor would skip the lower. Holding this lock from the first
-                # id to the commit makes ids visible in order. (SQLite's write transactions
-                # are already serial.) One writer at a time still clears tens of thousands
-                # of rows a second: COPY, not the lock, is the bottleneck.
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVENT_WRITER_LOCK})")
+            # Monitors read events (and feedback) past an id cursor, and PostgreSQL shows ids
+            # in commit order, not in the order it hands them out: announce where this
+            # transaction's ids start, so the controller stops short of them until it
+            # commits (store/_visibility.py has the argument). Writers do not wait for
+            # each other. A no-op on SQLite, whose write transactions are serial.
+            claim_floors(conn)
             if rows:
                 self._insert_events(conn, rows, fast=not retry)
             return insert_feedback(conn, fb_rows) if fb_rows else FeedbackWrite()
@@ -177,34 +181,61 @@ class StoreLink:
 
     # -- housekeeping ---------------------------------------------------------------------
 
-    def prune(self, cutoff: datetime) -> PruneResult:
-        """Delete events and feedback older than ``cutoff``, keeping those of active rollouts."""
+    def prune(self, cutoff: datetime, *, chunk: int = PRUNE_CHUNK) -> PruneResult:
+        """Delete events and feedback older than ``cutoff``, keeping those of active rollouts.
+
+        In transactions of at most ``chunk`` rows each, pausing between them as long as the
+        last one took: a prune of millions of rows never holds SQLite's write lock (or this
+        process's writers) for longer than one chunk, so ingest and ticks go on meanwhile.
+        """
         active = select(rollouts.c.id).where(rollouts.c.state.in_(SERVING_STATES))
-        with self.store.begin() as conn:
+        with self.store.read() as conn:
             names = list(conn.execute(select(policies.c.name)).scalars())
-            deleted_events = 0
-            for name in names:
-                # Per policy, so the (policy, at) index bounds each delete.
-                result = conn.execute(
-                    delete(events).where(
-                        events.c.policy == name,
-                        events.c.at < cutoff,
-                        (events.c.rollout_id.is_(None)) | (events.c.rollout_id.not_in(active)),
-                    )
+        deleted_events = 0
+        for name in names:
+            # Per policy, so the (policy, at) index bounds each delete.
+            old = (
+                select(events.c.id)
+                .where(
+                    events.c.policy == name,
+                    events.c.at < cutoff,
+                    (events.c.rollout_id.is_(None)) | (events.c.rollout_id.not_in(active)),
                 )
-                deleted_events += result.rowcount
-            deleted_routed = conn.execute(
-                delete(routed_counts).where(
-                    routed_counts.c.window_end < cutoff, routed_counts.c.rollout_id.not_in(active)
-                )
-            ).rowcount
-            kept = select(events.c.decision_id).where(events.c.rollout_id.in_(active))
-            deleted_feedback = conn.execute(
-                delete(feedback).where(feedback.c.at < cutoff, feedback.c.decision_id.not_in(kept))
-            ).rowcount
+                .limit(chunk)
+            )
+            deleted_events += self._in_chunks(delete(events).where(events.c.id.in_(old)), chunk)
+        deleted_routed = self._in_chunks(
+            delete(routed_counts).where(
+                routed_counts.c.window_end < cutoff, routed_counts.c.rollout_id.not_in(active)
+            ),
+            chunk=None,
+        )
+        kept = select(events.c.decision_id).where(events.c.rollout_id.in_(active))
+        old_feedback = (
+            select(feedback.c.id)
+            .where(feedback.c.at < cutoff, feedback.c.decision_id.not_in(kept))
+            .limit(chunk)
+        )
+        deleted_feedback = self._in_chunks(
+            delete(feedback).where(feedback.c.id.in_(old_feedback)), chunk
+        )
         return PruneResult(
             cutoff=cutoff, events=deleted_events, feedback=deleted_feedback, routed=deleted_routed
         )
+
+    def _in_chunks(self, statement: Delete, chunk: int | None) -> int:
+        """Run ``statement`` (which deletes at most ``chunk`` rows) until it deletes fewer."""
+        total = 0
+        while True:
+            began = time.monotonic()
+            with self._writers, self.store.begin() as conn:
+                deleted = conn.execute(statement).rowcount
+            total += deleted
+            if chunk is None or deleted < chunk:
+                return total
+            # Let the writers and ticks queued behind this chunk go first: SQLite's waiters
+            # sleep in its busy handler and would miss an instant release.
+            time.sleep(min(time.monotonic() - began, MAX_PRUNE_PAUSE))
 
     def after_fork(self) -> None:
         """Forget the parent's pooled connections without touching them."""

@@ -9,6 +9,17 @@ from policy_canary.store._engine import (
     resolve_db_url,
     safe_url,
 )
+from policy_canary.store._visibility import Horizon, claim_floors, visible_through
 from policy_canary.store.schema import metadata
 
-__all__ = ["DEFAULT_DB_URL", "Store", "metadata", "normalize_url", "resolve_db_url", "safe_url"]
+__all__ = [
+    "DEFAULT_DB_URL",
+    "Horizon",
+    "Store",
+    "claim_floors",
+    "metadata",
+    "normalize_url",
+    "resolve_db_url",
+    "safe_url",
+    "visible_through",
+]

@@ -121,6 +121,7 @@ class Controller:
     Only one controller per store acts at a time (:class:`ControllerLock`); a controller that
     does not hold the lock ticks as a no-op. ``holder`` names this controller in the lock —
     a restarted controller given the same ``holder`` takes its SQLite lease back at once.
+    ``chunk_size`` rollouts are ticked per transaction, each inside a savepoint of its own.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from policy_canary.stats import (
     candidate_share_of_bad,
     conditional_log_evalue,
 )
+from policy_canary.stats.rates import BPS, _scalar_log_evalue
 
 WALD_2X = RateMixture(ratios=(2.0,), weights=(1.0,))
 
@@ -202,3 +203,38 @@ def test_a_doubling_of_the_failure_rate_is_caught_near_walds_limit() -> None:
     detected = n_cand[np.arange(first.size), first][first >= 0]
     # Wald's floor for 1.2% vs 2% at alpha = 0.01, beta = 0.2 is 1417 candidate requests.
     assert 1400 < float(np.median(detected)) < 2300
+
+
+cells = st.lists(
+    st.tuples(st.integers(0, 400), st.integers(0, 400), st.integers(1, 9999)),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda c: c[2],
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(cells, st.floats(-6.0, 6.0), st.sampled_from(["around", "around_down", "away"]))
+def test_scalar_evalue_of_the_bounds_matches_the_vectorised_one(
+    counts: list[tuple[int, int, int]], log_null: float, kind: str
+) -> None:
+    # confidence_bound() bisects on a float re-implementation of conditional_log_evalue();
+    # both must give the same e-value for every null ratio it probes.
+    mixture = {
+        "around": RateMixture.around(1.2, 2.0),
+        "around_down": RateMixture.around(1.2, 0.6),
+        "away": RateMixture.away(pivot=1.2, null_ratio=1.2, detect_ratio=2.0),
+    }[kind]
+    cand = np.array([float(c) for c, _, _ in counts])
+    stab = np.array([float(s) for _, s, _ in counts])
+    shares = np.array([bp / BPS for _, _, bp in counts])
+    null = math.exp(log_null)
+    expected = float(conditional_log_evalue(cand, stab, shares, null_ratio=null, mixture=mixture))
+    components = [(r, math.log(w)) for r, w in zip(mixture.ratios, mixture.weights, strict=True)]
+    got = _scalar_log_evalue(
+        [(float(c), float(s), bp / BPS) for c, s, bp in counts], null, components
+    )
+    if math.isinf(expected):
+        assert got == expected
+    else:
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)

@@ -35,8 +35,9 @@ from policy_canary.controller._rows import (
     load_rollout,
 )
 from policy_canary.controller._state import StoredState, require_state
-from policy_canary.errors import first_line
+from policy_canary.errors import InputError, first_line
 from policy_canary.monitoring import GRACE_SECONDS, MonitorEvent
+from policy_canary.plan import RolloutPlan
 from policy_canary.registry import lock_policy
 from policy_canary.resilience import Outage
 from policy_canary.serving._feedback import first_observations
@@ -48,8 +49,22 @@ _log = logging.getLogger("policy_canary.controller")
 
 #: Events read per query while folding; a tick keeps reading until it has seen them all.
 DEFAULT_BATCH = 5_000
+#: Rollouts ticked per transaction (each inside its own savepoint).
+DEFAULT_CHUNK = 50
+#: Frozen plans kept parsed (by hash); past it the memo starts again.
+_PLANS_KEPT = 4_096
 #: How long the controller lease lasts without renewal (SQLite's row, PostgreSQL's session).
 DEFAULT_LEASE_TTL = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class _Warm:
+    """A rollout's monitor, ledger and cursors in memory, valid while its revision is."""
+
+    revision: int
+    monitor: Monitor
+    ledger: Ledger
+    cursors: Cursors
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,7 @@ class Controller:
     Only one controller per store acts at a time (:class:`ControllerLock`); a controller that
     does not hold the lock ticks as a no-op. ``holder`` names this controller in the lock —
     a restarted controller given the same ``holder`` takes its SQLite lease back at once.
+    ``chunk_size`` rollouts are ticked per transaction, each inside a savepoint of its own.
     """
 
     def __init__(
@@ -117,8 +133,13 @@ class Controller:
         holder: str | None = None,
         lease_ttl: timedelta = DEFAULT_LEASE_TTL,
         batch_size: int = DEFAULT_BATCH,
+        chunk_size: int = DEFAULT_CHUNK,
         actor: str = "controller",
     ) -> None:
+        if chunk_size < 1:
+            raise InputError(
+                f"chunk_size must be at least 1 (rollouts per transaction); got {chunk_size}"
+            )
         self.store = store
         self.clock = clock or SystemClock()
         self.monitors: MonitorFactory = monitors or StatisticalMonitors()
@@ -126,10 +147,14 @@ class Controller:
         self.batch_size = batch_size
         self.actor = check_short_text(actor, what="the controller's actor")
         self.lock = ControllerLock(store, holder=self.holder, ttl=lease_ttl, clock=self.clock)
+        self.chunk_size = chunk_size
         # Rollouts whose tick keeps failing: each run of failures is logged in full once.
         self._failing: dict[str, Outage] = {}
         # The ids this tick may read up to (store/_visibility.py); set at each tick's start.
         self._horizon = Horizon()
+        # Each active rollout's monitor as of its last committed tick, keyed by revision.
+        self._warm: dict[str, _Warm] = {}
+        self._plans: dict[str, RolloutPlan] = {}
 
     # -- one tick -------------------------------------------------------------------------
 
@@ -143,40 +168,99 @@ class Controller:
             # Before any rollout's transaction: rows up to it are visible to the transactions
             # that follow, and a horizon stays valid once computed (store/_visibility.py).
             self._horizon = visible_through(conn)
-        outcomes = tuple(self._tick_one(rid, policy, now) for rid, policy in pending)
-        return TickReport(at=now, acted=True, holder=self.holder, outcomes=outcomes)
+        active = {rid for rid, _ in pending}
+        for gone in self._warm.keys() - active:  # ended rollouts leave the memory
+            del self._warm[gone]
+        outcomes: list[TickOutcome] = []
+        for first in range(0, len(pending), self.chunk_size):
+            outcomes.extend(self._tick_chunk(pending[first : first + self.chunk_size], now))
+        return TickReport(at=now, acted=True, holder=self.holder, outcomes=tuple(outcomes))
 
-    def _tick_one(self, rollout_id: str, policy: str, now: datetime) -> TickOutcome:
+    def _tick_chunk(self, chunk: Sequence[tuple[str, str]], now: datetime) -> list[TickOutcome]:
+        """Tick ``chunk``'s rollouts in one transaction, each inside a savepoint of its own.
+
+        One commit per chunk instead of one per rollout is what keeps a tick over a thousand
+        rollouts within seconds. A rollout whose tick fails rolls back to its savepoint and
+        the others still commit; if the commit itself fails, none of the chunk applied.
+        """
+        done: list[tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]] = []
         try:
             with self.store.begin() as conn:
+                for rollout_id, policy in chunk:
+                    done.append(self._tick_one(conn, rollout_id, policy, now))
+        except Exception as exc:  # the commit (or the connection) failed: nothing applied
+            for rollout_id, _ in chunk:
+                self._warm.pop(rollout_id, None)
+            return [self._failed(rid, policy, exc) for rid, policy in chunk]
+        outcomes = []
+        for outcome, warm, error, transition in done:
+            rid, policy = outcome.rollout_id, outcome.policy
+            if warm is not None:
+                self._warm[rid] = warm
+            if error is not None:
+                outcomes.append(self._failed(rid, policy, error))
+                continue
+            if transition is not None:
+                _log.info("%s %s: %s", policy, transition.kind.value, transition.message)
+            if (failing := self._failing.pop(rid, None)) is not None:
+                failing.recovered(f"rollout {rid} ({policy}) ticks again")
+            outcomes.append(outcome)
+        return outcomes
+
+    def _failed(self, rollout_id: str, policy: str, exc: BaseException) -> TickOutcome:
+        """The outcome of a rollout whose tick failed; each run of failures is logged once."""
+        if isinstance(exc, StaleRevisionError):
+            return TickOutcome(rollout_id, policy, None, False, -1, error=exc.message)
+        failing = self._failing.get(rollout_id)
+        if failing is None:
+            failing = self._failing[rollout_id] = _outage(
+                f"tick of rollout {rollout_id} ({policy}) failed; it is retried every tick"
+            )
+        failing.failed(exc)
+        return TickOutcome(rollout_id, policy, None, False, -1, error=first_line(exc))
+
+    def _tick_one(
+        self, conn: Connection, rollout_id: str, policy: str, now: datetime
+    ) -> tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]:
+        """One rollout's tick inside the chunk's transaction; what to keep once it commits.
+
+        Returns the outcome, the monitor state to keep in memory after the commit (None:
+        nothing to keep), the error that rolled this rollout back, and the transition to log.
+        """
+        # Whatever happens below, the in-memory state is this tick's to change: it is kept
+        # again only once the chunk commits (a rollback must not leave folded events behind).
+        warm = self._warm.pop(rollout_id, None)
+        try:
+            with conn.begin_nested():
                 # The policy lock serialises this tick with manual commands and with any other
                 # controller; the revision CAS inside apply_decision is the last line.
                 lock_policy(self.store, conn, policy)
                 row = load_rollout(conn, rollout_id)
                 if row.state.is_terminal():
-                    outcome = TickOutcome(rollout_id, policy, None, False, row.revision)
-                else:
-                    outcome = self._evaluate(conn, row, now)
-        except StaleRevisionError as exc:
-            return TickOutcome(rollout_id, policy, None, False, -1, error=exc.message)
+                    return (
+                        TickOutcome(rollout_id, policy, None, False, row.revision),
+                        None,
+                        None,
+                        None,
+                    )
+                return self._evaluate(conn, row, now, warm)
         except Exception as exc:  # one broken rollout must not stop the others' ticks
-            failing = self._failing.get(rollout_id)
-            if failing is None:
-                failing = self._failing[rollout_id] = _outage(
-                    f"tick of rollout {rollout_id} ({policy}) failed; it is retried every tick"
-                )
-            failing.failed(exc)
-            return TickOutcome(rollout_id, policy, None, False, -1, error=first_line(exc))
-        if (failing := self._failing.pop(rollout_id, None)) is not None:
-            failing.recovered(f"rollout {rollout_id} ({policy}) ticks again")
-        return outcome
+            blank = TickOutcome(rollout_id, policy, None, False, -1)
+            return blank, None, exc, None
 
-    def _evaluate(self, conn: Connection, row: Rollout, now: datetime) -> TickOutcome:
-        plan = row.plan
+    def _evaluate(
+        self, conn: Connection, row: Rollout, now: datetime, warm: _Warm | None
+    ) -> tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]:
+        plan = self._plan(row)
         stage = plan.stage(row.stage_index)
-        stored = require_state(conn, row.id)
-        monitor = self.monitors.load(stored.monitor)
-        ledger, cursors = stored.ledger, stored.cursors
+        if warm is None or warm.revision != row.revision:
+            # Not in memory, or changed by someone else (a manual command, another
+            # controller): read the stored state. The revision moves with every state write.
+            stored = require_state(conn, row.id)
+            warm = _Warm(row.revision, self.monitors.load(stored.monitor), stored.ledger,
+                         stored.cursors)  # fmt: skip
+        monitor, ledger, cursors = warm.monitor, warm.ledger, warm.cursors
+        routed_before = ledger.routed_through
         names = {s.name for s in plan.stages}
         folded = 0
         new_cursors = cursors
@@ -196,7 +280,10 @@ class Controller:
         )
         action = decide(plan, snapshot, verdicts, now)
         if folded == 0 and not action.alerts and _same_hold(last_tick(conn, row.id), action):
-            return TickOutcome(row.id, row.policy, action, False, row.revision)
+            # Nothing written: memory still equals the stored state unless the routed
+            # cursor moved without folding anything, in which case it is read again.
+            keep = warm if ledger.routed_through == routed_before else None
+            return TickOutcome(row.id, row.policy, action, False, row.revision), keep, None, None
         after = apply_decision(
             self.store,
             conn,
@@ -204,9 +291,19 @@ class Controller:
             AppliedAction(action, snapshot, verdicts, now, self.actor),
             state=StoredState(monitor.to_dict(), ledger, new_cursors),
         )
-        if action.kind.is_transition():
-            _log.info("%s %s: %s", row.policy, action.kind.value, action.message)
-        return TickOutcome(row.id, row.policy, action, True, after.revision, folded)
+        kept = _Warm(after.revision, monitor, ledger, new_cursors)
+        transition = action if action.kind.is_transition() else None
+        outcome = TickOutcome(row.id, row.policy, action, True, after.revision, folded)
+        return outcome, kept, None, transition
+
+    def _plan(self, row: Rollout) -> RolloutPlan:
+        """The rollout's frozen plan, parsed once per plan hash (it never changes)."""
+        plan = self._plans.get(row.plan_hash)
+        if plan is None:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            plan = self._plans[row.plan_hash] = row.plan
+        return plan
 
     @staticmethod
     def _fold_routed(

@@ -1,0 +1,58 @@
+"""Smoke test of the controller benchmark: end to end at its --quick size, JSON checked.
+
+Timings are not asserted (they depend on the machine); what each tick did is: every rollout
+folded exactly its new events, none failed, all still hold, and the history really doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.mark.slow
+def test_bench_controller_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_controller.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "results:" in done.stdout
+    result = json.loads((tmp_path / "bench_controller.json").read_text())
+    rollouts, per_rollout = result["rollouts"], result["events_per_rollout"]
+    assert (rollouts, per_rollout, result["history"]) == (20, 100, 5_000)
+    backends = result["backends"]
+    assert list(backends) == ["SQLite (file, WAL)", "PostgreSQL"]
+    for backend in backends.values():
+        assert "skipped" not in backend
+        first, second = backend["phases"]
+        # Phase two stored the history again plus the ticks' events in between.
+        ticked = (1 + result["ticks"]) * rollouts * per_rollout
+        assert second["history"] == first["history"] + result["history"] + ticked
+        for phase in (first, second):
+            assert len(phase["runs"]) == result["ticks"]
+            for run in phase["runs"]:
+                assert run["error_count"] == 0, run["errors"]
+                assert run["rollouts"] == run["recorded"] == rollouts
+                assert run["folded"] == rollouts * per_rollout
+                assert run["actions"] == ["hold"]
+                assert run["seconds"] > 0
+                assert run["rss_mb"] > 0
+        assert backend["still_running"] == rollouts
+        assert backend["tracemalloc_peak_mb"] > 0
+    assert len(result["load_before"]) == len(result["load_after"]) == 3

@@ -187,6 +187,18 @@ def test_not_a_database_exits_3(tmp_path: Path) -> None:
 def test_db_upgrade_reports_the_head(cli: Cli) -> None:
     data = cli("db", "upgrade", "--json").json()
     assert data["revision"] == data["head"]
+    assert isinstance(data["created"], bool)
+
+
+def test_db_upgrade_on_a_new_path_says_it_created_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    first = CliRunner().invoke(app, ["--db", str(path), "db", "upgrade"])
+    assert first.exit_code == 0, first.output
+    assert "created a new, empty database" in first.stdout
+    again = CliRunner().invoke(app, ["--db", str(path), "db", "upgrade", "--json"])
+    assert again.exit_code == 0, again.output
+    assert '"created": false' in again.stdout
+    assert "created" not in CliRunner().invoke(app, ["--db", str(path), "db", "upgrade"]).stdout
 
 
 def test_a_python_tag_in_a_spec_is_refused_and_nothing_is_stored(cli: Cli, tmp_path: Path) -> None:

@@ -15,5 +15,13 @@ def upgrade(ctx: typer.Context, json_output: bool = JsonOption) -> None:
     with reporting(json_output):
         store = state(ctx).store()
         revision = store.upgrade()
-        data = {"url": store.url, "revision": revision, "head": store.head_revision()}
-        render(json_output, data, lambda: console.print(f"schema at revision {revision} (head)"))
+        data = {
+            "url": store.url,
+            "revision": revision,
+            "head": store.head_revision(),
+            "created": store.created,
+        }
+        said = f"schema at revision {revision} (head)"
+        if store.created:  # first use of a new SQLite path: say so, never create one silently
+            said = f"created a new, empty database; {said}"
+        render(json_output, data, lambda: console.print(said))

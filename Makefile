@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/policy-canary demo
 
+# One worker per core (pytest-xdist), each taking whole files: every test has its own
+# SQLite file or PostgreSQL schema, so files run side by side; the slowest tests are listed.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

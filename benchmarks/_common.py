@@ -15,10 +15,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
 
+#: A typical recorded outcome, as the tail of an event row (latency 812.5 ms, no error,
+#: quality 0.8, no flags, $0.0021, 900 + 210 tokens on "gpt-x", no custom metrics); the
+#: benchmarks that insert rows directly put a decision's columns in front of it.
+OUTCOME_TAIL: tuple[Any, ...] = (812.5, False, 0.8, "[]", 0, 0.0021, 900, 210, "gpt-x", "{}")
 RESULTS = Path(__file__).parent / "results"
 # Wide enough for the tables even when stdout is a pipe (CI logs, files).
 console = Console(width=160)
@@ -99,3 +104,29 @@ def write_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
         encoding="utf-8",
     )
     return path
+
+
+@contextmanager
+def pg_schema(pg_url: str) -> Iterator[tuple[str | None, str | None]]:
+    """A fresh schema on the PostgreSQL at ``pg_url``: (its URL, None), dropped afterwards.
+
+    (None, why) when PostgreSQL is unreachable: the benchmark reports that part as missing
+    instead of timing it.
+    """
+    from sqlalchemy import create_engine, text  # only the benchmarks that use PostgreSQL
+
+    schema = f"bench_{os.urandom(6).hex()}"
+    try:
+        admin = create_engine(pg_url, connect_args={"connect_timeout": 5})
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as error:  # reported, not timed
+        yield None, str(error).splitlines()[0]
+        return
+    sep = "&" if "?" in pg_url else "?"
+    try:
+        yield f"{pg_url}{sep}options={quote(f'-csearch_path={schema}')}", None
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

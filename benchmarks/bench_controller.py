@@ -35,17 +35,15 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
-from _common import RESULTS, print_table, write_json
+from _common import RESULTS, pg_schema, print_table, write_json
 from policy_canary.clock import ManualClock
 from policy_canary.controller import Controller, Rollouts
 from policy_canary.registry import Registry
@@ -259,26 +257,6 @@ def sqlite_url() -> Iterator[str]:
         yield f"sqlite:///{folder}/controller.db"
 
 
-@contextmanager
-def postgres_url() -> Iterator[tuple[str | None, str | None]]:
-    """A fresh PostgreSQL schema (its URL), dropped afterwards; None and why if unreachable."""
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 5})
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as error:  # reported, not timed
-        yield None, str(error).splitlines()[0]
-        return
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}", None
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (the smoke test)")
@@ -303,7 +281,7 @@ def main() -> None:
         with sqlite_url() as url:
             results["backends"]["SQLite (file, WAL)"] = run_backend(url, args)
     if args.backend in ("postgresql", "both"):
-        with postgres_url() as (pg, problem):
+        with pg_schema(PG_URL) as (pg, problem):
             results["backends"]["PostgreSQL"] = (
                 {"skipped": f"PostgreSQL unreachable: {problem}"} if pg is None
                 else run_backend(pg, args)

@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from _common import RESULTS, print_table, write_json
+from _common import OUTCOME_TAIL, RESULTS, print_table, write_json
 from bench_ingest import postgres_url
 from policy_canary.registry import Registry
 from policy_canary.serving._direct import PRUNE_CHUNK, StoreLink
@@ -66,16 +66,7 @@ def _rows(n: int, at: datetime, tag: str) -> list[tuple[Any, ...]]:
             1,
             True,
             at,
-            812.5,
-            False,
-            0.8,
-            "[]",
-            0,
-            0.0021,
-            900,
-            210,
-            "gpt-x",
-            "{}",
+            *OUTCOME_TAIL,
         )
         for i in range(n)
     ]

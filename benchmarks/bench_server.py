@@ -58,12 +58,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
-from _common import RESULTS, print_table, write_json
+from _common import RESULTS, pg_schema, print_table, write_json
 from policy_canary import Canary
 from policy_canary.controller import Rollouts
 from policy_canary.registry import Registry
@@ -341,26 +340,6 @@ def _until(check: Any, seconds: float = 30.0) -> None:
         time.sleep(0.0002)
 
 
-@contextmanager
-def pg_schema() -> Any:
-    """A fresh PostgreSQL schema (its URL), dropped afterwards; None if unreachable."""
-    try:
-        admin = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        with admin.begin() as conn:
-            conn.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as error:  # reported, not timed
-        yield None, str(error).splitlines()[0]
-        return
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}", None
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
@@ -379,7 +358,7 @@ def main() -> None:
             results["events_sqlite"] = bench_events(url, host, port, token, v1, seconds)
             results["otlp"] = bench_otlp(url, host, port, token, batches)
             results["propagation_sqlite"] = bench_propagation(url, host, port, token, rounds)
-    with pg_schema() as (pg, problem):
+    with pg_schema(PG_URL) as (pg, problem):
         if pg is None:
             skipped = {"skipped": f"PostgreSQL unreachable: {problem}"}
             results["events_postgresql"] = results["propagation_postgresql"] = skipped

@@ -6,34 +6,16 @@ folded exactly its new events, none failed, all still hold, and the history real
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from _bench_run import run_bench
 
 
 @pytest.mark.slow
 def test_bench_controller_smoke(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "bench_controller.py"),
-            "--quick",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "results:" in done.stdout
-    result = json.loads((tmp_path / "bench_controller.json").read_text())
+    result: dict[str, Any] = run_bench("bench_controller.py", tmp_path, "--quick")
     rollouts, per_rollout = result["rollouts"], result["events_per_rollout"]
     assert (rollouts, per_rollout, result["history"]) == (20, 100, 5_000)
     backends = result["backends"]

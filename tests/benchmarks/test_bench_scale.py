@@ -7,33 +7,15 @@ pruned under both ways of pruning.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _run(script: str, out: Path, *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "results:" in done.stdout
-    result: dict[str, object] = json.loads((out / script.replace(".py", ".json")).read_text())
-    return result
+from _bench_run import run_bench
 
 
 @pytest.mark.slow
 def test_bench_writers_smoke(tmp_path: Path) -> None:
-    result = _run("bench_writers.py", tmp_path, "--quick")
+    result = run_bench("bench_writers.py", tmp_path, "--quick")
     runs = result["runs"]
     assert isinstance(runs, list)
     assert [(r["protocol"], r["writers"]) for r in runs] == [
@@ -52,7 +34,7 @@ def test_bench_writers_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_retention_smoke(tmp_path: Path) -> None:
-    result = _run("bench_retention.py", tmp_path, "--quick")
+    result = run_bench("bench_retention.py", tmp_path, "--quick")
     runs = result["runs"]
     assert isinstance(runs, list)
     assert [(r["backend"], r["mode"]) for r in runs] == [

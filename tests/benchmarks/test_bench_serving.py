@@ -6,33 +6,15 @@ evidence (realized shares, every event stored) are.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _run(script: str, out: Path, *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "results:" in done.stdout
-    result: dict[str, object] = json.loads((out / script.replace(".py", ".json")).read_text())
-    return result
+from _bench_run import run_bench
 
 
 @pytest.mark.slow
 def test_bench_route_smoke(tmp_path: Path) -> None:
-    result = _run("bench_route.py", tmp_path, "--n", "2000", "--repeats", "1")
+    result = run_bench("bench_route.py", tmp_path, "--n", "2000", "--repeats", "1", timeout=300)
     assert result["n"] == 2000
     assert result["share_bp"] == 500
     rows = {row["name"]: row for row in result["results"]}  # type: ignore[attr-defined]
@@ -56,7 +38,7 @@ def test_bench_route_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_ingest_smoke(tmp_path: Path) -> None:
-    result = _run("bench_ingest.py", tmp_path, "--n", "500", "--repeats", "1")
+    result = run_bench("bench_ingest.py", tmp_path, "--n", "500", "--repeats", "1", timeout=300)
     operations = [row["operation"] for row in result["caller"]]  # type: ignore[attr-defined]
     assert operations[0] == "record(): 7 fields"
     assert len(operations) == 3
@@ -72,7 +54,7 @@ def test_bench_ingest_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_startup_smoke(tmp_path: Path) -> None:
-    result = _run("bench_startup.py", tmp_path, "--repeats", "1")
+    result = run_bench("bench_startup.py", tmp_path, "--repeats", "1", timeout=300)
     rows = {row["name"]: row for row in result["results"]}  # type: ignore[attr-defined]
     ours = rows["(a) from policy_canary import Canary"]
     opened = rows["(b) (a) + Canary.open(sqlite).gate()"]
@@ -84,7 +66,7 @@ def test_bench_startup_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_server_smoke(tmp_path: Path) -> None:
-    result = _run("bench_server.py", tmp_path, "--quick")
+    result = run_bench("bench_server.py", tmp_path, "--quick", timeout=300)
     events = result["events_sqlite"]
     assert isinstance(events, dict)
     # wrk posts batches of 1,000 for a second: every acknowledged one is stored (a batch in

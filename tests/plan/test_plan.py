@@ -72,6 +72,14 @@ def test_docs_example_is_a_valid_plan() -> None:
     assert len(plan.stages) >= 3
 
 
+def _refused_after(edit: tuple[str, str], message: str) -> None:
+    """The example plan with one ``(old, new)`` edit is refused with ``message``."""
+    old, new = edit
+    assert old in PLAN_YAML
+    with pytest.raises(PlanError, match=message):
+        load(PLAN_YAML.replace(old, new, 1))
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -99,10 +107,7 @@ def test_docs_example_is_a_valid_plan() -> None:
     ],
 )  # fmt: skip
 def test_invalid_plans_name_the_location(edit: tuple[str, str], message: str) -> None:
-    old, new = edit
-    assert old in PLAN_YAML
-    with pytest.raises(PlanError, match=message):
-        load(PLAN_YAML.replace(old, new, 1))
+    _refused_after(edit, message)
 
 
 def test_structural_mistakes_are_explained() -> None:
@@ -167,10 +172,7 @@ def test_format_duration_round_trips(seconds: int) -> None:
 def test_numbers_beyond_their_documented_bounds_are_refused(
     edit: tuple[str, str], message: str
 ) -> None:
-    old, new = edit
-    assert old in PLAN_YAML
-    with pytest.raises(PlanError, match=message):
-        load(PLAN_YAML.replace(old, new, 1))
+    _refused_after(edit, message)
 
 
 def test_a_guardrails_min_samples_is_bounded_too() -> None:
@@ -203,10 +205,7 @@ def test_guardrail_and_price_fields_of_the_wrong_type_are_refused_not_coerced(
     edit: tuple[str, str], message: str
 ) -> None:
     """Issue 10 item 17: YAML's ``true``, ``5.0`` or ``'5'`` is not read as the number 1 or 5."""
-    old, new = edit
-    assert old in PLAN_YAML
-    with pytest.raises(PlanError, match=message):
-        load(PLAN_YAML.replace(old, new, 1))
+    _refused_after(edit, message)
 
 
 def test_custom_metric_bounds_must_be_numbers() -> None:

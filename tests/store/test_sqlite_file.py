@@ -147,3 +147,36 @@ def test_only_a_first_use_with_migrate_creates_a_database(tmp_path: Path) -> Non
     again = Store.open(f"sqlite:///{path}", migrate=False)
     assert not again.created
     again.close()
+
+
+def test_the_write_ahead_log_stays_open_between_transactions_and_closes_with_the_store(
+    tmp_path: Path,
+) -> None:
+    """No transaction's close is the last one: SQLite would checkpoint and delete the whole
+    log on every commit (the anchor, ``store/_sqlite.py``); closing the store lets it go."""
+    path = tmp_path / "anchored.db"
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        for _ in range(3):
+            with store.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS scratch (x INTEGER)")
+                conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
+            assert Path(f"{path}-wal").exists(), "the log was closed with the transaction"
+        with store.read() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM scratch").scalar_one() == 3
+    finally:
+        store.close()
+    assert not Path(f"{path}-wal").exists(), "closing the store left the log open"
+    with sqlite3.connect(path) as plain:
+        assert plain.execute("SELECT count(*) FROM scratch").fetchone()[0] == 3
+
+
+def test_a_fresh_store_on_a_new_path_anchors_its_log_once_it_has_tables(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    store = Store.open(f"sqlite:///{path}")
+    try:
+        with store.begin():
+            pass
+        assert Path(f"{path}-wal").exists()
+    finally:
+        store.close()

@@ -198,6 +198,33 @@ def conditional_log_evalue(
     return np.asarray(np.logaddexp.reduce(np.stack(parts), axis=0), dtype=np.float64)
 
 
+def _strata_log_evalue(
+    cand: NDArray[np.float64],
+    stab: NDArray[np.float64],
+    rho: NDArray[np.float64],
+    null_ratio: float,
+    mixture: RateMixture,
+) -> float:
+    """:func:`conditional_log_evalue` of one state (1-d strata), every component at once.
+
+    The same element-wise operations on a (component, stratum) array instead of one small
+    array per component: each element is computed exactly as there, each row summed by the
+    same reduction, so the value is identical, for a dozen numpy calls instead of ~180.
+    """
+    ratios = np.asarray(mixture.ratios, dtype=np.float64)[:, None]
+    infinite = np.isinf(ratios)
+    q0 = candidate_share_of_bad(rho, null_ratio)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = rho * ratios
+        q1 = np.where(infinite, 1.0, scaled / (scaled + 1.0 - rho))
+        log_lr = np.where(cand > 0, cand * np.log(q1 / q0), 0.0) + np.where(
+            stab > 0, stab * np.log((1.0 - q1) / (1.0 - q0)), 0.0
+        )
+    log_weights = np.asarray([math.log(w) for w in mixture.weights], dtype=np.float64)
+    parts = log_weights + log_lr.sum(axis=-1)
+    return float(np.logaddexp.reduce(parts, axis=0))
+
+
 def _share_of_bad(rho: float, ratio: float) -> float:
     """:func:`candidate_share_of_bad` of one share."""
     if math.isinf(ratio):
@@ -389,9 +416,7 @@ class ConditionalRateProcess:
         value = self._recall(key, cells)
         if value is _MISSING:
             cand, stable, shares = self._arrays()
-            value = float(
-                conditional_log_evalue(cand, stable, shares, null_ratio=null_ratio, mixture=mixture)
-            )
+            value = _strata_log_evalue(cand, stable, shares, null_ratio, mixture)
             self._memo[key] = (cells, value)
         return float(value)
 

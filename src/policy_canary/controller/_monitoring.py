@@ -194,13 +194,21 @@ class Ledger:
 
     def fold(self, events: Iterable[tuple[str, MonitorEvent]]) -> None:
         """Count ``(stage_name, event)`` pairs."""
-        for stage, event in events:
-            arms = self.stages.setdefault(stage, {arm: ArmAggregate() for arm in ARMS})
-            arms[event.arm].add(event)
-            if self.first_event_at is None or event.at < self.first_event_at:
-                self.first_event_at = event.at
-            if self.last_event_at is None or event.at > self.last_event_at:
-                self.last_event_at = event.at
+        stages = self.stages
+        first, last = self.first_event_at, self.last_event_at
+        try:
+            for stage, event in events:
+                arms = stages.get(stage)
+                if arms is None:  # not setdefault: it would build two aggregates per event
+                    arms = stages[stage] = {arm: ArmAggregate() for arm in ARMS}
+                arms[event.arm].add(event)
+                at = event.at
+                if first is None or at < first:
+                    first = at
+                if last is None or at > last:
+                    last = at
+        finally:
+            self.first_event_at, self.last_event_at = first, last
 
     def samples(self, stage: str) -> dict[str, int]:
         """Requests per arm in ``stage``."""

@@ -42,7 +42,7 @@ from policy_canary.monitoring._missing import (
     MissingOutcomes,
     RoutedWindow,
 )
-from policy_canary.monitoring._observations import MonitorEvent, observe
+from policy_canary.monitoring._observations import MonitorEvent, observe_all
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
 #: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums,
@@ -149,7 +149,7 @@ class RolloutMonitor:
                     for e in batch
                 ]
             else:
-                observed = [observe(g.metric, e, self.prices, g.flags) for e in batch]
+                observed = observe_all(g.metric, batch, self.prices, g.flags)
             idx = [i for i, v in enumerate(observed) if v is not None]
             if self._observed is not None:
                 self._observed[g.name] += len(idx)

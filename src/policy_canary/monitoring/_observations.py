@@ -53,29 +53,37 @@ class MonitorEvent:
     feedback: bool = False
 
     def __post_init__(self) -> None:
+        # Field by field, without getattr loops: the controller builds one per event row.
         if self.arm not in ARMS:
             raise InvalidMetricError(f"arm must be 'stable' or 'candidate'; got {self.arm!r}")
-        if isinstance(self.traffic_bp, bool) or not 0 <= self.traffic_bp <= BPS:
-            raise InvalidMetricError(f"traffic_bp must lie in 0..{BPS}; got {self.traffic_bp!r}")
-        for name in ("latency_ms", "cost_usd"):
-            value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise InvalidMetricError(f"{name} must be a finite number >= 0; got {value!r}")
-        if self.quality is not None and not (
-            math.isfinite(self.quality) and 0.0 <= self.quality <= 1.0
-        ):
-            raise InvalidMetricError(f"quality must lie in [0, 1]; got {self.quality!r}")
-        if isinstance(self.flag_count, bool) or self.flag_count < 0:
-            raise InvalidMetricError(f"flag_count must be an int >= 0; got {self.flag_count!r}")
-        if self.flag_count < len(self.safety_flags):  # names given without a count: count them
+        bp = self.traffic_bp
+        if isinstance(bp, bool) or not 0 <= bp <= BPS:
+            raise InvalidMetricError(f"traffic_bp must lie in 0..{BPS}; got {bp!r}")
+        latency = self.latency_ms
+        if latency is not None and (not math.isfinite(latency) or latency < 0):
+            raise InvalidMetricError(f"latency_ms must be a finite number >= 0; got {latency!r}")
+        cost = self.cost_usd
+        if cost is not None and (not math.isfinite(cost) or cost < 0):
+            raise InvalidMetricError(f"cost_usd must be a finite number >= 0; got {cost!r}")
+        quality = self.quality
+        if quality is not None and not (math.isfinite(quality) and 0.0 <= quality <= 1.0):
+            raise InvalidMetricError(f"quality must lie in [0, 1]; got {quality!r}")
+        count = self.flag_count
+        if isinstance(count, bool) or count < 0:
+            raise InvalidMetricError(f"flag_count must be an int >= 0; got {count!r}")
+        if self.safety_flags and count < len(self.safety_flags):
+            # names given without a count: count them
             object.__setattr__(self, "flag_count", len(self.safety_flags))
-        for name in ("input_tokens", "output_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise InvalidMetricError(f"{name} must be >= 0; got {value!r}")
-        for key, value in self.metrics.items():
-            if not isinstance(value, bool) and not math.isfinite(float(value)):
-                raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
+        tokens = self.input_tokens
+        if tokens is not None and tokens < 0:
+            raise InvalidMetricError(f"input_tokens must be >= 0; got {tokens!r}")
+        tokens = self.output_tokens
+        if tokens is not None and tokens < 0:
+            raise InvalidMetricError(f"output_tokens must be >= 0; got {tokens!r}")
+        if self.metrics:
+            for key, value in self.metrics.items():
+                if not isinstance(value, bool) and not math.isfinite(float(value)):
+                    raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
 
     @property
     def flagged(self) -> bool:
@@ -113,3 +121,24 @@ def observe(
             return event.cost_usd
         return price_of(prices, event.model, event.input_tokens, event.output_tokens)
     return None
+
+
+def observe_all(
+    metric: str,
+    events: Sequence[MonitorEvent],
+    prices: Mapping[str, ModelPrice],
+    flags: Sequence[str],
+) -> list[float | bool | None]:
+    """:func:`observe` of every event: the metric's branch chosen once, not once per event."""
+    if metric == "quality":
+        return [e.quality for e in events]
+    if metric.startswith("metrics."):
+        key = metric[len("metrics.") :]
+        return [e.metrics.get(key) for e in events]
+    if metric == "error":
+        return [None if e.feedback else e.error for e in events]
+    if metric == "latency_ms":
+        return [None if e.feedback else e.latency_ms for e in events]
+    if metric == "safety_flags" and not flags:
+        return [None if e.feedback else e.flag_count > 0 for e in events]
+    return [observe(metric, e, prices, flags) for e in events]

@@ -126,14 +126,14 @@ def test_one_rollout_failing_every_tick_is_logged_once_then_one_line_per_tick(
     )
     failing = threading.Event()
     failing.set()
-    real: Callable[..., Any] = _loop.load_rollout
+    real: Callable[..., Any] = _loop.decide
 
     def flaky(*args: Any) -> Any:
         if failing.is_set():
             raise RuntimeError("a bug in this rollout's tick")
         return real(*args)
 
-    monkeypatch.setattr(_loop, "load_rollout", flaky)
+    monkeypatch.setattr(_loop, "decide", flaky)
     with Loop(controller) as loop:
         assert eventually(lambda: len(_records(caplog, logging.WARNING)) >= 4)
         failing.clear()

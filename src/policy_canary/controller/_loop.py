@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from policy_canary.clock import Clock, SystemClock
-from policy_canary.controller._apply import AppliedAction, apply_decision
+from policy_canary.controller._apply import (
+    AppliedAction,
+    apply_decision,
+    apply_holds,
+    is_quiet_hold,
+)
 from policy_canary.controller._decide import decide
+from policy_canary.controller._inputs import new_events, new_feedback, routed_windows
 from policy_canary.controller._lock import ControllerLock, default_holder
 from policy_canary.controller._model import Action, ActionKind, RolloutSnapshot
 from policy_canary.controller._monitoring import (
@@ -23,27 +30,24 @@ from policy_canary.controller._monitoring import (
     MonitorFactory,
     StatisticalMonitors,
     event_from_row,
-    feedback_from_row,
-    routed_windows,
 )
 from policy_canary.controller._rows import (
     Cursors,
     Rollout,
     StaleRevisionError,
     active_rollouts,
-    last_tick,
-    load_rollout,
+    last_ticks,
+    load_rollouts,
+    missing_rollout,
 )
-from policy_canary.controller._state import StoredState, require_state
+from policy_canary.controller._state import StoredState, read_states
 from policy_canary.errors import InputError, first_line
-from policy_canary.monitoring import GRACE_SECONDS, MonitorEvent
+from policy_canary.monitoring import GRACE_SECONDS, MonitorEvent, RoutedWindow
 from policy_canary.plan import RolloutPlan
-from policy_canary.registry import lock_policy
+from policy_canary.registry import lock_policies
 from policy_canary.resilience import Outage
-from policy_canary.serving._feedback import first_observations
 from policy_canary.store import Horizon, Store, visible_through
 from policy_canary.store._audit import check_short_text
-from policy_canary.store.schema import events, feedback
 
 _log = logging.getLogger("policy_canary.controller")
 
@@ -177,26 +181,26 @@ class Controller:
         return TickReport(at=now, acted=True, holder=self.holder, outcomes=tuple(outcomes))
 
     def _tick_chunk(self, chunk: Sequence[tuple[str, str]], now: datetime) -> list[TickOutcome]:
-        """Tick ``chunk``'s rollouts in one transaction, each inside a savepoint of its own.
+        """Tick ``chunk``'s rollouts in one transaction: read for all, decide each, write.
 
-        One commit per chunk instead of one per rollout is what keeps a tick over a thousand
-        rollouts within seconds. A rollout whose tick fails rolls back to its savepoint and
-        the others still commit; if the commit itself fails, none of the chunk applied.
+        One commit per chunk instead of one per rollout, and one statement per kind of read
+        or write for the whole chunk, are what keep a tick over a thousand rollouts within
+        seconds. A rollout whose tick fails writes nothing (a transition rolls back to its
+        savepoint) and the others still commit; if the commit itself fails, none applied.
         """
-        done: list[tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]] = []
+        # Whatever happens below, the in-memory states are this tick's to change: each is
+        # kept again only once the chunk commits (a rollback must not leave folded events).
+        warm = {rid: self._warm.pop(rid, None) for rid, _ in chunk}
         try:
             with self.store.begin() as conn:
-                for rollout_id, policy in chunk:
-                    done.append(self._tick_one(conn, rollout_id, policy, now))
+                done = _ChunkTick(self, conn, now).run(chunk, warm)
         except Exception as exc:  # the commit (or the connection) failed: nothing applied
-            for rollout_id, _ in chunk:
-                self._warm.pop(rollout_id, None)
             return [self._failed(rid, policy, exc) for rid, policy in chunk]
         outcomes = []
-        for outcome, warm, error, transition in done:
-            rid, policy = outcome.rollout_id, outcome.policy
-            if warm is not None:
-                self._warm[rid] = warm
+        for rid, policy in chunk:
+            outcome, kept, error, transition = done[rid]
+            if kept is not None:
+                self._warm[rid] = kept
             if error is not None:
                 outcomes.append(self._failed(rid, policy, error))
                 continue
@@ -219,83 +223,6 @@ class Controller:
         failing.failed(exc)
         return TickOutcome(rollout_id, policy, None, False, -1, error=first_line(exc))
 
-    def _tick_one(
-        self, conn: Connection, rollout_id: str, policy: str, now: datetime
-    ) -> tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]:
-        """One rollout's tick inside the chunk's transaction; what to keep once it commits.
-
-        Returns the outcome, the monitor state to keep in memory after the commit (None:
-        nothing to keep), the error that rolled this rollout back, and the transition to log.
-        """
-        # Whatever happens below, the in-memory state is this tick's to change: it is kept
-        # again only once the chunk commits (a rollback must not leave folded events behind).
-        warm = self._warm.pop(rollout_id, None)
-        try:
-            with conn.begin_nested():
-                # The policy lock serialises this tick with manual commands and with any other
-                # controller; the revision CAS inside apply_decision is the last line.
-                lock_policy(self.store, conn, policy)
-                row = load_rollout(conn, rollout_id)
-                if row.state.is_terminal():
-                    return (
-                        TickOutcome(rollout_id, policy, None, False, row.revision),
-                        None,
-                        None,
-                        None,
-                    )
-                return self._evaluate(conn, row, now, warm)
-        except Exception as exc:  # one broken rollout must not stop the others' ticks
-            blank = TickOutcome(rollout_id, policy, None, False, -1)
-            return blank, None, exc, None
-
-    def _evaluate(
-        self, conn: Connection, row: Rollout, now: datetime, warm: _Warm | None
-    ) -> tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]:
-        plan = self._plan(row)
-        stage = plan.stage(row.stage_index)
-        if warm is None or warm.revision != row.revision:
-            # Not in memory, or changed by someone else (a manual command, another
-            # controller): read the stored state. The revision moves with every state write.
-            stored = require_state(conn, row.id)
-            warm = _Warm(row.revision, self.monitors.load(stored.monitor), stored.ledger,
-                         stored.cursors)  # fmt: skip
-        monitor, ledger, cursors = warm.monitor, warm.ledger, warm.cursors
-        routed_before = ledger.routed_through
-        names = {s.name for s in plan.stages}
-        folded = 0
-        new_cursors = cursors
-        for batch, after_batch in self._new_events(conn, row.id, cursors):
-            new_cursors = after_batch
-            monitor.fold(event for _, event in batch)
-            ledger.fold((s if s in names else stage.name, e) for s, e in batch)
-            folded += len(batch)
-        folded += self._fold_routed(conn, row.id, monitor, ledger, now)
-        verdicts = tuple(monitor.verdicts(stage.name))
-        snapshot = RolloutSnapshot(
-            state=row.state,
-            stage_index=row.stage_index,
-            stage_started_at=row.stage_started_at,
-            samples=ledger.samples(stage.name),
-            alerted=frozenset(ledger.alerted),
-        )
-        action = decide(plan, snapshot, verdicts, now)
-        if folded == 0 and not action.alerts and _same_hold(last_tick(conn, row.id), action):
-            # Nothing written: memory still equals the stored state unless the routed
-            # cursor moved without folding anything, in which case it is read again.
-            keep = warm if ledger.routed_through == routed_before else None
-            return TickOutcome(row.id, row.policy, action, False, row.revision), keep, None, None
-        after = apply_decision(
-            self.store,
-            conn,
-            row,
-            AppliedAction(action, snapshot, verdicts, now, self.actor),
-            state=StoredState(monitor.to_dict(), ledger, new_cursors),
-        )
-        kept = _Warm(after.revision, monitor, ledger, new_cursors)
-        transition = action if action.kind.is_transition() else None
-        outcome = TickOutcome(row.id, row.policy, action, True, after.revision, folded)
-        return outcome, kept, None, transition
-
     def _plan(self, row: Rollout) -> RolloutPlan:
         """The rollout's frozen plan, parsed once per plan hash (it never changes)."""
         plan = self._plans.get(row.plan_hash)
@@ -304,94 +231,6 @@ class Controller:
                 self._plans.clear()
             plan = self._plans[row.plan_hash] = row.plan
         return plan
-
-    @staticmethod
-    def _fold_routed(
-        conn: Connection, rollout_id: str, monitor: Monitor, ledger: Ledger, now: datetime
-    ) -> int:
-        """Fold routing windows older than the grace period into outcomes_recorded, once each.
-
-        Outcomes recorded for a window after it was folded are not counted (GRACE_SECONDS,
-        docs/statistics.md); a monitor without the built-in guardrail (a custom factory, or a
-        state stored before it existed) folds nothing.
-        """
-        fold = getattr(monitor, "fold_routed", None)
-        if fold is None or getattr(monitor, "missing", True) is None:
-            return 0
-        until = now - timedelta(seconds=GRACE_SECONDS)
-        if ledger.routed_through is not None and until <= ledger.routed_through:
-            return 0
-        windows = routed_windows(conn, rollout_id, after=ledger.routed_through, until=until)
-        if not windows:
-            return 0
-        ledger.routed_through = until
-        return int(fold(windows))
-
-    def _new_events(
-        self, conn: Connection, rollout_id: str, cursors: Cursors
-    ) -> Iterator[tuple[list[tuple[str | None, MonitorEvent]], Cursors]]:
-        """Yield batches of new events, then new feedback, with the cursors after each."""
-        through = cursors.events_through
-        # Never past an id that a writer still in flight may commit (store/_visibility.py).
-        ev_bound = [] if self._horizon.events is None else [events.c.id <= self._horizon.events]
-        fb_bound = (
-            [] if self._horizon.feedback is None else [feedback.c.id <= self._horizon.feedback]
-        )
-        while True:
-            rows = (
-                conn.execute(
-                    select(events)
-                    .where(events.c.rollout_id == rollout_id, events.c.id > through, *ev_bound)
-                    .order_by(events.c.id)
-                    .limit(self.batch_size)
-                )
-                .mappings()
-                .all()
-            )
-            if not rows:
-                break
-            through = int(rows[-1]["id"])
-            yield (
-                [(r["stage"], event_from_row(r)) for r in rows],
-                Cursors(through, cursors.feedback_through),
-            )
-            if len(rows) < self.batch_size:
-                break
-        fb_through = cursors.feedback_through
-        while True:
-            # Two steps, not one join: joined on decision_id, SQLite walks every event of the
-            # rollout on each tick (O(history)); the feedback primary key keeps this O(new).
-            fresh = conn.execute(
-                select(
-                    feedback.c.id,
-                    feedback.c.decision_id,
-                    feedback.c.at,
-                    feedback.c.quality,
-                    feedback.c.metrics,
-                )
-                .where(feedback.c.id > fb_through, *fb_bound)
-                .order_by(feedback.c.id)
-                .limit(self.batch_size)
-            ).all()
-            if not fresh:
-                break
-            folded_through, fb_through = fb_through, int(fresh[-1].id)
-            decisions, values = _first_values(conn, rollout_id, fresh, folded_through)
-            batch = []
-            for f, added in zip(fresh, values, strict=True):
-                if added is not None:  # None: unknown decision, or nothing new (counted once)
-                    decision = decisions[f.decision_id]
-                    row = {
-                        "at": f.at,
-                        "quality": added[0],
-                        "metrics": json.dumps(added[1]),
-                        "arm": decision.arm,
-                        "traffic_bp": decision.traffic_bp,
-                    }
-                    batch.append((decision.stage, feedback_from_row(row)))
-            yield batch, Cursors(through, fb_through)
-            if len(fresh) < self.batch_size:
-                break
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -450,39 +289,250 @@ class Controller:
         self.lock.release()
 
 
-def _first_values(
-    conn: Connection, rollout_id: str, fresh: Sequence[Any], folded_through: int
-) -> tuple[dict[str, Any], list[tuple[float | None, dict[str, Any]] | None]]:
-    """The rollout's decisions named by ``fresh`` feedback, and what each row adds to them.
+#: What a chunk's tick did with one rollout: the outcome, the monitor state to keep in memory
+#: once the chunk commits (None: nothing to keep), the error that ended the rollout's tick,
+#: and the transition to log.
+_Done = tuple[TickOutcome, _Warm | None, BaseException | None, Action | None]
 
-    A decision keeps one value per metric, the first: its event's own, then feedback in
-    store order (``_feedback.py``), so feedback folded by earlier ticks is read again here.
-    """
-    named = {f.decision_id for f in fresh}
-    decisions = {
-        r.decision_id: r
-        for r in conn.execute(
-            select(
-                events.c.decision_id,
-                events.c.arm,
-                events.c.traffic_bp,
-                events.c.stage,
-                events.c.quality,
-                events.c.metrics,
-            ).where(events.c.rollout_id == rollout_id, events.c.decision_id.in_(named))
+
+@dataclass(slots=True)
+class _Work:
+    """One rollout's tick in progress: its row and plan, its monitor state, what it folded."""
+
+    row: Rollout
+    plan: RolloutPlan
+    warm: _Warm
+    #: How far it has folded this tick (``warm.cursors``: how far its stored state had).
+    cursors: Cursors
+    routed_before: datetime | None
+    folded: int = 0
+
+    def fold(self, batch: Sequence[tuple[str | None, MonitorEvent]]) -> None:
+        """Fold ``(stage, event)`` pairs; a stage the plan does not name counts as the current."""
+        names = {s.name for s in self.plan.stages}
+        current = self.plan.stage(self.row.stage_index).name
+        self.warm.monitor.fold(event for _, event in batch)
+        self.warm.ledger.fold((s if s in names else current, e) for s, e in batch)
+        self.folded += len(batch)
+
+    def decide(self, now: datetime, actor: str) -> AppliedAction:
+        """What decide() makes of the rollout's verdicts now, with everything it saw."""
+        row, ledger = self.row, self.warm.ledger
+        stage = self.plan.stage(row.stage_index)
+        verdicts = tuple(self.warm.monitor.verdicts(stage.name))
+        snapshot = RolloutSnapshot(
+            state=row.state,
+            stage_index=row.stage_index,
+            stage_started_at=row.stage_started_at,
+            samples=ledger.samples(stage.name),
+            alerted=frozenset(ledger.alerted),
         )
-    }
-    earlier = conn.execute(
-        select(feedback.c.decision_id, feedback.c.quality, feedback.c.metrics)
-        .where(feedback.c.decision_id.in_(set(decisions)), feedback.c.id <= folded_through)
-        .order_by(feedback.c.id)
-    ).all()
-    values = first_observations(
-        {d: (r.quality, r.metrics) for d, r in decisions.items()},
-        [(e.decision_id, e.quality, e.metrics) for e in earlier],
-        [(f.decision_id, f.quality, f.metrics) for f in fresh],
-    )
-    return decisions, values
+        action = decide(self.plan, snapshot, verdicts, now)
+        return AppliedAction(action, snapshot, verdicts, now, actor)
+
+    def state(self) -> StoredState:
+        """The stored state after this tick's folds."""
+        return StoredState(self.warm.monitor.to_dict(), self.warm.ledger, self.cursors)
+
+
+#: A rollout's decision ready to be written, with the state written with it.
+_Write = tuple[_Work, AppliedAction, StoredState]
+
+
+class _ChunkTick:
+    """One chunk's tick inside its transaction: read for all its rollouts, decide each, write.
+
+    Each read, and each table the holds write, is one statement for the whole chunk; a
+    transition, or a hold that raises an alert, is written by apply_decision in a savepoint
+    of its own. An error in one rollout's part ends that rollout's tick alone: it writes
+    nothing and keeps no memory. An error in a statement the chunk shares fails the chunk.
+    """
+
+    def __init__(self, controller: Controller, conn: Connection, now: datetime) -> None:
+        self.controller = controller
+        self.conn = conn
+        self.now = now
+        self.work: dict[str, _Work] = {}
+        self.done: dict[str, _Done] = {}
+
+    def run(
+        self, chunk: Sequence[tuple[str, str]], warm: Mapping[str, _Warm | None]
+    ) -> dict[str, _Done]:
+        """Tick every rollout of ``chunk`` (``warm``: each one's memory, if any); by id."""
+        # The policy locks serialise this tick with manual commands and with any other
+        # controller from before the rows are read, so no revision moves until the commit.
+        lock_policies(self.controller.store, self.conn, (policy for _, policy in chunk))
+        self._load(chunk, warm)
+        self._fold_events()
+        self._fold_feedback()
+        self._fold_routed()
+        last = last_ticks(self.conn, list(self.work)) if self.work else {}
+        holds, writes = self._decide(last)
+        self._write_holds(holds, last)
+        for write in writes:
+            self._write(*write)
+        return self.done
+
+    # -- read and fold --------------------------------------------------------------------
+
+    def _load(self, chunk: Sequence[tuple[str, str]], warm: Mapping[str, _Warm | None]) -> None:
+        """Each rollout's row, plan and monitor state: the one in memory, else the stored one."""
+        rows = load_rollouts(self.conn, [rid for rid, _ in chunk])
+        live: dict[str, Rollout] = {}
+        for rid, policy in chunk:
+            row = rows.get(rid)
+            if row is None:
+                self._fail(rid, policy, missing_rollout(rid))
+            elif row.state.is_terminal():
+                self.done[rid] = (TickOutcome(rid, policy, None, False, row.revision), None,
+                                  None, None)  # fmt: skip
+            else:
+                live[rid] = row
+        # Not in memory, or changed by someone else (a manual command, another controller):
+        # read the stored state. The revision moves with every state write.
+        cold = [rid for rid, row in live.items() if _stale(warm[rid], row)]
+        stored = read_states(self.conn, cold) if cold else {}
+        for rid, row in live.items():
+            try:
+                plan = self.controller._plan(row)
+                kept = self._thaw(row, stored[rid]) if rid in stored else warm[rid]
+                assert kept is not None, "a rollout without memory is read from the store"
+                self.work[rid] = _Work(row, plan, kept, kept.cursors, kept.ledger.routed_through)
+            except Exception as exc:  # one broken rollout must not stop the others' ticks
+                self._fail(rid, row.policy, exc)
+
+    def _thaw(self, row: Rollout, stored: StoredState | Exception) -> _Warm:
+        """A stored state made a monitor in memory (or the error reading it raised)."""
+        if isinstance(stored, Exception):
+            raise stored
+        monitor = self.controller.monitors.load(stored.monitor)
+        return _Warm(row.revision, monitor, stored.ledger, stored.cursors)
+
+    def _fold_events(self) -> None:
+        """Fold the events past each rollout's cursor, a page at a time."""
+        cursors = {rid: w.cursors.events_through for rid, w in self.work.items()}
+        horizon, batch = self.controller._horizon.events, self.controller.batch_size
+        for page in new_events(self.conn, cursors, horizon=horizon, batch=batch):
+            for rid, rows in page.items():
+                if (work := self.work.get(rid)) is None:
+                    continue  # its tick failed on an earlier page
+                with self._alone(rid):
+                    work.fold([(r["stage"], event_from_row(r)) for r in rows])
+                    work.cursors = Cursors(int(rows[-1]["id"]), work.cursors.feedback_through)
+
+    def _fold_feedback(self) -> None:
+        """Fold the feedback past each rollout's cursor; its cursor moves past every page."""
+        cursors = {rid: w.cursors.feedback_through for rid, w in self.work.items()}
+        horizon, batch = self.controller._horizon.feedback, self.controller.batch_size
+        for folds, through in new_feedback(self.conn, cursors, horizon=horizon, batch=batch):
+            for rid, work in list(self.work.items()):
+                if through <= cursors[rid]:
+                    continue  # the whole page is behind its cursor: folded by earlier ticks
+                with self._alone(rid):
+                    if mine := folds.get(rid):
+                        work.fold(mine)
+                    work.cursors = Cursors(work.cursors.events_through, through)
+
+    def _fold_routed(self) -> None:
+        """Fold routing windows older than the grace period into outcomes_recorded, once each.
+
+        Outcomes recorded for a window after it was folded are not counted (GRACE_SECONDS,
+        docs/statistics.md); a monitor without the built-in guardrail (a custom factory, or
+        a state stored before it existed) folds nothing.
+        """
+        until = self.now - timedelta(seconds=GRACE_SECONDS)
+        after = {
+            rid: w.routed_before
+            for rid, w in self.work.items()
+            if _routed_fold(w.warm.monitor) is not None
+            and (w.routed_before is None or until > w.routed_before)
+        }
+        for rid, windows in routed_windows(self.conn, after, until=until).items():
+            work = self.work[rid]
+            with self._alone(rid):
+                work.warm.ledger.routed_through = until
+                fold = _routed_fold(work.warm.monitor)
+                assert fold is not None, "only monitors that fold windows asked for them"
+                work.folded += int(fold(windows))
+
+    # -- decide and write -----------------------------------------------------------------
+
+    def _decide(self, last: Mapping[str, Mapping[Any, Any]]) -> tuple[list[_Write], list[_Write]]:
+        """Decide each rollout: the quiet holds to write together, and the other writes.
+
+        ``last`` holds each rollout's newest trace row: a tick that folded nothing and would
+        record the same hold again writes nothing (what keeps ticks idempotent).
+        """
+        holds: list[_Write] = []
+        writes: list[_Write] = []
+        for rid, work in list(self.work.items()):
+            with self._alone(rid):
+                applied = work.decide(self.now, self.controller.actor)
+                action, row = applied.action, work.row
+                if work.folded == 0 and not action.alerts and _same_hold(last.get(rid), action):
+                    # Nothing written: memory still equals the stored state unless the
+                    # routed cursor moved without folding anything; then it is read again.
+                    moved = work.warm.ledger.routed_through != work.routed_before
+                    outcome = TickOutcome(rid, row.policy, action, False, row.revision)
+                    self.done[rid] = (outcome, None if moved else work.warm, None, None)
+                    continue
+                (holds if is_quiet_hold(action) else writes).append((work, applied, work.state()))
+        return holds, writes
+
+    def _write_holds(self, holds: Sequence[_Write], last: Mapping[str, Mapping[Any, Any]]) -> None:
+        """Write the quiet holds together; an error here fails the chunk (nothing applies)."""
+        if not holds:
+            return
+        seqs = {rid: int(tick["seq"]) for rid, tick in last.items()}
+        written = [(work.row, applied, state) for work, applied, state in holds]
+        afters = apply_holds(self.conn, written, last_seqs=seqs)
+        for (work, applied, _), after in zip(holds, afters, strict=True):
+            self._written(work, applied, after)
+
+    def _write(self, work: _Work, applied: AppliedAction, state: StoredState) -> None:
+        """Write one decision in a savepoint of its own: if it fails, it rolls back alone."""
+        try:
+            with self.conn.begin_nested():
+                store = self.controller.store
+                after = apply_decision(store, self.conn, work.row, applied, state=state)
+        except Exception as exc:  # one broken rollout must not stop the others' ticks
+            self._fail(work.row.id, work.row.policy, exc)
+            return
+        self._written(work, applied, after)
+
+    def _written(self, work: _Work, applied: AppliedAction, after: Rollout) -> None:
+        action, row = applied.action, work.row
+        kept = _Warm(after.revision, work.warm.monitor, work.warm.ledger, work.cursors)
+        outcome = TickOutcome(row.id, row.policy, action, True, after.revision, work.folded)
+        transition = action if action.kind.is_transition() else None
+        self.done[row.id] = (outcome, kept, None, transition)
+
+    # -- failures -------------------------------------------------------------------------
+
+    @contextmanager
+    def _alone(self, rollout_id: str) -> Iterator[None]:
+        """One rollout's part of the chunk: an exception ends its tick, not the chunk's."""
+        try:
+            yield
+        except Exception as exc:  # one broken rollout must not stop the others' ticks
+            self._fail(rollout_id, self.work[rollout_id].row.policy, exc)
+
+    def _fail(self, rollout_id: str, policy: str, exc: BaseException) -> None:
+        """End a rollout's tick: nothing of it is written and it keeps no memory."""
+        self.work.pop(rollout_id, None)
+        self.done[rollout_id] = (TickOutcome(rollout_id, policy, None, False, -1), None, exc,
+                                 None)  # fmt: skip
+
+
+def _stale(warm: _Warm | None, row: Rollout) -> bool:
+    """True when the memory kept of a rollout is missing or older than its row."""
+    return warm is None or warm.revision != row.revision
+
+
+def _routed_fold(monitor: Monitor) -> Callable[[list[RoutedWindow]], int] | None:
+    """The monitor's fold of routing windows, if it has the built-in outcomes_recorded."""
+    fold = getattr(monitor, "fold_routed", None)
+    return None if fold is None or getattr(monitor, "missing", True) is None else fold
 
 
 def _outage(what: str) -> Outage:

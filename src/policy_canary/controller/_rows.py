@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, func, select, tuple_
 
 from policy_canary.canonical import jsonable
 from policy_canary.clock import utc
 from policy_canary.controller._model import ACTIVE_STATES, RolloutState
-from policy_canary.errors import ConflictError, NotFoundError
+from policy_canary.errors import ConflictError, NotFoundError, StoreError
 from policy_canary.monitoring import Verdict
 from policy_canary.plan import RolloutPlan
 from policy_canary.store import Store
@@ -103,10 +103,21 @@ def load_rollout(conn: Connection, rollout_id: str) -> Rollout:
     """The rollout with this id, or a NotFoundError."""
     row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
     if row is None:
-        raise NotFoundError(
-            f"no rollout {rollout_id!r}; list them with 'policy-canary rollout status'"
-        )
+        raise missing_rollout(rollout_id)
     return Rollout.from_row(row)
+
+
+def load_rollouts(conn: Connection, rollout_ids: Sequence[str]) -> dict[str, Rollout]:
+    """The rollouts with these ids, by id, in one query (an id without a row is left out)."""
+    rows = conn.execute(select(rollouts).where(rollouts.c.id.in_(rollout_ids))).mappings()
+    return {r["id"]: Rollout.from_row(r) for r in rows}
+
+
+def missing_rollout(rollout_id: str) -> NotFoundError:
+    """The error of a rollout id without a row."""
+    return NotFoundError(
+        f"no rollout {rollout_id!r}; list them with 'policy-canary rollout status'"
+    )
 
 
 def active_rollout(conn: Connection, policy: str) -> Rollout | None:
@@ -150,6 +161,27 @@ def compare_and_swap(conn: Connection, row: Rollout, **values: Any) -> Rollout:
     return load_rollout(conn, row.id)
 
 
+def bump_revisions(conn: Connection, rows: Sequence[Rollout]) -> list[Rollout]:
+    """:func:`compare_and_swap` of many rows that change nothing but their revision, at once.
+
+    The caller holds the rows' policy locks since it read them, so a row whose revision moved
+    means the locks did not hold: a StoreError (and the caller's transaction rolls back).
+    """
+    if not rows:
+        return []
+    result = conn.execute(
+        rollouts.update()
+        .where(tuple_(rollouts.c.id, rollouts.c.revision).in_([(r.id, r.revision) for r in rows]))
+        .values(revision=rollouts.c.revision + 1)
+    )
+    if result.rowcount != len(rows):
+        raise StoreError(
+            f"{len(rows) - result.rowcount} of {len(rows)} rollouts changed under their policy "
+            "locks while their holds were prepared; none was written, the next tick retries them"
+        )
+    return [replace(r, revision=r.revision + 1) for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Cursors:
     """How far the monitor state has folded the ``events`` and ``feedback`` tables."""
@@ -170,6 +202,23 @@ def last_tick(conn: Connection, rollout_id: str) -> Mapping[Any, Any] | None:
         .mappings()
         .first()
     )
+
+
+def last_ticks(conn: Connection, rollout_ids: Sequence[str]) -> dict[str, Mapping[Any, Any]]:
+    """:func:`last_tick` of each of these rollouts (those with any), by id, in one query."""
+    t = rollout_ticks.c
+    newest = (
+        select(t.rollout_id, func.max(t.seq).label("seq"))
+        .where(t.rollout_id.in_(rollout_ids))
+        .group_by(t.rollout_id)
+        .subquery()
+    )
+    rows = conn.execute(
+        select(rollout_ticks).join(
+            newest, and_(t.rollout_id == newest.c.rollout_id, t.seq == newest.c.seq)
+        )
+    ).mappings()
+    return {r["rollout_id"]: r for r in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,23 +247,31 @@ def record_tick(conn: Connection, tick: Tick) -> int:
         ).scalar_one()
         + 1
     )
-    conn.execute(
-        rollout_ticks.insert().values(
-            rollout_id=tick.rollout_id,
-            seq=seq,
-            at=tick.at,
-            revision=tick.revision,
-            stage_index=tick.stage_index,
-            traffic_bp=tick.traffic_bp,
-            action=tick.action,
-            reason=tick.message,
-            verdicts=dumps([v.to_dict() for v in tick.verdicts]),
-            inputs=dumps(tick.inputs),
-            events_through=tick.cursors.events_through,
-            feedback_through=tick.cursors.feedback_through,
-        )
-    )
+    conn.execute(rollout_ticks.insert().values(_tick_values(tick, seq)))
     return seq
+
+
+def record_ticks(conn: Connection, ticks: Sequence[tuple[Tick, int]]) -> None:
+    """:func:`record_tick` of many ``(tick, seq)`` pairs (numbered by the caller), at once."""
+    if ticks:
+        conn.execute(rollout_ticks.insert(), [_tick_values(tick, seq) for tick, seq in ticks])
+
+
+def _tick_values(tick: Tick, seq: int) -> dict[str, Any]:
+    return {
+        "rollout_id": tick.rollout_id,
+        "seq": seq,
+        "at": tick.at,
+        "revision": tick.revision,
+        "stage_index": tick.stage_index,
+        "traffic_bp": tick.traffic_bp,
+        "action": tick.action,
+        "reason": tick.message,
+        "verdicts": dumps([v.to_dict() for v in tick.verdicts]),
+        "inputs": dumps(tick.inputs),
+        "events_through": tick.cursors.events_through,
+        "feedback_through": tick.cursors.feedback_through,
+    }
 
 
 def record_transition(

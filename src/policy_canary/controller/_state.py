@@ -9,12 +9,12 @@ the same format.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from policy_canary.canonical import jsonable
 from policy_canary.controller._monitoring import Ledger, Monitor
@@ -97,12 +97,35 @@ def read_state(conn: Connection, rollout_id: str) -> StoredState | None:
     return StoredState.parse(row.state, Cursors(int(row.events_through), int(row.feedback_through)))
 
 
+def read_states(conn: Connection, rollout_ids: Sequence[str]) -> dict[str, StoredState | Exception]:
+    """Each rollout's stored state in one query, by id, or the error reading it raised.
+
+    The errors are :func:`require_state`'s (a missing row) and :meth:`StoredState.parse`'s
+    (a damaged text): one broken state fails its own rollout's tick, not its neighbours'.
+    """
+    found: dict[str, StoredState | Exception] = {
+        rid: StoreError(_missing(rid)) for rid in rollout_ids
+    }
+    query = select(monitor_states).where(monitor_states.c.rollout_id.in_(rollout_ids))
+    for row in conn.execute(query):
+        cursors = Cursors(int(row.events_through), int(row.feedback_through))
+        try:
+            found[row.rollout_id] = StoredState.parse(row.state, cursors)
+        except Exception as error:  # kept for the rollout's outcome, like require_state's
+            found[row.rollout_id] = error
+    return found
+
+
 def require_state(conn: Connection, rollout_id: str) -> StoredState:
     """The rollout's stored state; a StoreError when it is missing."""
     state = read_state(conn, rollout_id)
     if state is None:  # every start writes one; a missing row means a damaged store
-        raise StoreError(f"rollout {rollout_id} has no monitor state; abort it and restart")
+        raise StoreError(_missing(rollout_id))
     return state
+
+
+def _missing(rollout_id: str) -> str:
+    return f"rollout {rollout_id} has no monitor state; abort it and restart"
 
 
 def read_cursors(conn: Connection, rollout_id: str) -> Cursors:
@@ -119,15 +142,37 @@ def write_state(
     conn: Connection, rollout_id: str, state: StoredState, at: datetime, *, insert: bool = False
 ) -> None:
     """Insert (at the start) or update the rollout's stored state."""
-    values = {
+    values = _values(state, at)
+    if insert:
+        conn.execute(monitor_states.insert().values(rollout_id=rollout_id, **values))
+    else:
+        write_states(conn, [(rollout_id, state, at)])
+
+
+def write_states(conn: Connection, states: Sequence[tuple[str, StoredState, datetime]]) -> None:
+    """Update each ``(rollout_id, state, at)``'s stored state in one statement (executemany)."""
+    if not states:
+        return
+    names = ("state", "events_through", "feedback_through", "updated_at")
+    update = (
+        monitor_states.update()
+        .where(monitor_states.c.rollout_id == bindparam("rid"))
+        .values({name: bindparam(f"new_{name}") for name in names})
+    )
+    conn.execute(
+        update,
+        [
+            {"rid": rid, **{f"new_{k}": v for k, v in _values(state, at).items()}}
+            for rid, state, at in states
+        ],
+    )
+
+
+def _values(state: StoredState, at: datetime) -> dict[str, Any]:
+    """The columns of a ``monitor_states`` row besides its rollout id."""
+    return {
         "state": state.dump(),
         "events_through": state.cursors.events_through,
         "feedback_through": state.cursors.feedback_through,
         "updated_at": at,
     }
-    if insert:
-        conn.execute(monitor_states.insert().values(rollout_id=rollout_id, **values))
-    else:
-        conn.execute(
-            monitor_states.update().where(monitor_states.c.rollout_id == rollout_id).values(values)
-        )

@@ -19,7 +19,13 @@ from policy_canary.registry._models import (
     split_ref,
     validate_policy_name,
 )
-from policy_canary.registry._queries import lock_policy, move_stable, require_policy, resolve_in
+from policy_canary.registry._queries import (
+    lock_policies,
+    lock_policy,
+    move_stable,
+    require_policy,
+    resolve_in,
+)
 from policy_canary.registry._registry import Registry
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "ReleaseKind",
     "Version",
     "VersionDiff",
+    "lock_policies",
     "lock_policy",
     "move_stable",
     "require_policy",

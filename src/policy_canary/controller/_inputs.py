@@ -1,0 +1,172 @@
+"""What a chunk of rollouts folds in one tick, read for the whole chunk at once.
+
+The controller ticks its rollouts in chunks (``_loop.py``); each query here serves every
+rollout of a chunk, so a tick's statements grow with its chunks, not its rollouts. Each
+rollout reads past its own cursors, exactly what a query of its own would return, and never
+past the tick's horizon (``store/_visibility.py``). Events and feedback come a page of at
+most ``batch`` rows at a time, so a chunk's memory stays bounded however far it is behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, and_, or_, select
+
+from policy_canary.controller._monitoring import feedback_from_row
+from policy_canary.monitoring import MonitorEvent, RoutedWindow
+from policy_canary.serving._feedback import first_observations
+from policy_canary.store.schema import events, feedback, routed_counts
+
+#: What a rollout folds from one page of feedback: ``(stage, event)`` pairs in store order.
+Folds = dict[str, list[tuple[str | None, MonitorEvent]]]
+
+
+def new_events(
+    conn: Connection, cursors: Mapping[str, int], *, horizon: int | None, batch: int
+) -> Iterator[dict[str, list[RowMapping]]]:
+    """Pages of new events, each as every rollout's rows past its cursor, in id order.
+
+    ``cursors`` maps each rollout to the last event id it folded.
+    """
+    if not cursors:
+        return
+    c = events.c
+    # One term per rollout keeps each one's own cursor exact: a quiet rollout far behind does
+    # not make the others read their old events again (each term is a (rollout_id, id) range).
+    own = or_(*(and_(c.rollout_id == rid, c.id > through) for rid, through in cursors.items()))
+    bound = [] if horizon is None else [c.id <= horizon]
+    after = min(cursors.values())
+    while True:
+        query = select(events).where(own, c.id > after, *bound).order_by(c.id).limit(batch)
+        rows = conn.execute(query).mappings().all()
+        if not rows:
+            return
+        page: dict[str, list[RowMapping]] = {}
+        for row in rows:
+            page.setdefault(row["rollout_id"], []).append(row)
+        yield page
+        if len(rows) < batch:
+            return
+        after = int(rows[-1]["id"])
+
+
+def new_feedback(
+    conn: Connection, cursors: Mapping[str, int], *, horizon: int | None, batch: int
+) -> Iterator[tuple[Folds, int]]:
+    """Pages of new feedback: what each rollout folds from the page, and the page's last id.
+
+    ``cursors`` maps each rollout to the last feedback id it folded. Feedback rows name only
+    their decision, so a page is every new row of the store; it is read once for the chunk
+    and each row goes to the rollout whose event it follows (if that rollout is here).
+    """
+    if not cursors:
+        return
+    f = feedback.c
+    bound = [] if horizon is None else [f.id <= horizon]
+    after = min(cursors.values())
+    while True:
+        # Two steps, not one join: joined on decision_id, SQLite walks every event of the
+        # rollouts on each tick (O(history)); the feedback primary key keeps this O(new).
+        fresh = conn.execute(
+            select(f.id, f.decision_id, f.at, f.quality, f.metrics)
+            .where(f.id > after, *bound)
+            .order_by(f.id)
+            .limit(batch)
+        ).all()
+        if not fresh:
+            return
+        yield _attribute(conn, fresh, cursors, after), int(fresh[-1].id)
+        if len(fresh) < batch:
+            return
+        after = int(fresh[-1].id)
+
+
+def _attribute(
+    conn: Connection, fresh: Sequence[Any], cursors: Mapping[str, int], page_after: int
+) -> Folds:
+    """What each rollout folds from ``fresh``: the first value per decision and metric.
+
+    A decision keeps one value per metric, the first: its event's own, then feedback in
+    store order (``serving/_feedback.py``), so feedback folded by earlier ticks (or earlier
+    pages) is read again here. ``page_after`` is where this page starts.
+    """
+    c = events.c
+    decisions = {
+        r.decision_id: r
+        for r in conn.execute(
+            select(
+                c.decision_id, c.rollout_id, c.arm, c.traffic_bp, c.stage, c.quality, c.metrics
+            ).where(c.rollout_id.in_(cursors), c.decision_id.in_({f.decision_id for f in fresh}))
+        )
+    }
+    if not decisions:
+        return {}
+    # Each rollout has folded up to its own cursor, or to this page's start when later.
+    folded = {rid: max(through, page_after) for rid, through in cursors.items()}
+    earlier: dict[str, list[tuple[str, float | None, str | None]]] = {}
+    for e in conn.execute(
+        select(feedback.c.id, feedback.c.decision_id, feedback.c.quality, feedback.c.metrics)
+        .where(
+            feedback.c.decision_id.in_(set(decisions)),
+            feedback.c.id <= max(folded[d.rollout_id] for d in decisions.values()),
+        )
+        .order_by(feedback.c.id)
+    ):
+        rid = decisions[e.decision_id].rollout_id
+        if e.id <= folded[rid]:
+            earlier.setdefault(rid, []).append((e.decision_id, e.quality, e.metrics))
+    mine: dict[str, list[Any]] = {}
+    for row in fresh:
+        decision = decisions.get(row.decision_id)
+        if decision is not None and row.id > cursors[decision.rollout_id]:
+            mine.setdefault(decision.rollout_id, []).append(row)
+    folds: Folds = {}
+    for rid, rows in mine.items():
+        held = {d: (r.quality, r.metrics) for d, r in decisions.items() if r.rollout_id == rid}
+        values = first_observations(
+            held, earlier.get(rid, []), [(r.decision_id, r.quality, r.metrics) for r in rows]
+        )
+        batch = folds[rid] = []
+        for row, added in zip(rows, values, strict=True):
+            if added is not None:  # None: nothing new for its decision (counted once)
+                decision = decisions[row.decision_id]
+                event = {
+                    "at": row.at,
+                    "quality": added[0],
+                    "metrics": json.dumps(added[1]),
+                    "arm": decision.arm,
+                    "traffic_bp": decision.traffic_bp,
+                }
+                batch.append((decision.stage, feedback_from_row(event)))
+    return folds
+
+
+def routed_windows(
+    conn: Connection, after: Mapping[str, datetime | None], *, until: datetime
+) -> dict[str, list[RoutedWindow]]:
+    """Each rollout's routing windows that ended in (its ``after``, ``until``], one per SDK
+    process (``_monitoring.routed_windows`` for the whole chunk)."""
+    if not after:
+        return {}
+    c = routed_counts.c
+    own = or_(
+        *(
+            c.rollout_id == rid
+            if since is None
+            else and_(c.rollout_id == rid, c.window_end > since)
+            for rid, since in after.items()
+        )
+    )
+    found: dict[str, list[RoutedWindow]] = {}
+    for row in conn.execute(
+        select(
+            c.rollout_id, c.routed_stable, c.routed_candidate, c.recorded_stable,
+            c.recorded_candidate,
+        ).where(own, c.window_end <= until)
+    ):  # fmt: skip
+        found.setdefault(row[0], []).append(RoutedWindow(*(int(x) for x in row[1:])))
+    return found

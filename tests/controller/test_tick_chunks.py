@@ -199,3 +199,41 @@ def test_feedback_read_once_per_chunk_reaches_each_rollout_past_its_own_cursor_o
     assert _low_quality(store, second.id) == 1
     assert outcomes[first.id].events_folded == 1  # the feedback of a-candidate-1 alone
     assert outcomes[second.id].events_folded == 3  # two events and b-candidate-0's feedback
+
+
+def test_every_statement_of_a_tick_is_planned_for_its_own_values_on_postgresql(
+    pg_url: str, clock: ManualClock
+) -> None:
+    # A generic plan (psycopg prepares a statement from its fifth execution) cannot see the
+    # cursors, and read a chunk's new events by filtering the whole id range past the lowest.
+    store = Store.open(pg_url)
+    registry = setup_policy(store, clock)
+    registry.register(OTHER, {"prompt": "b1"}, author="alice")
+    registry.register(OTHER, {"prompt": "b2"}, author="alice")
+    monitors = CountingMonitors(breach_after=10_000)
+    rollouts = Rollouts(store, clock=clock, monitors=monitors)
+    started = [rollouts.start(p, candidate="v2", plan=small_plan()).id for p in (POLICY, OTHER)]
+    modes: list[str] = []
+
+    def mode_of_events_reads(conn: Any, *args: Any) -> None:
+        if args[1].startswith("SELECT events.id"):
+            modes.append(conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one())
+
+    controller = Controller(store, clock=clock, monitors=monitors, holder="t", chunk_size=1)
+    event.listen(store.engine, "after_cursor_execute", mode_of_events_reads)
+    try:
+        for _ in range(6):  # past psycopg's prepare threshold
+            for rollout_id in started:
+                insert_events(store, rollout_id=rollout_id, stage="canary", at=clock.now(),
+                              candidate=1, stable=1)  # fmt: skip
+            clock.advance(timedelta(seconds=10))
+            controller.tick()
+        with store.read() as conn:
+            after_ticks = conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
+    finally:
+        event.remove(store.engine, "after_cursor_execute", mode_of_events_reads)
+        controller.close()
+        store.close()
+    assert len(modes) == 12  # each tick, one read of new events per chunk (one rollout each)
+    assert set(modes) == {"force_custom_plan"}
+    assert after_ticks == "auto"  # and only in the tick's transactions: the setting is LOCAL

@@ -42,7 +42,7 @@ def test_a_failing_rollout_rolls_back_alone_and_the_rest_of_its_chunk_commits(
     real = _loop.event_from_row
 
     def flaky(row: Any) -> Any:  # fails while folding: after the chunk's reads, before writes
-        if row["rollout_id"] == bad.id:
+        if row.rollout_id == bad.id:
             raise RuntimeError("a bug in this rollout's tick")
         return real(row)
 

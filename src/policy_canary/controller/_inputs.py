@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, or_, select
+from sqlalchemy import Connection, Row, and_, or_, select
 
-from policy_canary.controller._monitoring import feedback_from_row
+from policy_canary.controller._monitoring import EVENT_COLUMNS, feedback_from_row
 from policy_canary.monitoring import MonitorEvent, RoutedWindow
 from policy_canary.serving._feedback import first_observations
 from policy_canary.store.schema import events, feedback, routed_counts
@@ -27,10 +27,11 @@ Folds = dict[str, list[tuple[str | None, MonitorEvent]]]
 
 def new_events(
     conn: Connection, cursors: Mapping[str, int], *, horizon: int | None, batch: int
-) -> Iterator[dict[str, list[RowMapping]]]:
+) -> Iterator[dict[str, list[Row[Any]]]]:
     """Pages of new events, each as every rollout's rows past its cursor, in id order.
 
-    ``cursors`` maps each rollout to the last event id it folded.
+    ``cursors`` maps each rollout to the last event id it folded. A row has ``id``,
+    ``rollout_id``, ``stage`` and the columns of a MonitorEvent (``event_from_row``).
     """
     if not cursors:
         return
@@ -41,17 +42,22 @@ def new_events(
     bound = [] if horizon is None else [c.id <= horizon]
     after = min(cursors.values())
     while True:
-        query = select(events).where(own, c.id > after, *bound).order_by(c.id).limit(batch)
-        rows = conn.execute(query).mappings().all()
+        query = (
+            select(c.id, c.rollout_id, c.stage, *EVENT_COLUMNS)
+            .where(own, c.id > after, *bound)
+            .order_by(c.id)
+            .limit(batch)
+        )
+        rows = conn.execute(query).all()
         if not rows:
             return
-        page: dict[str, list[RowMapping]] = {}
+        page: dict[str, list[Row[Any]]] = {}
         for row in rows:
-            page.setdefault(row["rollout_id"], []).append(row)
+            page.setdefault(row.rollout_id, []).append(row)
         yield page
         if len(rows) < batch:
             return
-        after = int(rows[-1]["id"])
+        after = int(rows[-1].id)
 
 
 def new_feedback(

@@ -425,8 +425,8 @@ class _ChunkTick:
                 if (work := self.work.get(rid)) is None:
                     continue  # its tick failed on an earlier page
                 with self._alone(rid):
-                    work.fold([(r["stage"], event_from_row(r)) for r in rows])
-                    work.cursors = Cursors(int(rows[-1]["id"]), work.cursors.feedback_through)
+                    work.fold([(r.stage, event_from_row(r)) for r in rows])
+                    work.cursors = Cursors(int(rows[-1].id), work.cursors.feedback_through)
 
     def _fold_feedback(self) -> None:
         """Fold the feedback past each rollout's cursor; its cursor moves past every page."""

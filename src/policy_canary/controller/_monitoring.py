@@ -28,7 +28,7 @@ from policy_canary.monitoring import (
     Verdict,
 )
 from policy_canary.plan import RolloutPlan
-from policy_canary.store.schema import routed_counts
+from policy_canary.store.schema import events, routed_counts
 
 #: How many of stable's most recent events the baseline snapshot summarises.
 BASELINE_EVENTS = 5_000
@@ -81,24 +81,38 @@ class StatisticalMonitors:
         return RolloutMonitor.from_dict(data)
 
 
-def event_from_row(row: Mapping[Any, Any]) -> MonitorEvent:
-    """An ``events`` row as the monitors see it."""
-    flags = row["safety_flags"]
-    metrics = row["metrics"]
+#: The ``events`` columns a :class:`MonitorEvent` is made of, in its fields' order.
+EVENT_COLUMNS = tuple(
+    events.c[name]
+    for name in (
+        "arm", "traffic_bp", "at", "latency_ms", "error", "quality", "safety_flags",
+        "flag_count", "cost_usd", "input_tokens", "output_tokens", "model", "metrics",
+    )
+)  # fmt: skip
+
+
+def event_from_row(row: Any) -> MonitorEvent:
+    """An ``events`` row (a result row with at least :data:`EVENT_COLUMNS`) as the monitors see it.
+
+    Positional, and without re-checking what the column types already made of the values
+    (``at`` is aware UTC, ``traffic_bp`` and ``flag_count`` are integers): the controller
+    builds one per new event. MonitorEvent still validates every value.
+    """
+    flags, metrics, error = row.safety_flags, row.metrics, row.error
     return MonitorEvent(
-        arm=row["arm"],
-        traffic_bp=int(row["traffic_bp"]),
-        at=utc(row["at"]),
-        latency_ms=row["latency_ms"],
-        error=None if row["error"] is None else bool(row["error"]),
-        quality=row["quality"],
-        safety_flags=tuple(json.loads(flags)) if flags and flags != "[]" else (),
-        flag_count=int(row.get("flag_count") or 0),
-        cost_usd=row["cost_usd"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        model=row["model"],
-        metrics=json.loads(metrics) if metrics and metrics != "{}" else {},
+        row.arm,
+        row.traffic_bp,
+        row.at,
+        row.latency_ms,
+        None if error is None else bool(error),
+        row.quality,
+        tuple(json.loads(flags)) if flags and flags != "[]" else (),
+        row.flag_count,
+        row.cost_usd,
+        row.input_tokens,
+        row.output_tokens,
+        row.model,
+        json.loads(metrics) if metrics and metrics != "{}" else {},
     )
 
 

@@ -255,9 +255,7 @@ def baseline_events(conn: Connection, policy: str, stable_id: str) -> list[Monit
             .order_by(events.c.id.desc())
             .limit(BASELINE_EVENTS)
         )
-        .mappings()
-        .all()
-    )
+    ).all()
     return [event_from_row(r) for r in reversed(rows)]
 
 

@@ -23,7 +23,7 @@ from _outage import eventually
 from _rollout_support import POLICY, CountingMonitors, setup_policy, small_plan
 from _serving import store_down
 from policy_canary.clock import ManualClock
-from policy_canary.controller import Controller, Rollouts, TickReport, _loop
+from policy_canary.controller import Controller, Rollouts, TickReport, _chunk, _loop
 from policy_canary.store import Store
 
 INTERVAL = timedelta(milliseconds=10)
@@ -126,14 +126,14 @@ def test_one_rollout_failing_every_tick_is_logged_once_then_one_line_per_tick(
     )
     failing = threading.Event()
     failing.set()
-    real: Callable[..., Any] = _loop.decide
+    real: Callable[..., Any] = _chunk.decide
 
     def flaky(*args: Any) -> Any:
         if failing.is_set():
             raise RuntimeError("a bug in this rollout's tick")
         return real(*args)
 
-    monkeypatch.setattr(_loop, "decide", flaky)
+    monkeypatch.setattr(_chunk, "decide", flaky)
     with Loop(controller) as loop:
         assert eventually(lambda: len(_records(caplog, logging.WARNING)) >= 4)
         failing.clear()

@@ -10,7 +10,7 @@ from sqlalchemy import event
 
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.clock import ManualClock
-from policy_canary.controller import ActionKind, Controller, Rollouts, _loop
+from policy_canary.controller import ActionKind, Controller, Rollouts, _chunk
 from policy_canary.controller._state import read_state
 from policy_canary.errors import InputError
 from policy_canary.store import Store
@@ -39,14 +39,14 @@ def test_a_failing_rollout_rolls_back_alone_and_the_rest_of_its_chunk_commits(
     for row in (good, bad):
         insert_events(store, rollout_id=row.id, stage="canary", at=clock.now(), candidate=3,
                       stable=4)  # fmt: skip
-    real = _loop.event_from_row
+    real = _chunk.event_from_row
 
     def flaky(row: Any) -> Any:  # fails while folding: after the chunk's reads, before writes
         if row.rollout_id == bad.id:
             raise RuntimeError("a bug in this rollout's tick")
         return real(row)
 
-    monkeypatch.setattr(_loop, "event_from_row", flaky)
+    monkeypatch.setattr(_chunk, "event_from_row", flaky)
     controller = Controller(store, clock=clock, monitors=monitors, holder="t", chunk_size=50)
     try:
         clock.advance(timedelta(seconds=10))
@@ -216,7 +216,7 @@ def test_every_statement_of_a_tick_is_planned_for_its_own_values_on_postgresql(
     modes: list[str] = []
 
     def mode_of_events_reads(conn: Any, *args: Any) -> None:
-        if args[1].startswith("SELECT events.id"):
+        if "events.safety_flags" in args[1]:  # the read of new events, one per chunk
             modes.append(conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one())
 
     controller = Controller(store, clock=clock, monitors=monitors, holder="t", chunk_size=1)

@@ -15,6 +15,7 @@ user-facing sentence live in ``_model.py``.
 from __future__ import annotations
 
 from policy_canary.controller._apply import AppliedAction
+from policy_canary.controller._chunk import TickOutcome
 from policy_canary.controller._decide import decide
 from policy_canary.controller._incidents import (
     Incident,
@@ -25,7 +26,7 @@ from policy_canary.controller._incidents import (
     replay_file,
 )
 from policy_canary.controller._lock import ControllerLock, default_holder
-from policy_canary.controller._loop import Controller, TickOutcome, TickReport
+from policy_canary.controller._loop import Controller, TickReport
 from policy_canary.controller._model import (
     ACTIVE_STATES,
     MESSAGES,

@@ -8,9 +8,11 @@ full), never failing the agent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +20,17 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import event, func, select, text
 from sqlalchemy.dialects import sqlite
 
 from _serving import POLICY, seed_policy, start_rollout, store_down, update_rollout
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError, NotFoundError
 from policy_canary.serving import Canary
-from policy_canary.serving._direct import EVENT_WRITER_LOCK, sqlite_time
+from policy_canary.serving._direct import EVENT_WRITER_LOCK, StoreLink, sqlite_time
+from policy_canary.serving._outcomes import EVENT_COLUMNS
 from policy_canary.serving._splitter import SCHEME_VERSION, Arm
 from policy_canary.store import Store
 from policy_canary.store.schema import events, feedback
@@ -510,3 +515,52 @@ def test_postgres_event_writers_wait_for_a_writer_of_the_previous_protocol(
     assert not flusher.is_alive()
     assert _count(store) == 1
     canary.close()
+
+
+_written = itertools.count()
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(min_value=0, max_value=260),
+    variables=st.sampled_from([None, 999, 60, 20]),
+    repeat=st.booleans(),
+)
+def test_any_batch_is_stored_row_for_row_whatever_the_statements_it_is_split_into(
+    store: Store, seeded: tuple[str, str], size: int, variables: int | None, repeat: bool
+) -> None:
+    """SQLite writes a batch as INSERTs of up to 100 rows (fewer where the build allows fewer
+    parameters); every row lands once, in order, with every column, a repeat is skipped."""
+    digest = seeded[0]
+    batch = next(_written)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        (f"multi-{batch}-{i}", POLICY, None, "stable", digest, None, 0, SCHEME_VERSION, True,
+         start + timedelta(microseconds=7 * i), float(i), i % 3 == 0, None, "[]", 0,
+         i / 1000 if i % 2 else None, i, None, "m" if i % 5 == 0 else None, "{}")
+        for i in range(size)
+    ]  # fmt: skip
+    link = StoreLink(store)
+    limit_set = None
+    if variables is not None and store.dialect == "sqlite":
+
+        def limit_set(dbapi: Any, _record: Any) -> None:
+            dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
+
+        event.listen(store.engine, "connect", limit_set)
+    try:
+        link.write(rows, [], retry=False)
+        if repeat:
+            link.write(rows, [], retry=True)
+    finally:
+        if limit_set is not None:
+            event.remove(store.engine, "connect", limit_set)
+    with store.read() as conn:
+        stored = conn.execute(
+            select(*[events.c[name] for name in EVENT_COLUMNS])
+            .where(events.c.decision_id.like(f"multi-{batch}-%"))
+            .order_by(events.c.id)
+        ).all()
+    assert [tuple(row) for row in stored] == rows

@@ -13,9 +13,9 @@ Events go in batches:
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
-import threading
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -49,10 +49,21 @@ from policy_canary.store.schema import (
 )
 
 _COLUMNS = ", ".join(EVENT_COLUMNS)
-_SQLITE_INSERT = (
-    f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
-    "ON CONFLICT (decision_id) DO NOTHING"
-)
+#: Rows per INSERT on SQLite (fewer where the build allows fewer parameters): each statement
+#: is prepared once per connection, and a larger one costs more to prepare than it saves.
+SQLITE_ROWS_PER_INSERT = 100
+
+
+@functools.lru_cache(maxsize=SQLITE_ROWS_PER_INSERT)
+def _sqlite_insert(count: int) -> str:
+    """INSERT of ``count`` event rows, a repeated decision id skipped."""
+    row = f"({', '.join('?' * len(EVENT_COLUMNS))})"
+    return (
+        f"INSERT INTO events ({_COLUMNS}) VALUES {', '.join([row] * count)} "
+        "ON CONFLICT (decision_id) DO NOTHING"
+    )
+
+
 _PG_INSERT = (
     f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))}) "
     "ON CONFLICT (decision_id) DO NOTHING"
@@ -73,13 +84,6 @@ class StoreLink:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._sqlite = store.dialect == "sqlite"
-        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in
-        # SQLite's busy handler (1, 2, 5, 10... ms) rather than waking when it is released.
-        # Writers of this process (a server's concurrent event batches, the flusher) queue
-        # here instead, and are woken the moment the previous commit is done.
-        self._writers: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if self._sqlite else contextlib.nullcontext()
-        )
 
     @property
     def can_listen(self) -> bool:
@@ -133,7 +137,7 @@ class StoreLink:
         self, rows: Sequence[EventRow], fb_rows: Sequence[FeedbackRow], *, retry: bool
     ) -> FeedbackWrite:
         """Write one batch in one transaction; return what became of its feedback."""
-        with self._writers, self.store.begin() as conn:
+        with self.store.begin() as conn:
             # Monitors read events (and feedback) past an id cursor, and PostgreSQL shows ids
             # in commit order, not in the order it hands them out: announce where this
             # transaction's ids start, so the controller stops short of them until it
@@ -146,13 +150,20 @@ class StoreLink:
 
     def _insert_events(self, conn: Connection, rows: Sequence[EventRow], *, fast: bool) -> None:
         if self._sqlite:
-            conn.exec_driver_sql(
-                _SQLITE_INSERT,
-                [
-                    (*row[:AT_INDEX], sqlite_time(row[AT_INDEX]), *row[AT_INDEX + 1 :])
-                    for row in rows
-                ],
+            # Many rows per statement: executemany() would release and retake the GIL for
+            # each row's step, and under a busy server every retake waits for another thread.
+            most = conn.connection.dbapi_connection.getlimit(  # type: ignore[union-attr]
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
             )
+            per = max(1, min(SQLITE_ROWS_PER_INSERT, most // len(EVENT_COLUMNS)))
+            for start in range(0, len(rows), per):
+                part = rows[start : start + per]
+                values: list[Any] = []
+                for row in part:
+                    values += row[:AT_INDEX]
+                    values.append(sqlite_time(row[AT_INDEX]))
+                    values += row[AT_INDEX + 1 :]
+                conn.exec_driver_sql(_sqlite_insert(len(part)), tuple(values))
         elif fast:
             raw = conn.connection.dbapi_connection
             with raw.cursor() as cursor, cursor.copy(_PG_COPY) as copy:  # type: ignore[union-attr]
@@ -228,19 +239,16 @@ class StoreLink:
         total = 0
         while True:
             began = time.monotonic()
-            with self._writers, self.store.begin() as conn:
+            with self.store.begin() as conn:
                 deleted = conn.execute(statement).rowcount
             total += deleted
             if chunk is None or deleted < chunk:
                 return total
-            # Let the writers and ticks queued behind this chunk go first: SQLite's waiters
-            # sleep in its busy handler and would miss an instant release.
+            # Ingest and ticks keep at least half of the store's write time meanwhile.
             time.sleep(min(time.monotonic() - began, MAX_PRUNE_PAUSE))
 
     def after_fork(self) -> None:
         """Forget the parent's pooled connections without touching them."""
-        if self._sqlite:  # another thread of the parent may have held it at the fork
-            self._writers = threading.Lock()
         self.store.engine.dispose(close=False)
 
     def close(self) -> None:

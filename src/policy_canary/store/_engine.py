@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ from policy_canary.errors import (
     StoreUnavailableError,
     first_line,
 )
-from policy_canary.store._sqlite import sqlite_engine
+from policy_canary.store._sqlite import WriteQueue, sqlite_engine
 from policy_canary.store.schema import ROUTING_KEY, store_state
 
 if TYPE_CHECKING:
@@ -72,9 +72,11 @@ class Store:
     connection for consistent reads.
     """
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, *, writes: WriteQueue | None = None) -> None:
         self.engine = engine
         self.url = url
+        #: SQLite: the queue its writers take turns in (``_sqlite.WriteQueue``).
+        self.writes = writes
         #: True when :meth:`open` created the database file (first use of a new SQLite path).
         self.created = False
 
@@ -96,8 +98,9 @@ class Store:
         parsed = _parse_url(resolved)
         backend = parsed.get_backend_name()
         created = False
+        writes = None
         if backend == "sqlite":
-            engine, created = sqlite_engine(resolved, parsed.database, create=migrate)
+            engine, created, writes = sqlite_engine(resolved, parsed.database, create=migrate)
         elif backend == "postgresql":
             _check_postgres_url(parsed)
             engine = _engine(
@@ -112,7 +115,7 @@ class Store:
                 f"unsupported database {backend!r} in {safe_url(resolved)}; "
                 "policy-canary stores state in SQLite or PostgreSQL"
             )
-        store = cls(engine, resolved)
+        store = cls(engine, resolved, writes=writes)
         store.created = created
         try:
             with store.read() as conn:
@@ -133,7 +136,8 @@ class Store:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         """Yield a connection inside a write transaction, committed on normal exit."""
-        with self._errors(), self.engine.connect() as conn, conn.begin():
+        turn = self.writes.turn() if self.writes is not None else nullcontext()
+        with self._errors(), turn, self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager

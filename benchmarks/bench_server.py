@@ -133,7 +133,7 @@ def seed(url: str) -> tuple[str, str, str]:
 
 @contextmanager
 def serving(url: str, workers: int = 1) -> Any:
-    """A ``policy-canary serve`` process on a free port; yields (host, port)."""
+    """A ``policy-canary serve`` process on a free port; yields (host, port, pid)."""
     port = free_port()
     proc = subprocess.Popen([CLI, "serve", "--db", url, "--port", str(port), "--workers",
                              str(workers)], stdout=subprocess.DEVNULL,
@@ -149,7 +149,7 @@ def serving(url: str, workers: int = 1) -> Any:
             raise SystemExit("policy-canary serve did not start")
         time.sleep(0.1)
     try:
-        yield "127.0.0.1", port
+        yield "127.0.0.1", port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -191,15 +191,44 @@ def bench_ofrep(
     return wrk(url, _WRK_LUA % token, connections=connections, seconds=seconds)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc; 0 where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _workers(pid: int) -> list[int]:
+    """The processes that serve requests: uvicorn's worker children, else ``pid`` itself."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        # uvicorn's workers are spawned ("--multiprocessing-fork"), next to a resource tracker
+        spawned = [c for c in children if b"-fork" in Path(f"/proc/{c}/cmdline").read_bytes()]
+        workers = [int(c) for c in spawned]
+    except OSError:
+        workers = []
+    return workers or [pid]
+
+
 def bench_events(
-    url: str, host: str, port: int, token: str, digest: str, seconds: int
+    url: str, host: str, port: int, token: str, digest: str, seconds: int, pid: int
 ) -> dict[str, Any]:
-    """wrk posting batches of 1,000 events over 4 connections; then count the store."""
+    """wrk posting batches of 1,000 events over 4 connections; then count the store.
+
+    Also the CPU seconds each worker process spent meanwhile: uvicorn's workers share one
+    listening socket, and wrk opens its 4 connections at once, so one worker may accept
+    all of them (the run then measures one worker) or they split; the split says which.
+    """
     if shutil.which("wrk") is None:
         return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
     prefix = uuid.uuid4().hex[:8] + "-"
     script = _EVENTS_LUA % (token, prefix, BATCH, POLICY, digest)
+    workers = _workers(pid)
+    cpu_before = [_cpu_seconds(w) for w in workers]
     run = wrk(f"http://{host}:{port}/api/v1/events", script, connections=4, seconds=seconds)
+    cpu = [round(_cpu_seconds(w) - b, 2) for w, b in zip(workers, cpu_before, strict=True)]
     acked = (run["requests"] - run["errors"]) * BATCH
     store = Store.open(url)
     with store.read() as conn:
@@ -209,7 +238,7 @@ def bench_events(
     store.close()
     return {"events_per_s": run["rps"] * BATCH, "batch_p50_ms": run["p50_ms"],
             "batch_p99_ms": run["p99_ms"], "acked": acked, "stored": int(stored),
-            "errors": run["errors"]}  # fmt: skip
+            "errors": run["errors"], "worker_cpu_s": cpu}  # fmt: skip
 
 
 _OTLP_POSTER = f"""\
@@ -352,10 +381,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/bench.db"
         token, v1, _ = seed(url)
-        with serving(url, args.workers) as (host, port):
+        with serving(url, args.workers) as (host, port, pid):
             results["ofrep"] = bench_ofrep(host, port, token, seconds)
             results["ofrep_8"] = bench_ofrep(host, port, token, seconds, connections=8)
-            results["events_sqlite"] = bench_events(url, host, port, token, v1, seconds)
+            results["events_sqlite"] = bench_events(url, host, port, token, v1, seconds, pid)
             results["otlp"] = bench_otlp(url, host, port, token, batches)
             results["propagation_sqlite"] = bench_propagation(url, host, port, token, rounds)
     with pg_schema(PG_URL) as (pg, problem):
@@ -364,8 +393,9 @@ def main() -> None:
             results["events_postgresql"] = results["propagation_postgresql"] = skipped
         else:
             token, v1, _ = seed(pg)
-            with serving(pg, args.workers) as (host, port):
-                results["events_postgresql"] = bench_events(pg, host, port, token, v1, seconds)
+            with serving(pg, args.workers) as (host, port, pid):
+                results["events_postgresql"] = bench_events(pg, host, port, token, v1, seconds,
+                                                            pid)  # fmt: skip
                 results["propagation_postgresql"] = bench_propagation(pg, host, port, token,
                                                                       rounds)  # fmt: skip
     results["load_after"] = os.getloadavg()
@@ -455,6 +485,9 @@ def report(r: dict[str, Any]) -> None:
     )
     for name in ("events_sqlite", "events_postgresql"):
         part = r[name]
+        if "skipped" not in part:
+            split = " / ".join(f"{s:.1f}" for s in part["worker_cpu_s"])
+            print(f"{name}: CPU seconds per worker process during the run: {split}")
         if "skipped" not in part and part["stored"] < part["acked"]:
             print(
                 f"LOST EVENTS ({name}): {part['acked']:,} acknowledged, {part['stored']:,} stored"

@@ -131,7 +131,7 @@ def _morning() -> datetime:
 
 def _fresh_db(db: str | None) -> str:
     if db is None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", "-writers"):
             Path(f"{DEMO_DB}{suffix}").unlink(missing_ok=True)
         return f"sqlite:///{DEMO_DB}"
     store = Store.open(db)

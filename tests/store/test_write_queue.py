@@ -188,3 +188,16 @@ def test_without_room_for_the_queue_file_writers_queue_in_sqlite_alone(
             conn.execute(text(f"CREATE TABLE t_{who} (x INTEGER)"))
     warnings = [r for r in caplog.records if "queue in SQLite only" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_without_posix_record_locks_threads_still_take_turns_and_no_file_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "_LOCKS", False)  # as on Windows, which has no fcntl
+    path = tmp_path / "store.db"
+    store = Store.open(f"sqlite:///{path}")
+    assert store.writes is not None
+    with store.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        assert store.writes._local.locked()
+    assert not Path(f"{path}-writers").exists()

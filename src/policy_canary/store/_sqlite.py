@@ -14,7 +14,6 @@ is taken up again; a different one only by a new :meth:`Store.open` (a restart).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import secrets
@@ -31,6 +30,13 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
 from policy_canary.errors import StoreUnavailableError
+
+try:
+    import fcntl
+except ImportError:  # no POSIX record locks (Windows): processes queue in SQLite alone
+    _LOCKS = False
+else:
+    _LOCKS = True
 
 _log = logging.getLogger("policy_canary.store")
 
@@ -93,6 +99,8 @@ class WriteQueue:
             self._local.release()
 
     def _file(self) -> int | None:
+        if not _LOCKS:
+            return None
         if self._fd is None:
             try:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

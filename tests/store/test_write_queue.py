@@ -201,3 +201,17 @@ def test_without_posix_record_locks_threads_still_take_turns_and_no_file_appears
         conn.execute(text("CREATE TABLE t (x INTEGER)"))
         assert store.writes._local.locked()
     assert not Path(f"{path}-writers").exists()
+
+
+def test_the_queue_file_may_be_written_by_whoever_may_write_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "shared.db"
+    Store.open(f"sqlite:///{path}").close()
+    assert Path(f"{path}-writers").exists()  # made by the first write, with the database's bits
+    path.chmod(0o660)  # then a group of service users is given the database
+    monkeypatch.setattr(_sqlite, "_queues", {})  # as in the next process to open it
+    store = Store.open(f"sqlite:///{path}")
+    with store.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    assert Path(f"{path}-writers").stat().st_mode & 0o777 == 0o660

@@ -103,7 +103,12 @@ class WriteQueue:
             return None
         if self._fd is None:
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                # Whoever may write the database may queue: the file gets the database's
+                # permission bits, as SQLite's -wal and -shm files do.
+                mode = self.database.stat().st_mode & 0o666
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, mode)
+                if os.fstat(self._fd).st_uid == os.geteuid():
+                    os.fchmod(self._fd, mode)  # past the umask
             except OSError as error:
                 _log.warning("writers of %s queue in SQLite only: %s", self.path, error)
                 self._fd = -1

@@ -48,3 +48,21 @@ def test_bench_retention_smoke(tmp_path: Path) -> None:
         assert run["bytes_per_event"] > 0
         assert run["writes"] > 0
         assert run["ticks"] > 0
+
+
+@pytest.mark.slow
+def test_bench_sqlite_writers_smoke(tmp_path: Path) -> None:
+    result = run_bench("bench_sqlite_writers.py", tmp_path, "--quick")
+    runs = result["runs"]
+    assert isinstance(runs, list)
+    assert [(r["protocol"], r["writers"]) for r in runs] == [
+        ("busy handler", 1),
+        ("write queue", 1),
+        ("busy handler", 2),
+        ("write queue", 2),
+    ]
+    for run in runs:
+        assert run["written"] > 0
+        assert run["stored"] == run["written"]
+        assert 0 < run["share_min"] <= run["share_max"] <= 1
+        assert run["wait_p50_ms"] <= run["wait_p99_ms"] <= run["wait_max_ms"]

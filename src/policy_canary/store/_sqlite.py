@@ -44,7 +44,7 @@ _log = logging.getLogger("policy_canary.store")
 #: own busy timeout, which stays behind the queue for writers outside it.
 WRITE_WAIT_SECONDS = 30.0
 #: Between two looks at a taken turn (seconds): short, so a released turn is taken at once.
-_POLL_SECONDS = 0.0005
+_POLL_SECONDS = 0.0002
 _TURNSTILE, _WRITER = 0, 1  # the two bytes of the queue file that are locked
 
 

@@ -171,23 +171,30 @@ def test_a_child_forked_while_a_thread_held_the_turn_still_writes(
     assert _order(logged) == ["child"]
 
 
-def test_without_room_for_the_queue_file_writers_queue_in_sqlite_alone(
+def test_without_room_for_the_queue_file_writers_queue_in_sqlite_alone_until_there_is(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     real_open = os.open
+    refusing = True
 
     def refuse(path: str | os.PathLike[str], *args: int) -> int:
-        if str(path).endswith("-writers"):
+        if refusing and str(path).endswith("-writers"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args)
 
     monkeypatch.setattr(_sqlite.os, "open", refuse)
-    store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
+    path = tmp_path / "store.db"
+    store = Store.open(f"sqlite:///{path}")
     for who in ("one", "two"):
         with store.begin() as conn:
             conn.execute(text(f"CREATE TABLE t_{who} (x INTEGER)"))
     warnings = [r for r in caplog.records if "queue in SQLite only" in r.getMessage()]
     assert len(warnings) == 1
+    assert not Path(f"{path}-writers").exists()
+    refusing = False  # the folder is writable again: the next write queues across processes
+    with store.begin() as conn:
+        conn.execute(text("CREATE TABLE t_three (x INTEGER)"))
+    assert Path(f"{path}-writers").exists()
 
 
 def test_without_posix_record_locks_threads_still_take_turns_and_no_file_appears(

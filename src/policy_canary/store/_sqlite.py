@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +72,7 @@ class WriteQueue:
         self._local = threading.Lock()
         self._fd: int | None = None
         self._pid = os.getpid()
+        self._warned = False
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -99,6 +100,7 @@ class WriteQueue:
             self._local.release()
 
     def _file(self) -> int | None:
+        """The queue file's descriptor; None (tried again next time) when it cannot be had."""
         if not _LOCKS:
             return None
         if self._fd is None:
@@ -106,13 +108,17 @@ class WriteQueue:
                 # Whoever may write the database may queue: the file gets the database's
                 # permission bits, as SQLite's -wal and -shm files do.
                 mode = self.database.stat().st_mode & 0o666
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, mode)
-                if os.fstat(self._fd).st_uid == os.geteuid():
-                    os.fchmod(self._fd, mode)  # past the umask
-            except OSError as error:
-                _log.warning("writers of %s queue in SQLite only: %s", self.path, error)
-                self._fd = -1
-        return self._fd if self._fd >= 0 else None
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, mode)
+            except OSError as error:  # a read-only folder, the database gone for now
+                if not self._warned:
+                    _log.warning("writers of %s queue in SQLite only: %s", self.path, error)
+                    self._warned = True
+                return None
+            if os.fstat(fd).st_uid == os.geteuid():
+                with suppress(OSError):
+                    os.fchmod(fd, mode)  # past the umask
+            self._fd = fd
+        return self._fd
 
     def _take(self, fd: int, byte: int, deadline: float) -> None:
         while True:

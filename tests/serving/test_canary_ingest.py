@@ -29,7 +29,7 @@ from _serving import POLICY, seed_policy, start_rollout, store_down, update_roll
 from policy_canary.clock import ManualClock
 from policy_canary.errors import InvalidMetricError, NotFoundError
 from policy_canary.serving import Canary
-from policy_canary.serving._direct import EVENT_WRITER_LOCK, StoreLink, sqlite_time
+from policy_canary.serving._direct import EVENT_WRITER_LOCK, PG_COPY_TYPES, StoreLink, sqlite_time
 from policy_canary.serving._outcomes import EVENT_COLUMNS
 from policy_canary.serving._splitter import SCHEME_VERSION, Arm
 from policy_canary.store import Store
@@ -564,3 +564,26 @@ def test_any_batch_is_stored_row_for_row_whatever_the_statements_it_is_split_int
             .order_by(events.c.id)
         ).all()
     assert [tuple(row) for row in stored] == rows
+
+
+def test_binary_copy_sends_each_column_as_the_type_postgresql_stores(pg_url: str) -> None:
+    """COPY (FORMAT BINARY) has no text to parse: a wrong type would refuse every batch."""
+    store = Store.open(pg_url)
+    try:
+        with store.read() as conn:
+            stored = dict(
+                conn.execute(
+                    text(
+                        "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                        "WHERE attrelid = 'events'::regclass AND attnum > 0 AND NOT attisdropped"
+                    )
+                ).all()
+            )
+    finally:
+        store.close()
+    spelled = {"varchar": "character varying", "int4": "integer", "int8": "bigint",
+               "bool": "boolean", "float8": "double precision", "text": "text",
+               "timestamptz": "timestamp with time zone"}  # fmt: skip
+    assert len(PG_COPY_TYPES) == len(EVENT_COLUMNS)
+    for column, sent in zip(EVENT_COLUMNS, PG_COPY_TYPES, strict=True):
+        assert stored[column] == spelled[sent], column

@@ -68,7 +68,14 @@ _PG_INSERT = (
     f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(EVENT_COLUMNS))}) "
     "ON CONFLICT (decision_id) DO NOTHING"
 )
-_PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN"
+_PG_COPY = f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+#: The PostgreSQL type of each of EVENT_COLUMNS, which binary COPY sends values as (a test
+#: checks them against the table): PostgreSQL parses no text, and psycopg formats in C.
+PG_COPY_TYPES = (
+    ("varchar",) * 6
+    + ("int4", "int4", "bool", "timestamptz", "float8", "bool", "float8", "text", "int4")
+    + ("float8", "int8", "int8", "varchar", "text")
+)
 #: Rows deleted per transaction by :meth:`StoreLink.prune`.
 PRUNE_CHUNK = 10_000
 #: Longest pause between two of a prune's transactions (seconds).
@@ -167,6 +174,7 @@ class StoreLink:
         elif fast:
             raw = conn.connection.dbapi_connection
             with raw.cursor() as cursor, cursor.copy(_PG_COPY) as copy:  # type: ignore[union-attr]
+                copy.set_types(PG_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
         else:

@@ -40,6 +40,24 @@ def parse_args(description: str, *, n: int, repeats: int) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def writer_args(description: str) -> tuple[argparse.Namespace, list[int]]:
+    """The options of the writer benchmarks (N processes writing batches), and the Ns.
+
+    ``--quick`` (the smoke test) is 1 s runs of batches of 200 at N = 1, 2.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per run (default 4)")
+    parser.add_argument("--batch", type=int, default=1000, help="events per transaction")
+    parser.add_argument("--writers", default="1,2,4", help="writer counts (default 1,2,4)")
+    parser.add_argument("--quick", action="store_true", help="1 s runs, N = 1, 2 (smoke test)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.writers.split(",")]
+    if args.quick:
+        args.seconds, args.batch, counts = 1.0, 200, [1, 2]
+    return args, counts
+
+
 @contextmanager
 def no_gc() -> Iterator[None]:
     """Keep the cyclic collector out of timed loops (as :mod:`timeit` does)."""

@@ -19,7 +19,6 @@ row count equals what the writers reported. Run: ``python benchmarks/bench_sqlit
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import statistics
@@ -27,12 +26,11 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-from _common import OUTCOME_TAIL, RESULTS, print_table, write_json
+from _common import OUTCOME_TAIL, print_table, write_json, writer_args
 from policy_canary.serving._direct import StoreLink
 from policy_canary.store import Store, _sqlite
 from policy_canary.store.schema import events
@@ -121,16 +119,7 @@ def run_once(protocol: str, writers: int, seconds: float, batch: int) -> dict[st
 
 def main() -> None:
     """Measure both protocols at each N, print the table and the ratios, save JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="per run (default 4)")
-    parser.add_argument("--batch", type=int, default=1000, help="events per transaction")
-    parser.add_argument("--writers", default="1,2,4", help="writer counts (default 1,2,4)")
-    parser.add_argument("--quick", action="store_true", help="1 s runs, N = 1, 2 (smoke test)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
-    args = parser.parse_args()
-    counts = [int(n) for n in args.writers.split(",")]
-    if args.quick:
-        args.seconds, args.batch, counts = 1.0, 200, [1, 2]
+    args, counts = writer_args(__doc__.splitlines()[0])
     runs = [run_once(p, n, args.seconds, args.batch) for n in counts for p in PROTOCOLS]
     rate = {(r["protocol"], r["writers"]): r["events_per_s"] for r in runs}
     for r in runs:

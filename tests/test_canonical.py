@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import _json_values as _json
 from policy_canary.canonical import (
     MAX_INTEGER_DIGITS,
     canonical_json,
@@ -23,21 +24,10 @@ from policy_canary.canonical import (
 )
 from policy_canary.errors import InvalidSpecError
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
+json_scalars = _json.json_scalars(
+    text=20, integers=st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
 )
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
-    ),
-    max_leaves=30,
-)
+json_values = _json.json_values(json_scalars, key_text=10, width=5, leaves=30)
 
 
 def _shuffle_keys(value: Any) -> Any:

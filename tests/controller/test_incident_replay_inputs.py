@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from _json_values import json_scalars, json_values
 from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
 from policy_canary.clock import ManualClock
 from policy_canary.controller import Controller, Incidents, Rollouts, replay
@@ -22,20 +23,7 @@ from policy_canary.controller._bundle import bundle_hash
 from policy_canary.errors import InputError
 from policy_canary.store import Store
 
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8)
-)
-JSON = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+JSON = json_values(json_scalars(text=8), key_text=6, width=3, leaves=8)
 PLACES = st.sampled_from(
     [("seq",), ("at",), ("action",), ("inputs",), ("verdicts",), ("inputs", "snapshot"),
      ("inputs", "now"), ("inputs", "decision"), ("inputs", "manual"), ("verdicts", 0)]

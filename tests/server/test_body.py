@@ -17,22 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _json_values import json_scalars, json_values
 from policy_canary.errors import InputError, UnsupportedMediaError
 from policy_canary.server._body import parse_json
 
-_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**40), max_value=10**40)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-_VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
-    ),
-    max_leaves=40,
+_VALUES = json_values(
+    json_scalars(text=20, integers=st.integers(min_value=-(10**40), max_value=10**40)),
+    key_text=8,
+    width=5,
+    leaves=40,
 )
 
 

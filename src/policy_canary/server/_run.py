@@ -22,6 +22,7 @@ from uvicorn.supervisors import Multiprocess
 from policy_canary.errors import InputError
 from policy_canary.server._app import OPENAPI_URL, create_app
 from policy_canary.server._controller import ControllerOptions, ServedController
+from policy_canary.server._listen import PortHold, balances
 from policy_canary.server._state import Limits
 from policy_canary.serving import Canary
 from policy_canary.settings import Settings
@@ -129,11 +130,12 @@ def serve(
 ) -> None:
     """Run the server until SIGINT/SIGTERM; in-flight requests drain, buffered events flush.
 
-    With ``workers`` > 1, uvicorn runs that many processes on one socket, each with its own
-    canary and routing watcher over the same store. uvicorn re-raises the signal once it has
-    shut down (so a supervisor sees how the process ended), which is why the canary is
-    closed by the app's shutdown rather than after ``run()`` returns; the ``finally`` covers
-    start-up failures.
+    With ``workers`` > 1, uvicorn runs that many processes, each with its own canary and
+    routing watcher over the same store; on Linux each listens on a socket of its own, so
+    the kernel spreads connections over them (``_listen.py``). uvicorn re-raises the signal
+    once it has shut down (so a supervisor sees how the process ended), which is why the
+    canary is closed by the app's shutdown rather than after ``run()`` returns; the
+    ``finally`` covers start-up failures.
 
     With ``controller`` the controller loop runs in this process: in the app (started once it
     is ready, stopped before the canary closes, its series on ``/metrics``) with one worker;
@@ -194,7 +196,14 @@ def serve(
             timeout_worker_healthcheck=WORKER_READY_SECONDS,
             **common,
         )
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        try:
+            listener = PortHold(host, port) if balances() else config.bind_socket()
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {where}:{port}: {exc.strerror or exc}; is another server "
+                "running there? stop it or choose another --port"
+            ) from None
+        supervisor = Multiprocess(config, sockets=[listener])
         if served is not None:
             served.start()  # workers are spawned, not forked: they do not inherit its thread
         supervisor.run()  # returns once every worker has drained and exited

@@ -493,6 +493,21 @@ def test_fast_sqlite_timestamps_are_the_text_sqlalchemy_writes(at: datetime) -> 
     assert sqlite_time(at) == expected
 
 
+@given(
+    at=st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    offset=st.timedeltas(min_value=-timedelta(hours=23, minutes=59),
+                         max_value=timedelta(hours=23, minutes=59)),
+)  # fmt: skip
+def test_any_aware_time_is_stored_as_the_text_sqlalchemy_writes(
+    at: datetime, offset: timedelta
+) -> None:
+    """Any time in any fixed offset (``astimezone`` then the fields) matches SQLAlchemy."""
+    aware = at.replace(tzinfo=UTC if not offset else timezone(offset))
+    dialect = sqlite.dialect()
+    expected = events.c.at.type.dialect_impl(dialect).bind_processor(dialect)(aware)
+    assert sqlite_time(aware) == expected
+
+
 def test_postgres_event_writers_wait_for_a_writer_of_the_previous_protocol(
     pg_url: str, clock: ManualClock
 ) -> None:

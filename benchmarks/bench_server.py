@@ -148,11 +148,26 @@ def serving(url: str, workers: int = 1) -> Any:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("policy-canary serve did not start")
         time.sleep(0.1)
+    while _listening(port) < workers and sys.platform.startswith("linux"):
+        # Every worker listens on its own socket (server/_listen.py): until the last one
+        # does, the kernel gives every connection to those that already do.
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"not every one of the {workers} workers started listening")
+        time.sleep(0.1)
     try:
         yield "127.0.0.1", port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def _listening(port: int) -> int:
+    """How many IPv4 sockets listen on ``port`` (Linux's /proc/net/tcp; state 0A)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        count += state == "0A" and int(local.split(":")[1], 16) == port
+    return count
 
 
 def _ms(value: str, unit: str) -> float:

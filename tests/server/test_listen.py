@@ -90,7 +90,8 @@ def test_each_worker_listens_on_its_own_socket_and_connections_reach_both(
             for client in clients:
                 client.close()
     finally:
-        stop(proc)
+        out = stop(proc)
+    assert "2 worker processes on a socket each" in out
 
 
 @linux

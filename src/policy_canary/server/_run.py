@@ -158,9 +158,11 @@ def serve(
         echo(auth_line)
         echo(f"API http://{where}:{port}/api/v1  OpenAPI {OPENAPI_URL}  OFREP /ofrep/v1")
         if workers > 1:
+            sockets = "a socket each" if balances() else "one shared socket"
             echo(
-                f"{workers} worker processes; an OFREP decision is held by the worker that "
-                "made it (send its event to the same connection, or use the remote SDK)"
+                f"{workers} worker processes on {sockets}; an OFREP decision is held by the "
+                "worker that made it (send its event to the same connection, or use the "
+                "remote SDK)"
             )
         if controller is not None:
             if workers > 1:

@@ -108,6 +108,7 @@ def test_a_second_serve_on_the_port_fails_instead_of_joining(sqlite_url: str) ->
         assert second.exit_code == 1, second.output
         assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
         assert "choose another --port" in second.stderr
+        assert "policy-canary serve on" not in second.stdout  # no banner for a failed start
     finally:
         stop(proc)
 

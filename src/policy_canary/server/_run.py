@@ -154,6 +154,32 @@ def serve(
             host=host, no_auth=no_auth, usable_tokens=Tokens(canary.store).count_usable()
         )
         where = f"[{host}]" if ":" in host else host
+        common: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "log_level": "info",
+            "access_log": access_log,
+            "timeout_graceful_shutdown": GRACEFUL_SECONDS,
+            "server_header": False,
+        }
+        if workers > 1:
+            # uvicorn kills a worker that is not ready within its health-check timeout (5 s
+            # by default) and starts another; on a busy host importing and opening the store
+            # takes longer than that, and the workers were replaced for ever without serving.
+            config = uvicorn.Config(
+                f"{__name__}:worker_app",
+                factory=True,
+                workers=workers,
+                timeout_worker_healthcheck=WORKER_READY_SECONDS,
+                **common,
+            )
+            try:  # before the banner, which says where it serves
+                listener = PortHold(host, port) if balances() else config.bind_socket()
+            except OSError as exc:
+                raise InputError(
+                    f"cannot listen on {where}:{port}: {exc.strerror or exc}; is another "
+                    "server running there? stop it or choose another --port"
+                ) from None
         echo(f"policy-canary serve on http://{where}:{port}  (store: {safe_url(canary.store.url)})")
         echo(auth_line)
         echo(f"API http://{where}:{port}/api/v1  OpenAPI {OPENAPI_URL}  OFREP /ofrep/v1")
@@ -174,37 +200,12 @@ def serve(
                     "controller: runs in the supervisor process, not in the workers; its "
                     "series (policy_canary_controller_*) are not on /metrics"
                 )
-        common: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "log_level": "info",
-            "access_log": access_log,
-            "timeout_graceful_shutdown": GRACEFUL_SECONDS,
-            "server_header": False,
-        }
         if workers == 1:
             app = options.app(canary, served)
             uvicorn.Server(uvicorn.Config(app, **common)).run()
             return
         canary.close()  # each worker opens its own
         os.environ[WORKER_ENV] = json.dumps(asdict(options))
-        # uvicorn kills a worker that is not ready within its health-check timeout (5 s by
-        # default) and starts another; on a busy host importing and opening the store takes
-        # longer than that, and the workers were replaced for ever without serving.
-        config = uvicorn.Config(
-            f"{__name__}:worker_app",
-            factory=True,
-            workers=workers,
-            timeout_worker_healthcheck=WORKER_READY_SECONDS,
-            **common,
-        )
-        try:
-            listener = PortHold(host, port) if balances() else config.bind_socket()
-        except OSError as exc:
-            raise InputError(
-                f"cannot listen on {where}:{port}: {exc.strerror or exc}; is another server "
-                "running there? stop it or choose another --port"
-            ) from None
         supervisor = Multiprocess(config, sockets=[listener])
         if served is not None:
             served.start()  # workers are spawned, not forked: they do not inherit its thread

@@ -124,6 +124,14 @@ def write_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def save_writer_runs(args: argparse.Namespace, name: str, runs: list[dict[str, Any]]) -> None:
+    """The writer benchmarks' ending: print the load average, save the runs as JSON."""
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    payload = {"seconds": args.seconds, "batch": args.batch, "load_average": load, "runs": runs}
+    print(f"results: {write_json(args.out, name, payload)}")
+
+
 @contextmanager
 def pg_schema(pg_url: str) -> Iterator[tuple[str | None, str | None]]:
     """A fresh schema on the PostgreSQL at ``pg_url``: (its URL, None), dropped afterwards.

@@ -20,7 +20,6 @@ row count equals what the writers reported. Run: ``python benchmarks/bench_sqlit
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import statistics
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from _common import OUTCOME_TAIL, print_table, write_json, writer_args
+from _common import OUTCOME_TAIL, print_table, save_writer_runs, writer_args
 from policy_canary.serving._direct import StoreLink
 from policy_canary.store import Store, _sqlite
 from policy_canary.store.schema import events
@@ -145,14 +144,7 @@ def main() -> None:
     )
     if any(r["ran_out"] for r in runs):
         print("a writer ran out of prepared batches before the time was up: its rate is low")
-    load = os.getloadavg()
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    path = write_json(
-        args.out,
-        "bench_sqlite_writers",
-        {"seconds": args.seconds, "batch": args.batch, "load_average": load, "runs": runs},
-    )
-    print(f"results: {path}")
+    save_writer_runs(args, "bench_sqlite_writers", runs)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from _common import OUTCOME_TAIL, print_table, write_json, writer_args
+from _common import OUTCOME_TAIL, print_table, save_writer_runs, writer_args
 from bench_ingest import postgres_url
 from policy_canary.serving._direct import EVENT_WRITER_LOCK, StoreLink
 from policy_canary.store import Store, visible_through
@@ -175,14 +175,7 @@ def main() -> None:
             for r in runs
         ],
     )
-    load = os.getloadavg()
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    path = write_json(
-        args.out,
-        "bench_writers",
-        {"seconds": args.seconds, "batch": args.batch, "load_average": load, "runs": runs},
-    )
-    print(f"results: {path}")
+    save_writer_runs(args, "bench_writers", runs)
 
 
 if __name__ == "__main__":

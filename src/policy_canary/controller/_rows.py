@@ -4,7 +4,6 @@ rejections)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -12,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from policy_canary.canonical import jsonable
+from policy_canary.canonical import json_text
 from policy_canary.clock import utc
 from policy_canary.controller._model import ACTIVE_STATES, RolloutState
 from policy_canary.errors import ConflictError, NotFoundError, StoreError
@@ -316,4 +315,4 @@ def record_rejection(
 
 def dumps(value: Any) -> str:
     """Compact, sorted JSON of :func:`jsonable` ``value`` (what the trace columns hold)."""
-    return json.dumps(jsonable(value), sort_keys=True, separators=(",", ":"), default=str)
+    return json_text(value, separators=(",", ":"))

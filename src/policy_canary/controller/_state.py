@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
-from policy_canary.canonical import jsonable
+from policy_canary.canonical import json_text
 from policy_canary.controller._monitoring import Ledger, Monitor
 from policy_canary.controller._rows import Cursors
 from policy_canary.errors import StoreError
@@ -43,48 +43,13 @@ class StoredState:
 
     def dump(self) -> str:
         """The text stored in ``monitor_states.state``."""
-        ledger = self.ledger.to_dict()
-        if _plain(self.monitor):
-            # Already JSON data (RolloutMonitor.to_dict's is, and a parsed state): json spells
-            # it exactly as it spells jsonable()'s copy, without the copy. A value json
-            # refuses (a NaN, a datetime) takes jsonable's way, as before.
-            try:
-                return json.dumps(
-                    {"monitor": self.monitor, "ledger": ledger}, sort_keys=True, allow_nan=False
-                )
-            except (TypeError, ValueError):
-                pass
-        return json.dumps({"monitor": jsonable(self.monitor), "ledger": ledger}, sort_keys=True)
+        return json_text({"monitor": self.monitor, "ledger": self.ledger.to_dict()})
 
     @classmethod
     def parse(cls, text: str, cursors: Cursors) -> StoredState:
         """Inverse of :meth:`dump` (the cursors are columns of their own)."""
         data = json.loads(text)
         return cls(data["monitor"], Ledger.from_dict(data["ledger"]), cursors)
-
-
-def _plain(value: Any) -> bool:
-    """Whether every mapping in ``value`` is a dict keyed by plain strings.
-
-    Then ``json.dumps`` of ``value`` spells what it spells for ``jsonable(value)`` whenever it
-    accepts ``value`` at all (with ``allow_nan=False``): lists and tuples both become arrays,
-    numbers and strings stay, and no key needs ``str()`` (json would write ``True`` as
-    ``"true"`` and sort numbers as numbers).
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                if type(key) is not str:
-                    return False
-                if isinstance(inner, dict | list | tuple):
-                    stack.append(inner)
-        elif isinstance(item, list | tuple):
-            stack.extend(inner for inner in item if isinstance(inner, dict | list | tuple))
-        elif isinstance(item, Mapping):
-            return False
-    return True
 
 
 def read_state(conn: Connection, rollout_id: str) -> StoredState | None:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from policy_canary.controller._inputs import new_events
+from policy_canary.controller._inputs import ID, ROLLOUT, new_events
 from policy_canary.store import Store
 from policy_canary.store.schema import events
 
@@ -64,13 +64,13 @@ def test_pages_hold_each_rollouts_events_past_its_own_cursor_once_in_id_order(
     got: dict[str, list[int]] = {}
     previous = first
     for page in pages:
-        ids = sorted(int(r.id) for rows_of in page.values() for r in rows_of)
+        ids = sorted(int(r[ID]) for rows_of in page.values() for r in rows_of)
         assert 0 < len(ids) <= batch
         assert ids[0] > previous  # pages follow each other in id order, none read twice
         previous = ids[-1]
         for rollout_id, rows_of in page.items():
-            assert all(r.rollout_id == rollout_id for r in rows_of)
-            got.setdefault(rollout_id, []).extend(int(r.id) for r in rows_of)
+            assert all(r[ROLLOUT] == rollout_id for r in rows_of)
+            got.setdefault(rollout_id, []).extend(int(r[ID]) for r in rows_of)
     expected = {
         n: [i for i, owner in rows if owner == n and i > cursors[n]
             and (horizon is None or i <= horizon)]

@@ -39,14 +39,14 @@ def test_a_failing_rollout_rolls_back_alone_and_the_rest_of_its_chunk_commits(
     for row in (good, bad):
         insert_events(store, rollout_id=row.id, stage="canary", at=clock.now(), candidate=3,
                       stable=4)  # fmt: skip
-    real = _chunk.event_from_row
+    real = _chunk.batch_from_rows
 
-    def flaky(row: Any) -> Any:  # fails while folding: after the chunk's reads, before writes
-        if row.rollout_id == bad.id:
+    def flaky(rows: Any) -> Any:  # fails while folding: after the chunk's reads, before writes
+        if rows[0][1] == bad.id:
             raise RuntimeError("a bug in this rollout's tick")
-        return real(row)
+        return real(rows)
 
-    monkeypatch.setattr(_chunk, "event_from_row", flaky)
+    monkeypatch.setattr(_chunk, "batch_from_rows", flaky)
     controller = Controller(store, clock=clock, monitors=monitors, holder="t", chunk_size=50)
     try:
         clock.advance(timedelta(seconds=10))

@@ -24,9 +24,15 @@ from policy_canary.controller._apply import (
     is_quiet_hold,
 )
 from policy_canary.controller._decide import decide
-from policy_canary.controller._inputs import new_events, new_feedback, routed_windows
+from policy_canary.controller._inputs import (
+    ID,
+    STAGE,
+    new_events,
+    new_feedback,
+    routed_windows,
+)
 from policy_canary.controller._model import Action, ActionKind, RolloutSnapshot
-from policy_canary.controller._monitoring import Ledger, Monitor, event_from_row
+from policy_canary.controller._monitoring import Ledger, Monitor, batch_from_rows
 from policy_canary.controller._rows import (
     Cursors,
     Rollout,
@@ -35,7 +41,7 @@ from policy_canary.controller._rows import (
     missing_rollout,
 )
 from policy_canary.controller._state import StoredState, read_states
-from policy_canary.monitoring import GRACE_SECONDS, MonitorEvent, RoutedWindow
+from policy_canary.monitoring import GRACE_SECONDS, EventBatch, RoutedWindow
 from policy_canary.plan import RolloutPlan
 from policy_canary.registry import lock_policies
 
@@ -100,12 +106,13 @@ class _Work:
     routed_before: datetime | None
     folded: int = 0
 
-    def fold(self, batch: Sequence[tuple[str | None, MonitorEvent]]) -> None:
-        """Fold ``(stage, event)`` pairs; a stage the plan does not name counts as the current."""
+    def fold(self, stages: Sequence[str | None], batch: EventBatch) -> None:
+        """Fold events, each of the stage of the same index; one the plan does not name counts
+        as the current stage's."""
         names = {s.name for s in self.plan.stages}
         current = self.plan.stage(self.row.stage_index).name
-        self.warm.monitor.fold(event for _, event in batch)
-        self.warm.ledger.fold((s if s in names else current, e) for s, e in batch)
+        self.warm.monitor.fold(batch)
+        self.warm.ledger.fold([s if s in names else current for s in stages], batch)
         self.folded += len(batch)
 
     def decide(self, now: datetime, actor: str) -> AppliedAction:
@@ -218,8 +225,8 @@ class ChunkTick:
                 if (work := self.work.get(rid)) is None:
                     continue  # its tick failed on an earlier page
                 with self._alone(rid):
-                    work.fold([(r.stage, event_from_row(r)) for r in rows])
-                    work.cursors = Cursors(int(rows[-1].id), work.cursors.feedback_through)
+                    work.fold([r[STAGE] for r in rows], batch_from_rows(rows))
+                    work.cursors = Cursors(int(rows[-1][ID]), work.cursors.feedback_through)
 
     def _fold_feedback(self) -> None:
         """Fold the feedback past each rollout's cursor; its cursor moves past every page."""
@@ -231,7 +238,7 @@ class ChunkTick:
                     continue  # the whole page is behind its cursor: folded by earlier ticks
                 with self._alone(rid):
                     if mine := folds.get(rid):
-                        work.fold(mine)
+                        work.fold([s for s, _ in mine], EventBatch.of([e for _, e in mine]))
                     work.cursors = Cursors(work.cursors.events_through, through)
 
     def _fold_routed(self) -> None:

@@ -18,7 +18,6 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
-    Row,
     Select,
     String,
     and_,
@@ -38,30 +37,53 @@ from policy_canary.store.schema import events, feedback, routed_counts
 Folds = dict[str, list[tuple[str | None, MonitorEvent]]]
 
 
+#: Where a new event's row (:func:`new_events`) keeps its id, rollout and stage; the columns
+#: of ``EVENT_COLUMNS`` follow, ``at`` as the driver returns it (``batch_from_rows`` reads it).
+ID, ROLLOUT, STAGE = 0, 1, 2
+
+
 def new_events(
     conn: Connection, cursors: Mapping[str, int], *, horizon: int | None, batch: int
-) -> Iterator[dict[str, list[Row[Any]]]]:
+) -> Iterator[dict[str, list[tuple[Any, ...]]]]:
     """Pages of new events, each as every rollout's rows past its cursor, in id order.
 
-    ``cursors`` maps each rollout to the last event id it folded. A row has ``id``,
-    ``rollout_id``, ``stage`` and the columns of a MonitorEvent (``event_from_row``).
+    ``cursors`` maps each rollout to the last event id it folded. A row is a tuple: ``ID``,
+    ``ROLLOUT``, ``STAGE``, then the columns of a MonitorEvent (``batch_from_rows``).
     """
     if not cursors:
         return
     bound = [] if horizon is None else [events.c.id <= horizon]
     after = min(cursors.values())
     while True:
-        query = _events_page(conn, cursors, after, bound, batch)
-        rows = conn.execute(query).all()
+        rows = _driver_rows(conn, _events_page(conn, cursors, after, bound, batch))
         if not rows:
             return
-        page: dict[str, list[Row[Any]]] = {}
+        page: dict[str, list[tuple[Any, ...]]] = {}
         for row in rows:
-            page.setdefault(row.rollout_id, []).append(row)
+            page.setdefault(row[ROLLOUT], []).append(row)
         yield page
         if len(rows) < batch:
             return
-        after = int(rows[-1].id)
+        after = int(rows[-1][ID])
+
+
+def _driver_rows(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
+    """``query``'s rows as the database driver returns them, without SQLAlchemy's processing.
+
+    A tick reads about a hundred thousand event rows: a Row each, with its time parsed by the
+    column type, took 6.5 us a row on SQLite against the driver's 3.9 (9.5 against 5.5 on
+    PostgreSQL). The statement is compiled once per page.
+    """
+    compiled = query.compile(dialect=conn.dialect)
+    params = compiled.construct_params()
+    order = compiled.positiontup
+    result = conn.exec_driver_sql(
+        compiled.string, tuple(params[k] for k in order) if order else params
+    )
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 def _events_page(

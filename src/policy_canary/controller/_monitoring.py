@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Connection, func, select
 
 from policy_canary.clock import utc
 from policy_canary.monitoring import (
     ARMS,
     Baseline,
+    EventBatch,
     MonitorEvent,
     RolloutMonitor,
     RoutedWindow,
@@ -116,6 +119,20 @@ def event_from_row(row: Any) -> MonitorEvent:
     )
 
 
+def batch_from_rows(rows: Sequence[Sequence[Any]]) -> EventBatch:
+    """Event rows ending with the :data:`EVENT_COLUMNS` as one checked batch.
+
+    What the controller folds: MonitorEvent's checks, a column at a time (EventBatch). The
+    rows may come straight from the driver: ``at`` as SQLite's text or a zoned datetime.
+    """
+    names = [c.name for c in EVENT_COLUMNS]
+    transposed = list(zip(*rows, strict=True))[-len(names) :] if rows else [()] * len(names)
+    columns: dict[str, Sequence[Any]] = dict(zip(names, transposed, strict=True))
+    columns["at"] = [utc(datetime.fromisoformat(a) if isinstance(a, str) else a)
+                     for a in columns["at"]]  # fmt: skip
+    return EventBatch.from_columns(**columns)
+
+
 def feedback_from_row(row: Mapping[Any, Any]) -> MonitorEvent:
     """A ``feedback`` row joined with its decision's arm and share (see MonitorEvent)."""
     metrics = row["metrics"]
@@ -143,22 +160,21 @@ class ArmAggregate:
     quality_sum: float = 0.0
     quality_n: int = 0
 
-    def add(self, event: MonitorEvent) -> None:
-        """Count one event (feedback adds only its quality)."""
-        if event.quality is not None:
-            self.quality_sum += event.quality
-            self.quality_n += 1
-        if event.feedback:
-            return
-        self.requests += 1
-        self.errors += bool(event.error)
-        self.flagged += event.flagged
-        if event.latency_ms is not None:
-            self.latency_sum += event.latency_ms
-            self.latency_n += 1
-        if event.cost_usd is not None:
-            self.cost_sum += event.cost_usd
-            self.cost_n += 1
+    def add(self, batch: EventBatch, mine: NDArray[np.bool_]) -> None:
+        """Count the events of ``batch`` where ``mine`` holds (feedback adds only its quality)."""
+        quality = _present(batch.quality[mine])
+        self.quality_sum += float(quality.sum())
+        self.quality_n += quality.size
+        mine = mine & ~batch.feedback
+        self.requests += int(np.count_nonzero(mine))
+        self.errors += int(np.count_nonzero(batch.error[mine] == 1.0))
+        self.flagged += int(np.count_nonzero(batch.flag_count[mine]))
+        latency = _present(batch.latency_ms[mine])
+        self.latency_sum += float(latency.sum())
+        self.latency_n += latency.size
+        cost = _present(batch.cost_usd[mine])
+        self.cost_sum += float(cost.sum())
+        self.cost_n += cost.size
 
     def to_dict(self) -> dict[str, Any]:
         """Totals plus the derived rates and means people read."""
@@ -206,23 +222,26 @@ class Ledger:
     #: Routing windows ending at or before this were folded (outcomes_recorded's cursor).
     routed_through: datetime | None = None
 
-    def fold(self, events: Iterable[tuple[str, MonitorEvent]]) -> None:
-        """Count ``(stage_name, event)`` pairs."""
-        stages = self.stages
-        first, last = self.first_event_at, self.last_event_at
-        try:
-            for stage, event in events:
-                arms = stages.get(stage)
-                if arms is None:  # not setdefault: it would build two aggregates per event
-                    arms = stages[stage] = {arm: ArmAggregate() for arm in ARMS}
-                arms[event.arm].add(event)
-                at = event.at
-                if first is None or at < first:
-                    first = at
-                if last is None or at > last:
-                    last = at
-        finally:
-            self.first_event_at, self.last_event_at = first, last
+    def fold(self, stages: Sequence[str], batch: EventBatch) -> None:
+        """Count ``batch``'s events, each in the stage of the same index in ``stages``."""
+        if not len(batch):
+            return
+        at = batch.at
+        first, last = min(at), max(at)
+        if self.first_event_at is None or first < self.first_event_at:
+            self.first_event_at = first
+        if self.last_event_at is None or last > self.last_event_at:
+            self.last_event_at = last
+        names = set(stages)
+        in_stage = None if len(names) == 1 else np.asarray(stages, dtype=object)
+        for stage in names:
+            arms = self.stages.get(stage)
+            if arms is None:
+                arms = self.stages[stage] = {arm: ArmAggregate() for arm in ARMS}
+            mine = None if in_stage is None else in_stage == stage
+            for arm, agg in arms.items():
+                on_arm = batch.candidate if arm == "candidate" else ~batch.candidate
+                agg.add(batch, on_arm if mine is None else on_arm & mine)
 
     def samples(self, stage: str) -> dict[str, int]:
         """Requests per arm in ``stage``."""
@@ -257,6 +276,11 @@ class Ledger:
             last_event_at=datetime.fromisoformat(last) if last else None,
             routed_through=datetime.fromisoformat(routed) if routed else None,
         )
+
+
+def _present(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The values that are there (a batch's NaN marks an absent one)."""
+    return values[~np.isnan(values)]
 
 
 def routed_windows(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from policy_canary.monitoring._baseline import Baseline, MetricBaseline
+from policy_canary.monitoring._batch import EventBatch
 from policy_canary.monitoring._coverage import MetricCoverage, metrics_coverage, uncovered
 from policy_canary.monitoring._missing import GRACE_SECONDS, OUTCOMES_RECORDED, RoutedWindow
 from policy_canary.monitoring._monitor import RolloutMonitor
@@ -18,6 +19,7 @@ __all__ = [
     "GRACE_SECONDS",
     "OUTCOMES_RECORDED",
     "Baseline",
+    "EventBatch",
     "MetricBaseline",
     "MetricCoverage",
     "MonitorEvent",

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from policy_canary.errors import PlanError
 from policy_canary.guardrails import (
@@ -36,13 +37,14 @@ from policy_canary.guardrails import (
     resolve_stage_guardrails,
 )
 from policy_canary.monitoring._baseline import Baseline
+from policy_canary.monitoring._batch import EventBatch
 from policy_canary.monitoring._judges import Judge, Setup, build_judge, unobserved
 from policy_canary.monitoring._missing import (
     OUTCOMES_RECORDED,
     MissingOutcomes,
     RoutedWindow,
 )
-from policy_canary.monitoring._observations import MonitorEvent, observe_all
+from policy_canary.monitoring._observations import MonitorEvent
 from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 
 #: Version of :meth:`RolloutMonitor.to_dict`'s layout; 2 since the mean tests keep weighted sums,
@@ -131,45 +133,40 @@ class RolloutMonitor:
     def _build(self, g: Guardrail, statistic: Statistic | None) -> Judge:
         return build_judge(g, self._variants(g), statistic, self._setup)
 
-    def fold(self, events: Iterable[MonitorEvent]) -> int:
+    def fold(self, events: Iterable[MonitorEvent] | EventBatch) -> int:
         """Fold new events (in arrival order) into every guardrail's test; return how many."""
-        batch = list(events)
-        if not batch:
+        batch = events if isinstance(events, EventBatch) else EventBatch.of(list(events))
+        if not len(batch):
             return 0
-        cand_all = np.asarray([e.is_candidate for e in batch], dtype=bool)
-        bp_all = np.asarray([e.traffic_bp for e in batch], dtype=np.int64)
         for g in self.guardrails:
-            observed: list[Any]
+            observed: Sequence[Any] | NDArray[np.float64]
+            seen = None
             if g.kind is GuardrailKind.TRIPWIRE:
-                # A tripwire needs names: a count alone cannot say which flag fired.
-                observed = [
-                    None
-                    if e.feedback or (e.flag_count and not e.safety_flags)
-                    else tuple(f for f in e.safety_flags if f in g.flags)
-                    for e in batch
-                ]
+                # A tripwire needs names: a count alone cannot say which flag fired. Only the
+                # events that raised one of its flags can change it.
+                seen, picks, observed = batch.tripped(g.flags)
+                pick = np.asarray(picks, dtype=np.int64)
+            elif (numbers := batch.numbers(g.metric, self.prices, g.flags)) is not None:
+                pick = np.flatnonzero(~np.isnan(numbers))
+                observed = numbers[pick]
             else:
-                observed = observe_all(g.metric, batch, self.prices, g.flags)
-            idx = [i for i, v in enumerate(observed) if v is not None]
+                values = batch.values(g.metric, g.flags)
+                pick = np.asarray([i for i, v in enumerate(values) if v is not None], np.int64)
+                observed = [values[i] for i in pick.tolist()]
             if self._observed is not None:
-                self._observed[g.name] += len(idx)
-            if not idx:
+                self._observed[g.name] += len(pick) if seen is None else seen
+            if not len(pick):
                 continue
             judge = self._judges[g.name]
             if judge is None:
-                first = observed[idx[0]]
-                stat = g.resolved_statistic(boolean_values=isinstance(first, bool))
+                stat = g.resolved_statistic(boolean_values=isinstance(observed[0], bool))
                 self._statistics[g.name] = stat
                 judge = self._judges[g.name] = self._build(g, stat)
-            pick = np.asarray(idx, dtype=np.int64)
-            judge.fold(
-                cand_all[pick],
-                bp_all[pick],
-                [observed[i] for i in idx],
-                [batch[i].at for i in idx],
-            )
+            ats = batch.at
+            judge.fold(batch.candidate[pick], batch.traffic_bp[pick], observed,
+                       [ats[i] for i in pick.tolist()] if judge.reads_times else ())  # fmt: skip
         self.events_folded += len(batch)
-        self.requests_folded += sum(not e.feedback for e in batch)
+        self.requests_folded += batch.requests()
         return len(batch)
 
     def fold_routed(self, windows: Iterable[RoutedWindow]) -> int:

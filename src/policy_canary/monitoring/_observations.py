@@ -82,7 +82,11 @@ class MonitorEvent:
             raise InvalidMetricError(f"output_tokens must be >= 0; got {tokens!r}")
         if self.metrics:
             for key, value in self.metrics.items():
-                if not isinstance(value, bool) and not math.isfinite(float(value)):
+                if isinstance(value, bool):
+                    continue
+                if not isinstance(value, int | float):
+                    raise InvalidMetricError(f"metrics.{key} must be a number; got {value!r}")
+                if not math.isfinite(value):
                     raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
 
     @property
@@ -121,24 +125,3 @@ def observe(
             return event.cost_usd
         return price_of(prices, event.model, event.input_tokens, event.output_tokens)
     return None
-
-
-def observe_all(
-    metric: str,
-    events: Sequence[MonitorEvent],
-    prices: Mapping[str, ModelPrice],
-    flags: Sequence[str],
-) -> list[float | bool | None]:
-    """:func:`observe` of every event: the metric's branch chosen once, not once per event."""
-    if metric == "quality":
-        return [e.quality for e in events]
-    if metric.startswith("metrics."):
-        key = metric[len("metrics.") :]
-        return [e.metrics.get(key) for e in events]
-    if metric == "error":
-        return [None if e.feedback else e.error for e in events]
-    if metric == "latency_ms":
-        return [None if e.feedback else e.latency_ms for e in events]
-    if metric == "safety_flags" and not flags:
-        return [None if e.feedback else e.flag_count > 0 for e in events]
-    return [observe(metric, e, prices, flags) for e in events]

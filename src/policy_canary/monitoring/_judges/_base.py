@@ -71,6 +71,8 @@ class Judge(ABC):
     base: Guardrail
     setup: Setup
     rejected: int = 0
+    #: Whether :meth:`fold` reads its observations' times (else it is given none).
+    reads_times: bool = False
 
     @abstractmethod
     def fold(self, cand: Bools, bp: Ints, values: Values, ats: Sequence[datetime]) -> None:
@@ -120,8 +122,9 @@ def numeric(values: Sequence[Any] | NDArray[np.float64]) -> tuple[Bools, NDArray
     sums of squares (and with them the persisted state): they count as rejected.
     """
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
-        # Already validated floats (the benchmark's fast path): nothing to filter.
-        return np.ones(values.size, dtype=bool), values.astype(np.float64)
+        # A batch's column (EventBatch): finite already, so only the magnitude to check.
+        floats = values.astype(np.float64)
+        return np.abs(floats) <= MAX_MAGNITUDE, floats
     keep = np.asarray(
         [isinstance(v, int | float) and -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE for v in values],
         dtype=bool,

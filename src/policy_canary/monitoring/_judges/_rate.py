@@ -111,6 +111,15 @@ class RateJudge(Judge):
             if self.line is None:
                 return
             cand, bp, values = cand[start:], bp[start:], values[start:]
+        if isinstance(values, np.ndarray):  # a batch's column: every value a number
+            line = self.line
+            if not self.statistic.is_quantile():
+                bad = values != 0.0
+            else:
+                assert line is not None, "a quantile's line is frozen before it counts"
+                bad = values > line if self.beyond_up else values < line
+            self.process.fold(candidate=cand, share_bp=bp, bad=bad)
+            return
         flags = self._flags(values)
         keep = np.asarray([f is not None for f in flags], dtype=bool)
         self.rejected += int((~keep).sum())
@@ -123,6 +132,14 @@ class RateJudge(Judge):
         Observations up to and including the one that completes the line only shape it; the
         rest of the batch (both arms) is judged against it.
         """
+        if isinstance(values, np.ndarray):  # a batch's column: every value a number
+            stable = np.flatnonzero(~cand)[: self.line_needs - len(self.pending)]
+            self.pending.extend(values[stable].tolist())
+            if len(self.pending) < self.line_needs:
+                return len(values)
+            self.line = quantile_line(self.pending, self.statistic.value)
+            self.pending = []
+            return int(stable[-1]) + 1
         for i, value in enumerate(values):
             if cand[i] or isinstance(value, bool) or not isinstance(value, int | float):
                 continue

@@ -14,6 +14,8 @@ from policy_canary.monitoring._verdict import Verdict, VerdictStatus
 class TripwireJudge(Judge):
     """A candidate event carrying a listed safety flag breaches at once, with no statistics."""
 
+    reads_times = True
+
     def __init__(self, base: Guardrail, setup: Setup) -> None:
         self.base, self.setup = base, setup
         self.count = 0

@@ -60,14 +60,11 @@ def test_pages_hold_each_rollouts_events_past_its_own_cursor_once_in_id_order(
     # When the chunk reads its new events a page at a time
     with store.read() as conn:
         pages = list(new_events(conn, cursors, horizon=horizon, batch=batch))
-    # Then each rollout gets exactly its rows past its cursor and within the horizon, in order
+    # Then each rollout gets exactly its rows past its cursor and within the horizon, once
+    # each and in id order across pages, and no page holds more than the batch
     got: dict[str, list[int]] = {}
-    previous = first
     for page in pages:
-        ids = sorted(int(r[ID]) for rows_of in page.values() for r in rows_of)
-        assert 0 < len(ids) <= batch
-        assert ids[0] > previous  # pages follow each other in id order, none read twice
-        previous = ids[-1]
+        assert 0 < sum(len(rows_of) for rows_of in page.values()) <= batch
         for rollout_id, rows_of in page.items():
             assert all(r[ROLLOUT] == rollout_id for r in rows_of)
             got.setdefault(rollout_id, []).extend(int(r[ID]) for r in rows_of)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    bindparam,
     column,
     or_,
     select,
@@ -45,17 +46,21 @@ ID, ROLLOUT, STAGE = 0, 1, 2
 def new_events(
     conn: Connection, cursors: Mapping[str, int], *, horizon: int | None, batch: int
 ) -> Iterator[dict[str, list[tuple[Any, ...]]]]:
-    """Pages of new events, each as every rollout's rows past its cursor, in id order.
+    """Pages of at most ``batch`` new events: each rollout's rows past its cursor, in id order.
 
-    ``cursors`` maps each rollout to the last event id it folded. A row is a tuple: ``ID``,
-    ``ROLLOUT``, ``STAGE``, then the columns of a MonitorEvent (``batch_from_rows``).
+    ``cursors`` maps each rollout to the last event id it folded; every row comes once, and a
+    rollout's rows come in id order across pages. A row is a tuple: ``ID``, ``ROLLOUT``,
+    ``STAGE``, then the columns of a MonitorEvent (``batch_from_rows``).
     """
     if not cursors:
         return
     bound = [] if horizon is None else [events.c.id <= horizon]
+    if conn.dialect.name != "postgresql":
+        yield from _own_pages(conn, cursors, bound, batch)
+        return
     after = min(cursors.values())
     while True:
-        rows = _driver_rows(conn, _events_page(conn, cursors, after, bound, batch))
+        rows = _driver_rows(conn, _lateral_page(cursors, after, bound, batch))
         if not rows:
             return
         page: dict[str, list[tuple[Any, ...]]] = {}
@@ -65,6 +70,49 @@ def new_events(
         if len(rows) < batch:
             return
         after = int(rows[-1][ID])
+
+
+def _own_pages(
+    conn: Connection,
+    cursors: Mapping[str, int],
+    bound: Sequence[ColumnElement[bool]],
+    batch: int,
+) -> Iterator[dict[str, list[tuple[Any, ...]]]]:
+    """SQLite: each rollout's next rows by a statement of its own, ``batch // rollouts`` each.
+
+    One statement of ``(rollout_id, id)`` terms for the whole chunk is planned as a range per
+    term, but its rows must then be sorted by id: 5.7 us a row, against 2.6 for a range scan
+    per rollout on the ``(rollout_id, id)`` index, already in id order.
+    """
+    c = events.c
+    per = max(1, batch // len(cursors))
+    query = (
+        select(c.id, c.rollout_id, c.stage, *EVENT_COLUMNS)
+        .where(c.rollout_id == bindparam("rid"), c.id > bindparam("through"), *bound)
+        .order_by(c.id)
+        .limit(per)
+    )
+    compiled = query.compile(dialect=conn.dialect)
+    fixed = compiled.construct_params({"rid": "", "through": 0})
+    order = compiled.positiontup or ()
+    behind = dict(cursors)  # the rollouts that may have more rows, and how far each has read
+    while behind:
+        page: dict[str, list[tuple[Any, ...]]] = {}
+        for rid, through in list(behind.items()):
+            given = {**fixed, "rid": rid, "through": through}
+            result = conn.exec_driver_sql(compiled.string, tuple(given[k] for k in order))
+            try:
+                rows = list(result.cursor.fetchall())
+            finally:
+                result.close()
+            if rows:
+                page[rid] = rows
+            if len(rows) < per:
+                del behind[rid]
+            else:
+                behind[rid] = int(rows[-1][ID])
+        if page:
+            yield page
 
 
 def _driver_rows(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
@@ -86,27 +134,22 @@ def _driver_rows(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:
         result.close()
 
 
-def _events_page(
-    conn: Connection,
+def _lateral_page(
     cursors: Mapping[str, int],
     after: int,
     bound: Sequence[ColumnElement[bool]],
     batch: int,
 ) -> Select[Any]:
-    """The next ``batch`` new events of the rollouts in ``cursors``, past ``after``, by id.
+    """PostgreSQL: the next ``batch`` new events of the rollouts in ``cursors``, past ``after``.
 
-    Each rollout reads past its own cursor: a quiet rollout far behind does not make the
-    others read their old events again. On PostgreSQL each rollout's rows are a LATERAL scan
-    of its ``(rollout_id, id)`` range, at most ``batch`` rows each: given one ``WHERE`` of
-    ``(rollout_id, id)`` terms instead, its planner may walk the primary key from the lowest
-    cursor and test every term on each row (130 s for a chunk's first tick after 10M other
-    events arrived). SQLite plans that ``WHERE`` as one range per term.
+    Each rollout's rows are a LATERAL scan of its ``(rollout_id, id)`` range past its own
+    cursor (a quiet rollout far behind does not make the others read their old events again),
+    at most ``batch`` rows each: given one ``WHERE`` of ``(rollout_id, id)`` terms instead, its
+    planner may walk the primary key from the lowest cursor and test every term on each row
+    (130 s for a chunk's first tick after 10M other events arrived).
     """
     c = events.c
     columns = (c.id, c.rollout_id, c.stage, *EVENT_COLUMNS)
-    if conn.dialect.name != "postgresql":
-        own = or_(*(and_(c.rollout_id == rid, c.id > through) for rid, through in cursors.items()))
-        return select(*columns).where(own, c.id > after, *bound).order_by(c.id).limit(batch)
     wanted = values(
         column("rollout_id", String), column("through", BigInteger), name="wanted"
     ).data(list(cursors.items()))

@@ -182,4 +182,5 @@ def test_a_nan_stored_where_a_value_may_be_absent_is_refused_not_read_as_absent(
         EventBatch.from_columns(**columns)
     columns["latency_ms"] = [None, 12.5]
     batch = EventBatch.from_columns(**columns)
-    assert np.isnan(batch.latency_ms[0]) and batch.latency_ms[1] == 12.5
+    assert np.isnan(batch.latency_ms[0])
+    assert batch.latency_ms[1] == 12.5

@@ -128,9 +128,20 @@ def batch_from_rows(rows: Sequence[Sequence[Any]]) -> EventBatch:
     names = [c.name for c in EVENT_COLUMNS]
     transposed = list(zip(*rows, strict=True))[-len(names) :] if rows else [()] * len(names)
     columns: dict[str, Sequence[Any]] = dict(zip(names, transposed, strict=True))
-    columns["at"] = [utc(datetime.fromisoformat(a) if isinstance(a, str) else a)
-                     for a in columns["at"]]  # fmt: skip
+    columns["at"] = _aware(columns["at"])
     return EventBatch.from_columns(**columns)
+
+
+def _aware(times: Sequence[Any]) -> list[datetime]:
+    """Stored times as aware UTC datetimes: SQLite's naive UTC text, or the driver's datetimes.
+
+    Parsed with the zone appended (0.2 us) rather than parsed and then given the zone with
+    ``replace`` (1.1 us: a tick reads a hundred thousand).
+    """
+    try:
+        return [datetime.fromisoformat(t + "+00:00") if type(t) is str else utc(t) for t in times]
+    except ValueError:  # a text that already names its zone
+        return [utc(datetime.fromisoformat(t) if isinstance(t, str) else t) for t in times]
 
 
 def feedback_from_row(row: Mapping[Any, Any]) -> MonitorEvent:

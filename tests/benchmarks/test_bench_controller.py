@@ -24,7 +24,7 @@ def test_bench_controller_smoke(tmp_path: Path) -> None:
         assert "skipped" not in backend
         first, second = backend["phases"]
         # Phase two stored the history again plus the ticks' events in between.
-        ticked = (1 + result["ticks"]) * rollouts * per_rollout
+        ticked = (result["warm_ticks"] + result["ticks"]) * rollouts * per_rollout
         assert second["history"] == first["history"] + result["history"] + ticked
         for phase in (first, second):
             assert len(phase["runs"]) == result["ticks"]

@@ -41,7 +41,11 @@ class Monitor(Protocol):
     """A rollout's guardrail tests: fold events, judge them, persist as a JSON-ready dict."""
 
     def fold(self, events: Iterable[MonitorEvent]) -> int:
-        """Fold new events in arrival order; return how many."""
+        """Fold new events in arrival order; return how many.
+
+        The controller hands over an :class:`~policy_canary.monitoring.EventBatch`: iterating
+        it gives MonitorEvents, and RolloutMonitor reads its columns instead.
+        """
         ...
 
     def verdicts(self, stage: str | None = None) -> list[Verdict]:

@@ -184,3 +184,25 @@ def test_a_nan_stored_where_a_value_may_be_absent_is_refused_not_read_as_absent(
     batch = EventBatch.from_columns(**columns)
     assert np.isnan(batch.latency_ms[0])
     assert batch.latency_ms[1] == 12.5
+
+
+@pytest.mark.parametrize(
+    ("column", "stored", "message"),
+    [
+        ("safety_flags", "pii,critical", "safety_flags of a stored event is not JSON"),
+        ("safety_flags", '{"pii": 1}', "safety_flags must be a list of flag names"),
+        ("metrics", "{score: 1}", "metrics of a stored event is not JSON"),
+        ("metrics", "[1, 2]", "metrics must be an object"),
+    ],
+)
+def test_a_stored_json_column_that_does_not_parse_is_refused_naming_it(
+    column: str, stored: str, message: str
+) -> None:
+    columns: dict[str, Any] = {
+        "arm": ["stable"], "traffic_bp": [100], "at": [T0], "latency_ms": [None],
+        "error": [None], "quality": [None], "safety_flags": ["[]"], "flag_count": [0],
+        "cost_usd": [None], "input_tokens": [None], "output_tokens": [None], "model": [None],
+        "metrics": ["{}"], column: [stored],
+    }  # fmt: skip
+    with pytest.raises(InvalidMetricError, match=message):
+        EventBatch.from_columns(**columns)

@@ -138,7 +138,7 @@ class EventBatch:
         counts = _ints("flag_count", flag_count)
         if counts.size and counts.min() < 0:
             raise InvalidMetricError(f"flag_count must be an int >= 0; got {counts.min()!r}")
-        names = [_NO_FLAGS if not f or f == "[]" else tuple(json.loads(f)) for f in safety_flags]
+        names = [_NO_FLAGS if not f or f == "[]" else _names(f) for f in safety_flags]
         for i, named in enumerate(names):
             if named and counts[i] < len(named):  # names given without a count: count them
                 counts[i] = len(named)
@@ -147,7 +147,7 @@ class EventBatch:
             if negative is not None:
                 raise InvalidMetricError(f"{field} must be >= 0; got {negative!r}")
         parsed: list[Mapping[str, float | bool]] = [
-            {} if not m or m == "{}" else _metrics(json.loads(m)) for m in metrics
+            {} if not m or m == "{}" else _metrics(_parsed("metrics", m)) for m in metrics
         ]
         return cls(
             candidate=np.asarray([a == "candidate" for a in arms], dtype=bool),
@@ -282,6 +282,22 @@ def _checked(
 def _count_none(values: Sequence[Any]) -> int:
     count = getattr(values, "count", None)
     return int(count(None)) if count is not None else sum(v is None for v in values)
+
+
+def _parsed(field: str, text: str) -> Any:
+    """A stored JSON column's value; text that is not JSON names the column and the text."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise InvalidMetricError(f"{field} of a stored event is not JSON: {text[:80]!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A stored ``safety_flags`` column: a JSON list of flag names."""
+    data = _parsed("safety_flags", text)
+    if not isinstance(data, list) or not all(isinstance(name, str) for name in data):
+        raise InvalidMetricError(f"safety_flags must be a list of flag names; got {data!r}")
+    return tuple(data)
 
 
 def _metrics(data: Any) -> dict[str, float | bool]:

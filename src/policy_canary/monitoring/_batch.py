@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from policy_canary.errors import InvalidMetricError
 from policy_canary.guardrails import ModelPrice, price_of
-from policy_canary.monitoring._observations import ARMS, MonitorEvent
+from policy_canary.monitoring._observations import ARMS, MonitorEvent, check_metrics
 from policy_canary.stats import BPS
 
 Floats = NDArray[np.float64]
@@ -304,11 +304,5 @@ def _metrics(data: Any) -> dict[str, float | bool]:
     """A stored ``metrics`` object, every value finite (MonitorEvent's rule)."""
     if not isinstance(data, dict):
         raise InvalidMetricError(f"metrics must be an object; got {data!r}")
-    for key, value in data.items():
-        if isinstance(value, bool):
-            continue
-        if not isinstance(value, int | float):
-            raise InvalidMetricError(f"metrics.{key} must be a number; got {value!r}")
-        if not math.isfinite(value):
-            raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
+    check_metrics(data)
     return data

@@ -81,13 +81,7 @@ class MonitorEvent:
         if tokens is not None and tokens < 0:
             raise InvalidMetricError(f"output_tokens must be >= 0; got {tokens!r}")
         if self.metrics:
-            for key, value in self.metrics.items():
-                if isinstance(value, bool):
-                    continue
-                if not isinstance(value, int | float):
-                    raise InvalidMetricError(f"metrics.{key} must be a number; got {value!r}")
-                if not math.isfinite(value):
-                    raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
+            check_metrics(self.metrics)
 
     @property
     def flagged(self) -> bool:
@@ -98,6 +92,17 @@ class MonitorEvent:
     def is_candidate(self) -> bool:
         """True when the candidate served this request."""
         return self.arm == "candidate"
+
+
+def check_metrics(metrics: Mapping[str, object]) -> None:
+    """Every custom metric a boolean or a finite number (MonitorEvent's rule, and a batch's)."""
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if not isinstance(value, int | float):
+            raise InvalidMetricError(f"metrics.{key} must be a number; got {value!r}")
+        if not math.isfinite(value):
+            raise InvalidMetricError(f"metrics.{key} must be finite; got {value!r}")
 
 
 def observe(

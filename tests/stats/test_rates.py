@@ -16,6 +16,7 @@ from policy_canary.stats import (
     candidate_share_of_bad,
     conditional_log_evalue,
 )
+from policy_canary.stats.edges import rejection_edge
 from policy_canary.stats.rates import BPS, _scalar_log_evalue
 
 WALD_2X = RateMixture(ratios=(2.0,), weights=(1.0,))
@@ -238,3 +239,43 @@ def test_scalar_evalue_of_the_bounds_matches_the_vectorised_one(
         assert got == expected
     else:
         assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+MIXTURES = {
+    "around": (RateMixture.around(1.2, 2.0), False),
+    "around_down": (RateMixture.around(0.8, 0.5), True),
+    "away": (RateMixture.away(pivot=1.2, null_ratio=1.2, detect_ratio=2.0), True),
+    "away_down": (RateMixture.away(pivot=0.8, null_ratio=0.8, detect_ratio=0.5), False),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells, st.sampled_from(sorted(MIXTURES)), st.sampled_from([0.01, 0.001]))
+def test_a_bound_is_the_edge_the_unfactored_e_value_draws(
+    counts: list[tuple[int, int, int]], kind: str, alpha: float
+) -> None:
+    # The bisection tests each null through the factored ln K = N - ln L0(null); bisecting on
+    # the unfactored scalar e-value itself must find the same edge, up to rounding.
+    mixture, upper = MIXTURES[kind]
+    process = ConditionalRateProcess(bad={bp: [s, c] for c, s, bp in counts})
+    process.bad = {k: v for k, v in process.bad.items() if v != [0, 0]}
+    got = process.confidence_bound(alpha=alpha, mixture=mixture, upper=upper)
+    components = [(r, math.log(w)) for r, w in zip(mixture.ratios, mixture.weights, strict=True)]
+    state = [(float(c), float(s), bp / BPS) for bp, (s, c) in sorted(process.bad.items())]
+    threshold = math.log(1.0 / alpha)
+
+    def rejected(x: float) -> bool:
+        return _scalar_log_evalue(state, math.exp(x), components) >= threshold
+
+    if not process.bad:
+        assert got is None
+        return
+    near = math.log(max(mixture.ratios) if upper else min(mixture.ratios))
+    far = math.log(1e3 if upper else 1e-3)
+    expected = rejection_edge(rejected, near, far)
+    if expected is None or got is None:
+        # Only a far end within rounding of the threshold may be judged apart.
+        edge_value = _scalar_log_evalue(state, math.exp(far), components)
+        assert expected is got or edge_value == pytest.approx(threshold, rel=1e-9)
+        return
+    assert math.log(got) == pytest.approx(expected, abs=1e-9)

@@ -21,6 +21,7 @@ from policy_canary.stats import (
     normal_mixture_radius,
     one_sided_normal_mixture_radius,
 )
+from policy_canary.stats.means import PRIOR_WEIGHT
 from policy_canary.stats.rates import FAR_WEIGHT, MID_WEIGHT
 
 
@@ -250,3 +251,67 @@ def test_a_a_skewed_costs_on_the_null_boundary_rarely_breach() -> None:
                 misses += 1
                 break
     assert misses / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def _fold_by_the_definitions(
+    rows: list[tuple[bool, float, float]], process: MeanDifferenceProcess
+) -> tuple[int, list[list[float]], list[int]]:
+    """The class docstring's sums, one event at a time, in plain floats: the fold's oracle."""
+    n, s1, s2 = [0, 0], [0.0, 0.0], [0.0, 0.0]
+    sums = [[0.0] * 5 for _ in process.coefficients]
+    pairs = 0
+    for cand, rho, y in rows:
+        mean = [(process.prior_mean + s1[k]) / (1 + n[k]) for k in (0, 1)]
+        var = [
+            (PRIOR_WEIGHT * process.prior_variance + (max(s2[k] - s1[k] ** 2 / n[k], 0.0)
+             if n[k] else 0.0)) / (PRIOR_WEIGHT + max(n[k] - 1, 0))
+            for k in (0, 1)
+        ]  # fmt: skip
+        if 0.0 < rho < 1.0:
+            cand_part = (y - mean[1]) / rho + mean[1] if cand else mean[1]
+            stable_part = mean[0] if cand else (y - mean[0]) / (1 - rho) + mean[0]
+            scale = abs(mean[0]) if process.relative else 1.0
+            for i, c in enumerate(process.coefficients):
+                phi = cand_part - c * stable_part
+                sigma2 = max(
+                    var[1] / rho + c * c * var[0] / (1 - rho), 1e-9 * process.prior_variance
+                )
+                u = scale / sigma2
+                for j, term in enumerate((u, u * phi, u * u, u * u * phi, u * u * phi * phi)):
+                    sums[i][j] += term
+            pairs += 1
+        arm = int(cand)
+        n[arm], s1[arm], s2[arm] = n[arm] + 1, s1[arm] + y, s2[arm] + y * y
+    return pairs, sums, n
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from([0.0, 0.01, 0.1, 0.37, 0.5, 0.9, 1.0]),
+            st.floats(-50, 50, allow_nan=False),
+        ),
+        max_size=60,
+    ),
+    st.lists(st.sampled_from([0.8, 0.95, 1.0, 1.15, 1.25]), min_size=1, max_size=3, unique=True),
+    st.booleans(),
+    st.integers(0, 60),
+)
+def test_the_batch_fold_sums_what_the_definitions_sum_event_by_event(
+    rows: list[tuple[bool, float, float]], coefficients: list[float], relative: bool, cut: int
+) -> None:
+    # Two batches (the second starts from the first's counts), with shares of 0 and 1 among
+    # usable ones, against a per-event loop over the definitions.
+    process = MeanDifferenceProcess(
+        coefficients=tuple(coefficients), prior_mean=2.0, prior_variance=0.5, relative=relative
+    )
+    for part in (rows[:cut], rows[cut:]):
+        process.fold(
+            candidate=[r[0] for r in part], share=[r[1] for r in part], values=[r[2] for r in part]
+        )
+    pairs, sums, counts = _fold_by_the_definitions(rows, process)
+    assert (process.pairs, process.count) == (pairs, counts)
+    for got, want in zip(process.sums, sums, strict=True):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6)

@@ -19,6 +19,7 @@ from policy_canary.canonical import (
     canonical_json,
     digest,
     format_number,
+    json_text,
     jsonable,
     loads,
 )
@@ -199,3 +200,27 @@ def test_jsonable_makes_any_value_strict_json_and_is_idempotent(value: Any) -> N
 @given(json_values)
 def test_jsonable_leaves_json_data_alone(value: Any) -> None:
     assert jsonable(value) == value
+
+
+@given(json_values)
+def test_json_text_spells_plain_json_data_as_json_and_jsonable_do(value: Any) -> None:
+    assert json_text(value) == json.dumps(jsonable(value), sort_keys=True)
+    assert json_text(value, separators=(",", ":")) == json.dumps(
+        value, sort_keys=True, separators=(",", ":")
+    )
+
+
+@given(odd_values)
+def test_json_text_reads_back_as_jsonable_s_copy_or_json_s_own(value: Any) -> None:
+    # Whatever json refuses takes jsonable's way; what it accepts reads back as jsonable's copy
+    # but for keys json spells itself (an int key 3 is "3" both ways).
+    text = json_text(value)
+    assert json.loads(text) == json.loads(json.dumps(jsonable(value), sort_keys=True))
+
+
+def test_json_text_spells_what_json_refuses_as_jsonable_does() -> None:
+    value = {"e": math.inf, "at": datetime(2026, 1, 1, tzinfo=UTC), "seen": {3, 1}, 2: "two"}
+    assert json_text(value) == json.dumps(jsonable(value), sort_keys=True)
+    assert json.loads(json_text(value)) == {
+        "e": "inf", "at": "2026-01-01T00:00:00+00:00", "seen": [1, 3], "2": "two"
+    }  # fmt: skip

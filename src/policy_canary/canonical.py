@@ -129,38 +129,18 @@ def jsonable(value: Any) -> Any:
 
 
 def json_text(value: Any, **options: Any) -> str:
-    """``json.dumps(jsonable(value), sort_keys=True, **options)``, without the copy when it can.
+    """The sorted-keys JSON text of ``value``: json's own when it accepts ``value`` as it is.
 
-    The controller writes every rollout's state and trace each tick: when ``value`` is already
-    plain JSON data (every mapping a dict keyed by strings), json spells it exactly as it
-    spells jsonable()'s copy whenever it accepts it at all, since lists and tuples both become
-    arrays and numbers and strings stay. A value json refuses (a NaN, a datetime, a set)
-    takes jsonable's way.
+    The controller writes every rollout's state and trace each tick, so plain JSON data is
+    encoded as it is, with no copy and no walk over it first: json spells lists and tuples
+    alike and keys that are numbers, booleans or None as JSON does (``1``, ``true``, ``null``).
+    A value json refuses (a NaN, a datetime, a set, a key of another type, keys that cannot be
+    sorted together) is spelled as :func:`jsonable` turns it.
     """
-    if _plain(value):
-        try:
-            return json.dumps(value, sort_keys=True, allow_nan=False, **options)
-        except (TypeError, ValueError):
-            pass
-    return json.dumps(jsonable(value), sort_keys=True, **options)
-
-
-def _plain(value: Any) -> bool:
-    """Whether every mapping in ``value`` is a dict keyed by plain strings (see json_text)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                if type(key) is not str:
-                    return False
-                if isinstance(inner, dict | list | tuple):
-                    stack.append(inner)
-        elif isinstance(item, list | tuple):
-            stack.extend(inner for inner in item if isinstance(inner, dict | list | tuple))
-        elif isinstance(item, Mapping):
-            return False
-    return True
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False, **options)
+    except (TypeError, ValueError):
+        return json.dumps(jsonable(value), sort_keys=True, **options)
 
 
 def _write(

@@ -279,3 +279,34 @@ def test_a_bound_is_the_edge_the_unfactored_e_value_draws(
         assert expected is got or edge_value == pytest.approx(threshold, rel=1e-9)
         return
     assert math.log(got) == pytest.approx(expected, abs=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells, st.floats(-6.0, 6.0), st.sampled_from(sorted(MIXTURES)))
+def test_a_states_e_value_is_the_vectorised_formula_s(
+    counts: list[tuple[int, int, int]], log_null: float, kind: str
+) -> None:
+    # log_e_value() takes the factored form N - ln L0(null); numpy's conditional_log_evalue
+    # is the formula as written (each component's ratio of likelihoods).
+    mixture, _ = MIXTURES[kind]
+    process = ConditionalRateProcess(bad={bp: [s, c] for c, s, bp in counts})
+    process.bad = {k: v for k, v in process.bad.items() if v != [0, 0]}
+    null = math.exp(log_null)
+    got = process.log_e_value(null_ratio=null, mixture=mixture)
+    if not process.bad:
+        assert got == 0.0
+        return
+    keys = sorted(process.bad)
+    expected = float(conditional_log_evalue(
+        [process.bad[k][1] for k in keys], [process.bad[k][0] for k in keys],
+        [k / BPS for k in keys], null_ratio=null, mixture=mixture,
+    ))  # fmt: skip
+    if math.isinf(expected):
+        assert got == expected
+    else:
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    # The memo of the numerator is keyed by the counts: new counts, a new value.
+    process.fold(candidate=[True], share_bp=[keys[0]], bad=[True])
+    again = process.log_e_value(null_ratio=null, mixture=mixture)
+    fresh = ConditionalRateProcess.from_dict(process.to_dict())
+    assert again == fresh.log_e_value(null_ratio=null, mixture=mixture)

@@ -17,7 +17,7 @@ lets one test serve every stage's tolerance (see ``docs/statistics.md``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,52 +274,59 @@ def _scalar_log_evalue(
     return total
 
 
-def _rejection_test(
-    cells: list[tuple[float, float, float]],
-    components: list[tuple[float, float]],
-    threshold: float,
-) -> Callable[[float], bool]:
-    """``ln K(exp(x)) >= threshold`` for the bisection: :func:`_scalar_log_evalue`, factored.
+@dataclass(frozen=True, slots=True)
+class _Factored:
+    """ln K(null) = N - ln L0(null) of one state and one mixture, in floats.
 
     Every component's likelihood ratio has the same denominator, the null's likelihood
-    prod q0^cand (1 - q0)^stab over the cells, so ln K(null) = N - ln L0(null), where the
-    numerator N = ln sum_i w_i prod q1_i^cand (1 - q1_i)^stab does not depend on the null. The
-    bisection evaluates ~50 nulls of one state, so N is computed once and each test costs one
-    q0 and two logarithms per cell, instead of a pass over the mixture's ~16 components. The
-    value is the same up to rounding (a difference of two logarithms of products rather than
-    a sum of logarithms of quotients): over 24,000 random states and both mixtures the bounds
-    agreed with the unfactored test's to within 2e-12 of the log ratio, far below what a
-    bound is reported to.
+    L0 = prod q0^cand (1 - q0)^stab over the cells, so the numerator
+    N = ln sum_i w_i prod q1_i^cand (1 - q1_i)^stab does not depend on the null. A rate judge
+    asks one state for two e-values and a bound per mixture, and a bound's bisection for ~50
+    nulls: N is computed once, and each null then costs one q0 and two logarithms per cell
+    instead of a pass over the mixture's ~16 components. The value is numpy's
+    :func:`conditional_log_evalue` up to rounding (a difference of two logarithms of products
+    rather than a sum of logarithms of quotients), and the e-value and the bound now come
+    from one formula.
     """
-    if not all(0.0 < rho < 1.0 for _, _, rho in cells):
-        # A hand-made state with shares outside (0, 1): the plain formula, with its own errors.
-        return lambda x: _scalar_log_evalue(cells, math.exp(x), components) >= threshold
-    terms = []
-    for ratio, log_weight in components:
-        log_l1 = 0.0
-        for cand, stab, rho in cells:
-            q1 = _share_of_bad(rho, ratio)
-            log_l1 += _count_log(cand, q1) + _count_log(stab, 1.0 - q1)
-        terms.append(log_weight + log_l1)
-    top = max(terms)
-    if top == -math.inf:  # every alternative is ruled out: nothing is ever rejected
-        return lambda x: False
-    numerator = top + math.log(math.fsum(math.exp(t - top) for t in terms))
-    log, exp = math.log, math.exp
 
-    def rejected(log_ratio: float) -> bool:
-        null_ratio = exp(log_ratio)
+    cells: tuple[tuple[float, float, float], ...]
+    numerator: float
+
+    @classmethod
+    def of(
+        cls, cells: Sequence[tuple[float, float, float]], mixture: RateMixture
+    ) -> _Factored | None:
+        """The factored form of ``(candidate bad, stable bad, share)`` cells, or None when a
+        share lies outside (0, 1) (a hand-made state: the unfactored formulas answer)."""
+        if not all(0.0 < rho < 1.0 for _, _, rho in cells):
+            return None
+        terms = []
+        for ratio, weight in zip(mixture.ratios, mixture.weights, strict=True):
+            log_l1 = math.log(weight)
+            for cand, stab, rho in cells:
+                q1 = _share_of_bad(rho, ratio)
+                log_l1 += _count_log(cand, q1) + _count_log(stab, 1.0 - q1)
+            terms.append(log_l1)
+        top = max(terms)
+        if top == -math.inf:  # every alternative is ruled out by the data
+            return cls(tuple(cells), -math.inf)
+        return cls(tuple(cells), top + math.log(math.fsum(math.exp(t - top) for t in terms)))
+
+    def log_e_value(self, null_ratio: float) -> float | None:
+        """ln K at ``null_ratio``, or None when a q0 reaches 0 or 1 (the unfactored formula
+        then answers, with its limits)."""
+        log = math.log
         log_l0 = 0.0
-        for cand, stab, rho in cells:
+        for cand, stab, rho in self.cells:
             scaled = rho * null_ratio
             q0 = scaled / (scaled + 1.0 - rho)
+            if not 0.0 < q0 < 1.0:
+                return None
             if cand > 0.0:
                 log_l0 += cand * log(q0)
             if stab > 0.0:
                 log_l0 += stab * log(1.0 - q0)
-        return numerator - log_l0 >= threshold
-
-    return rejected
+        return self.numerator - log_l0
 
 
 @dataclass(slots=True)
@@ -382,14 +389,22 @@ class ConditionalRateProcess:
         """Return ln K for the null ratio against the mixture's alternatives (0 before data)."""
         if not self.bad:
             return 0.0
-        cells = self._cells_key()
-        key = ("log_e_value", null_ratio, mixture)
-        value = self._recall(key, cells)
-        if value is _MISSING:
+        factored = self._factored(mixture)
+        value = None if factored is None else factored.log_e_value(null_ratio)
+        if value is None:
             cand, stable, shares = self._arrays()
             value = _strata_log_evalue(cand, stable, shares, null_ratio, mixture)
-            self._memo[key] = (cells, value)
         return float(value)
+
+    def _factored(self, mixture: RateMixture) -> _Factored | None:
+        """The state's :class:`_Factored` form for ``mixture``, computed once per counts."""
+        cells = self._cells_key()
+        key = ("factored", mixture)
+        found = self._recall(key, cells)
+        if found is _MISSING:
+            found = _Factored.of([(float(c), float(s), k / BPS) for k, s, c in cells], mixture)
+            self._memo[key] = (cells, found)
+        return found  # type: ignore[no-any-return]
 
     def confidence_bound(self, *, alpha: float, mixture: RateMixture, upper: bool) -> float | None:
         """Return the anytime-valid bound on the rate ratio implied by ``mixture``'s tests.
@@ -413,14 +428,18 @@ class ConditionalRateProcess:
     def _bound(self, threshold: float, mixture: RateMixture, upper: bool) -> float | None:
         """:meth:`confidence_bound` computed: the bisection for the rejected set's edge."""
         cells = [(float(c), float(s), k / BPS) for k, (s, c) in sorted(self.bad.items())]
-        # The bisection evaluates ~50 scalar e-values of a handful of strata: plain floats
-        # are ~20x faster than numpy's per-call overhead here, and a controller computes
-        # these bounds for every rate guardrail of every rollout on every tick.
         components = [
             (r, math.log(w)) for r, w in zip(mixture.ratios, mixture.weights, strict=True)
         ]
+        factored = self._factored(mixture)
+        test = factored.log_e_value if factored is not None else lambda _: None
 
-        rejected = _rejection_test(cells, components, threshold)
+        def rejected(x: float) -> bool:
+            value = test(math.exp(x))
+            if value is None:  # shares or a q0 outside (0, 1): the formula term by term
+                value = _scalar_log_evalue(cells, math.exp(x), components)
+            return value >= threshold
+
         # ln K is convex in ln(null ratio) and falls towards the alternatives, so the rejected
         # set is one interval reaching away from them; bisect for its edge.
         if upper:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from policy_canary.controller._inputs import ID, ROLLOUT, new_events
 from policy_canary.store import Store
@@ -75,3 +77,19 @@ def test_pages_hold_each_rollouts_events_past_its_own_cursor_once_in_id_order(
     }  # fmt: skip
     assert {n: got.get(n, []) for n in names} == expected
     assert set(got) <= set(names)
+
+
+def test_a_failing_read_of_new_events_is_sqlalchemys_error_naming_the_statement(
+    store: Store,
+) -> None:
+    # SQLite reads each rollout's events on the driver's own cursor; PostgreSQL through
+    # SQLAlchemy. Either way a failure is SQLAlchemy's error, statement attached, and the
+    # transaction it failed in is still the caller's to roll back.
+    with store.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE events RENAME COLUMN safety_flags TO flags_gone")
+        with pytest.raises(DBAPIError) as failed:
+            list(new_events(conn, {"ro_a": 0}, horizon=None, batch=10))
+        assert "safety_flags" in str(failed.value)
+        assert "SELECT" in str(failed.value.statement)
+        conn.rollback()
+    _insert(store, ["ro_a"])  # the column is back: the rename was rolled back

@@ -28,6 +28,7 @@ from sqlalchemy import (
     true,
     values,
 )
+from sqlalchemy.exc import DBAPIError
 
 from policy_canary.controller._monitoring import EVENT_COLUMNS, feedback_from_row
 from policy_canary.monitoring import MonitorEvent, RoutedWindow
@@ -83,7 +84,10 @@ def _own_pages(
 
     One statement of ``(rollout_id, id)`` terms for the whole chunk is planned as a range per
     term, but its rows must then be sorted by id: 5.7 us a row, against 2.6 for a range scan
-    per rollout on the ``(rollout_id, id)`` index, already in id order.
+    per rollout on the ``(rollout_id, id)`` index, already in id order. The statements go to
+    the driver's cursor itself: through ``exec_driver_sql`` each paid ~0.4 ms of SQLAlchemy's
+    result set-up, 0.4 s of a tick over 1,000 rollouts, more than their rows took. A driver
+    error is raised as SQLAlchemy's, as any other statement's would be.
     """
     c = events.c
     per = max(1, batch // len(cursors))
@@ -104,11 +108,7 @@ def _own_pages(
             if room < per:  # the page is full: the others come on the next
                 break
             given = {**fixed, "rid": rid, "through": through}
-            result = conn.exec_driver_sql(compiled.string, tuple(given[k] for k in order))
-            try:
-                rows = list(result.cursor.fetchall())
-            finally:
-                result.close()
+            rows = _fetch(conn, compiled.string, tuple(given[k] for k in order))
             if rows:
                 page[rid] = rows
                 room -= len(rows)
@@ -118,6 +118,21 @@ def _own_pages(
                 behind[rid] = int(rows[-1][ID])
         if page:
             yield page
+
+
+def _fetch(conn: Connection, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """``statement``'s rows from a cursor of the driver's own, its errors raised as
+    SQLAlchemy's (``sqlalchemy.exc.OperationalError`` and the like, statement attached)."""
+    dbapi = conn.dialect.dbapi
+    assert dbapi is not None, "a connected dialect has its driver module"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(statement, params)
+        return list(cursor.fetchall())
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(statement, params, exc, dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 def _driver_rows(conn: Connection, query: Select[Any]) -> list[tuple[Any, ...]]:

@@ -362,21 +362,19 @@ class ConditionalRateProcess:
         is_cand = np.asarray(candidate, dtype=bool)
         bps = np.asarray(share_bp, dtype=np.int64)
         is_bad = np.asarray(bad, dtype=bool)
-        n_cand = int(is_cand.sum())
+        n_cand = int(np.count_nonzero(is_cand))
         self.requests[0] += int(is_cand.size) - n_cand
         self.requests[1] += n_cand
-        self.bad_total[1] += int((is_bad & is_cand).sum())
-        self.bad_total[0] += int((is_bad & ~is_cand).sum())
-        informative = is_bad & (bps > 0) & (bps < BPS)
-        if not informative.any():
+        n_bad = int(np.count_nonzero(is_bad))
+        if not n_bad:
             return
-        keys, inverse = np.unique(bps[informative], return_inverse=True)
-        cand_counts = np.bincount(inverse, weights=is_cand[informative], minlength=keys.size)
-        all_counts = np.bincount(inverse, minlength=keys.size)
-        for key, c, a in zip(keys.tolist(), cand_counts.tolist(), all_counts.tolist(), strict=True):
-            cell = self.bad.setdefault(int(key), [0, 0])
-            cell[1] += int(c)
-            cell[0] += int(a) - int(c)
+        bad_cand = int(np.count_nonzero(is_bad & is_cand))
+        self.bad_total[1] += bad_cand
+        self.bad_total[0] += n_bad - bad_cand
+        # Bad events are the rare ones: each informative one is counted into its share's cell.
+        informative = is_bad & (bps > 0) & (bps < BPS)
+        for key, cand in zip(bps[informative].tolist(), is_cand[informative].tolist(), strict=True):
+            self.bad.setdefault(key, [0, 0])[1 if cand else 0] += 1
 
     def _arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         keys = sorted(self.bad)

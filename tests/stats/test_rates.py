@@ -249,6 +249,11 @@ MIXTURES = {
 }
 
 
+def _state_of(counts: list[tuple[int, int, int]]) -> ConditionalRateProcess:
+    """A process holding ``(candidate bad, stable bad, share bp)`` cells, empty ones left out."""
+    return ConditionalRateProcess(bad={bp: [s, c] for c, s, bp in counts if (c, s) != (0, 0)})
+
+
 @settings(max_examples=200, deadline=None)
 @given(cells, st.sampled_from(sorted(MIXTURES)), st.sampled_from([0.01, 0.001]))
 def test_a_bound_is_the_edge_the_unfactored_e_value_draws(
@@ -257,8 +262,7 @@ def test_a_bound_is_the_edge_the_unfactored_e_value_draws(
     # The bisection tests each null through the factored ln K = N - ln L0(null); bisecting on
     # the unfactored scalar e-value itself must find the same edge, up to rounding.
     mixture, upper = MIXTURES[kind]
-    process = ConditionalRateProcess(bad={bp: [s, c] for c, s, bp in counts})
-    process.bad = {k: v for k, v in process.bad.items() if v != [0, 0]}
+    process = _state_of(counts)
     got = process.confidence_bound(alpha=alpha, mixture=mixture, upper=upper)
     components = [(r, math.log(w)) for r, w in zip(mixture.ratios, mixture.weights, strict=True)]
     state = [(float(c), float(s), bp / BPS) for bp, (s, c) in sorted(process.bad.items())]
@@ -289,8 +293,7 @@ def test_a_states_e_value_is_the_vectorised_formula_s(
     # log_e_value() takes the factored form N - ln L0(null); numpy's conditional_log_evalue
     # is the formula as written (each component's ratio of likelihoods).
     mixture, _ = MIXTURES[kind]
-    process = ConditionalRateProcess(bad={bp: [s, c] for c, s, bp in counts})
-    process.bad = {k: v for k, v in process.bad.items() if v != [0, 0]}
+    process = _state_of(counts)
     null = math.exp(log_null)
     got = process.log_e_value(null_ratio=null, mixture=mixture)
     if not process.bad:

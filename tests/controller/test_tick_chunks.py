@@ -85,6 +85,51 @@ def test_a_monitor_kept_in_memory_is_read_again_after_another_controller_acted(
     assert _samples(store, row.id) == {"stable": 17, "candidate": 0}
 
 
+def test_a_rollout_changed_between_a_chunks_reads_and_its_writes_is_ticked_again_from_its_store(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = setup_policy(store, clock)
+    registry.register(OTHER, {"prompt": "b1"}, author="alice")
+    registry.register(OTHER, {"prompt": "b2"}, author="alice")
+    monitors = CountingMonitors(breach_after=10_000)
+    rollouts = Rollouts(store, clock=clock, monitors=monitors)
+    paused = rollouts.start(POLICY, candidate="v2", plan=small_plan())
+    untouched = rollouts.start(OTHER, candidate="v2", plan=small_plan())
+    real = _chunk.ChunkTick.prepare
+    calls: list[int] = []
+
+    def then_pause(tick: Any, conn: Any, chunk: Any, warm: Any) -> None:
+        real(tick, conn, chunk, warm)
+        calls.append(len(chunk))
+        if len(calls) == 1:  # after the chunk's reads and decisions, before its writes
+            rollouts.pause(POLICY, reason="looking into it", actor="alice")
+
+    controller = Controller(store, clock=clock, monitors=monitors, holder="t", chunk_size=50)
+    try:
+        for n in (3, 4):
+            for row in (paused, untouched):
+                insert_events(store, rollout_id=row.id, stage="canary", at=clock.now(),
+                              candidate=n, stable=n)  # fmt: skip
+            clock.advance(timedelta(seconds=10))
+            with monkeypatch.context() as patched:
+                patched.setattr(_chunk.ChunkTick, "prepare", then_pause)
+                outcomes = {o.rollout_id: o for o in controller.tick().outcomes}
+            assert all(o.error is None and o.recorded for o in outcomes.values())
+            assert {o.events_folded for o in outcomes.values()} == {2 * n}
+    finally:
+        controller.close()
+    # The first tick read both, then ticked the paused one again alone, under its lock.
+    assert calls == [2, 1, 2]
+    assert outcomes[paused.id].action is not None
+    assert outcomes[paused.id].action.kind is ActionKind.HOLD
+    assert "paused" in outcomes[paused.id].action.message
+    # Every event was folded once: the memory of the first reads was not written or kept.
+    for row in (paused, untouched):
+        assert _samples(store, row.id) == {"stable": 7, "candidate": 7}
+        trace = rollouts.trace(row.id)
+        assert [t["seq"] for t in trace] == list(range(1, len(trace) + 1))
+
+
 @pytest.mark.parametrize("size", [0, -3])
 def test_chunk_size_below_one_is_refused(store: Store, size: int) -> None:
     with pytest.raises(InputError, match="chunk_size must be at least 1"):

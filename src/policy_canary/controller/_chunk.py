@@ -1,9 +1,10 @@
-"""One chunk of a controller tick, inside its transaction: read for all, decide each, write.
+"""One chunk of a controller tick: read for all and decide each, then write what nobody changed.
 
 :class:`~policy_canary.controller._loop.Controller` cuts a tick's rollouts into chunks and
-commits each chunk's :class:`ChunkTick`; each read here is one statement for the whole chunk
-(``_inputs.py``), each rollout's part runs alone (an error ends its tick, not the chunk's),
-and what a rollout's monitor became is kept in memory as :class:`Warm` once the chunk commits.
+runs each chunk's :class:`ChunkTick`, a read transaction then a write one; each read here is
+one statement for the whole chunk (``_inputs.py``), each rollout's part runs alone (an error
+ends its tick, not the chunk's), and what a rollout's monitor became is kept in memory as
+:class:`Warm` once the chunk commits.
 """
 
 from __future__ import annotations
@@ -140,7 +141,15 @@ _Write = tuple[_Work, AppliedAction, StoredState]
 
 
 class ChunkTick:
-    """One chunk's tick inside its transaction: read for all its rollouts, decide each, write.
+    """One chunk's tick: read and decide in a read transaction, then write in a short one.
+
+    :meth:`prepare` reads everything its rollouts fold and decides each, writing nothing and
+    taking no lock; :meth:`commit` then takes the chunk's policy locks and writes each
+    decision whose rollout nobody changed meanwhile (its revision, which moves with every
+    write of a rollout, is the one read). A rollout that did change (a manual command,
+    another controller) is ticked again under the locks, from its stored state. So the write
+    turn (SQLite's single writer) is held for the writes alone, and chunks of other
+    controller processes read and decide while this one writes.
 
     Each read, and each table the holds write, is one statement for the whole chunk; a
     transition, or a hold that raises an alert, is written by apply_decision in a savepoint
@@ -148,17 +157,28 @@ class ChunkTick:
     nothing and keeps no memory. An error in a statement the chunk shares fails the chunk.
     """
 
-    def __init__(self, controller: Controller, conn: Connection, now: datetime) -> None:
+    def __init__(self, controller: Controller, now: datetime) -> None:
         self.controller = controller
-        self.conn = conn
         self.now = now
         self.work: dict[str, _Work] = {}
         self.done: dict[str, _Done] = {}
+        self._holds: list[_Write] = []
+        self._writes: list[_Write] = []
+        self._last: Mapping[str, Mapping[Any, Any]] = {}
+        self._conn: Connection | None = None
 
-    def run(
-        self, chunk: Sequence[tuple[str, str]], warm: Mapping[str, Warm | None]
-    ) -> dict[str, _Done]:
-        """Tick every rollout of ``chunk`` (``warm``: each one's memory, if any); by id."""
+    @property
+    def conn(self) -> Connection:
+        """The connection of the phase in progress."""
+        assert self._conn is not None, "prepare() or commit() gives the chunk its connection"
+        return self._conn
+
+    def prepare(
+        self, conn: Connection, chunk: Sequence[tuple[str, str]], warm: Mapping[str, Warm | None]
+    ) -> None:
+        """Read, fold and decide every rollout of ``chunk`` (``warm``: each one's memory, if
+        any) on ``conn``, a read transaction: nothing is written."""
+        self._conn = conn
         if self.controller.store.dialect == "postgresql":
             # psycopg prepares a statement from its fifth execution on, and PostgreSQL may
             # then plan it once for any values: blind to the cursors, that plan read a
@@ -166,18 +186,48 @@ class ChunkTick:
             # testing every rollout's term on each row (0.3 s a chunk at 1,000 rollouts, 12 of
             # a tick's 25 s; planned for its values, the index's ranges take 20 ms). A
             # tick's statements run once per chunk with new values: each is planned for them.
-            self.conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
-        # The policy locks serialise this tick with manual commands and with any other
-        # controller from before the rows are read, so no revision moves until the commit.
-        lock_policies(self.controller.store, self.conn, (policy for _, policy in chunk))
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         self._load(chunk, warm)
         self._fold_events()
         self._fold_feedback()
         self._fold_routed()
-        last = last_ticks(self.conn, list(self.work)) if self.work else {}
-        holds, writes = self._decide(last)
-        self._write_holds(holds, last)
-        for write in writes:
+        self._last = last_ticks(conn, list(self.work)) if self.work else {}
+        self._holds, self._writes = self._decide(self._last)
+
+    def commit(self, conn: Connection) -> dict[str, _Done]:
+        """Write what :meth:`prepare` decided on ``conn``, a write transaction; by id.
+
+        The policy locks serialise the writes with manual commands and with any other
+        controller; a rollout whose revision moved since it was read is ticked again here,
+        under them, from its stored state.
+        """
+        self._conn = conn
+        pending = [*self._holds, *self._writes]
+        if not pending:
+            return self.done
+        lock_policies(self.controller.store, conn, (work.row.policy for work, _, _ in pending))
+        current = load_rollouts(conn, [work.row.id for work, _, _ in pending])
+        moved = {
+            work.row.id: work.row.policy
+            for work, _, _ in pending
+            if (row := current.get(work.row.id)) is None or row.revision != work.row.revision
+        }
+        holds = [w for w in self._holds if w[0].row.id not in moved]
+        self._write_holds(holds, self._last)
+        for write in self._writes:
+            if write[0].row.id not in moved:
+                self._write(*write)
+        if moved:  # its memory folded what the stored state may not have: start from that
+            again = ChunkTick(self.controller, self.now)
+            again.prepare(conn, list(moved.items()), dict.fromkeys(moved))
+            self.done.update(again.commit_locked())
+        return self.done
+
+    def commit_locked(self) -> dict[str, _Done]:
+        """:meth:`commit` on :meth:`prepare`'s connection, whose transaction already holds
+        the policy locks and read every row under them: nothing can have moved."""
+        self._write_holds(self._holds, self._last)
+        for write in self._writes:
             self._write(*write)
         return self.done
 

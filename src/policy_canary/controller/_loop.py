@@ -120,19 +120,24 @@ class Controller:
         return TickReport(at=now, acted=True, holder=self.holder, outcomes=tuple(outcomes))
 
     def _tick_chunk(self, chunk: Sequence[tuple[str, str]], now: datetime) -> list[TickOutcome]:
-        """Tick ``chunk``'s rollouts in one transaction: read for all, decide each, write.
+        """Tick ``chunk``'s rollouts: read for all and decide each, then write in one commit.
 
         One commit per chunk instead of one per rollout, and one statement per kind of read
         or write for the whole chunk, are what keep a tick over a thousand rollouts within
-        seconds. A rollout whose tick fails writes nothing (a transition rolls back to its
-        savepoint) and the others still commit; if the commit itself fails, none applied.
+        seconds; the reads and decisions take no lock, so only the writes hold SQLite's
+        write turn (``ChunkTick``). A rollout whose tick fails writes nothing (a transition
+        rolls back to its savepoint) and the others still commit; if the commit itself fails,
+        none applied.
         """
         # Whatever happens below, the in-memory states are this tick's to change: each is
         # kept again only once the chunk commits (a rollback must not leave folded events).
         warm = {rid: self._warm.pop(rid, None) for rid, _ in chunk}
+        tick = ChunkTick(self, now)
         try:
+            with self.store.read() as conn:
+                tick.prepare(conn, chunk, warm)
             with self.store.begin() as conn:
-                done = ChunkTick(self, conn, now).run(chunk, warm)
+                done = tick.commit(conn)
         except Exception as exc:  # the commit (or the connection) failed: nothing applied
             return [self._failed(rid, policy, exc) for rid, policy in chunk]
         outcomes = []

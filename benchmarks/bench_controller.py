@@ -14,6 +14,11 @@ Side by side in one run, on a temporary SQLite file and in a temporary PostgreSQ
    them the first phase timed ticks whose latency guardrail was still gathering its line);
 4. the history is doubled (another ``--history`` events) and the ticks are timed again.
 
+Each of ``--processes`` (default ``1,2``) times its own controller in each phase, one after
+the other on the same store: ``Controller(processes=N)`` ticks its rollouts in N processes at
+once (``controller/_shards.py``), and the report gives each one's speed-up over one process.
+CPU time counts the controller's child processes too.
+
 The report gives the median tick, per rollout and per new event, the ratio of the tick after
 doubling to the tick before (1.0 = no growth: a tick is O(new events), not O(history)), and
 the controller's memory: the process's resident set after each tick and the tracemalloc peak
@@ -157,6 +162,46 @@ class Fleet:
                         copy.write_row(r)
 
 
+def _children() -> list[Path]:
+    """The /proc folders of this process's children (the controller's other processes)."""
+    mine, found = str(os.getpid()), []
+    for folder in Path("/proc").iterdir():
+        if folder.name.isdigit():
+            try:
+                fields = (folder / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it ended meanwhile
+            if fields[1] == mine:
+                found.append(folder)
+    return found
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its living children, in seconds."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for folder in _children():
+        try:
+            fields = (folder / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def children_rss_mb() -> float:
+    """The resident sets of this process's living children, summed, in MB."""
+    total = 0.0
+    for folder in _children():
+        try:
+            for line in (folder / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
+
+
 def rss_mb() -> float:
     """This process's resident set now (VmRSS), in MB."""
     with open("/proc/self/status", encoding="ascii") as status:
@@ -174,9 +219,9 @@ def timed_ticks(fleet: Fleet, controller: Controller, clock: ManualClock, per_ro
         fleet.insert(fleet.new_events(per_rollout))
         clock.advance(TICK_SECONDS)
         gc.collect()
-        began, cpu = time.perf_counter(), time.process_time()
+        began, cpu = time.perf_counter(), cpu_seconds()
         report = controller.tick()
-        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+        seconds, cpu = time.perf_counter() - began, cpu_seconds() - cpu
         folded = sum(o.events_folded for o in report.outcomes)
         errors = [o.error for o in report.outcomes if o.error]
         actions = sorted({o.action.kind.value for o in report.outcomes if o.action})
@@ -184,7 +229,8 @@ def timed_ticks(fleet: Fleet, controller: Controller, clock: ManualClock, per_ro
         runs.append({"seconds": seconds, "cpu_seconds": cpu, "folded": folded,
                      "rollouts": len(report.outcomes), "recorded": recorded,
                      "errors": errors[:3], "error_count": len(errors),
-                     "actions": actions, "rss_mb": rss_mb()})  # fmt: skip
+                     "actions": actions, "rss_mb": rss_mb(),
+                     "children_rss_mb": children_rss_mb()})  # fmt: skip
     return runs
 
 
@@ -215,9 +261,8 @@ def run_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
     clock = ManualClock(START)
     fleet = Fleet(store, args.rollouts)
     result: dict[str, Any] = {"seed_rollouts_s": fleet.seed(clock)}
-    controller = Controller(store, clock=clock, holder="bench")
+    phases = []
     try:
-        phases = []
         for _ in (1, 2):
             began = time.perf_counter()
             for chunk in fleet.history(args.history):
@@ -226,25 +271,40 @@ def run_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
             if store.dialect == "postgresql":
                 with store.begin() as conn:
                     conn.execute(text("ANALYZE events"))
-            # Untimed ticks first: they fold the events inserted so far, warm caches and
-            # gather the stable observations the default plan's p95 line is frozen from, so
-            # both phases time the same work (with the line, the guardrail starts testing).
-            warm = timed_ticks(fleet, controller, clock, args.events, WARM_TICKS)[0]
-            runs = timed_ticks(fleet, controller, clock, args.events, args.ticks)
-            median_s = statistics.median(r["seconds"] for r in runs)
-            median_cpu = statistics.median(r["cpu_seconds"] for r in runs)
-            phases.append({
-                "history": count_events(store), "seed_history_s": seeded,
-                "seed_events_per_s": args.history / seeded if seeded else None,
-                "warm_tick_s": warm["seconds"], "runs": runs, "median_tick_s": median_s,
-                "median_tick_cpu_s": median_cpu,
-                "per_rollout_ms": median_s / args.rollouts * 1e3,
-                "per_event_us": median_s / (args.rollouts * args.events) * 1e6,
-            })  # fmt: skip
-        result["tracemalloc_peak_mb"] = traced_tick(fleet, controller, clock, args.events)
+            for processes in args.processes:
+                # Untimed ticks first: they fold the events inserted so far, start the child
+                # processes, fill each one's memory, and gather the stable observations the
+                # default plan's p95 line is frozen from, so every row times the same work.
+                controller = Controller(store, clock=clock, holder="bench", processes=processes)
+                try:
+                    warm = timed_ticks(fleet, controller, clock, args.events, WARM_TICKS)[0]
+                    runs = timed_ticks(fleet, controller, clock, args.events, args.ticks)
+                    if processes == 1 and not phases:
+                        result["tracemalloc_peak_mb"] = traced_tick(
+                            fleet, controller, clock, args.events
+                        )
+                finally:
+                    controller.close()
+                median_s = statistics.median(r["seconds"] for r in runs)
+                median_cpu = statistics.median(r["cpu_seconds"] for r in runs)
+                phases.append({
+                    "processes": processes, "history": count_events(store),
+                    "seed_history_s": seeded,
+                    "seed_events_per_s": args.history / seeded if seeded else None,
+                    "warm_tick_s": warm["seconds"], "runs": runs, "median_tick_s": median_s,
+                    "median_tick_cpu_s": median_cpu,
+                    "per_rollout_ms": median_s / args.rollouts * 1e3,
+                    "per_event_us": median_s / (args.rollouts * args.events) * 1e6,
+                })  # fmt: skip
         result["phases"] = phases
-        result["growth"] = phases[1]["median_tick_s"] / phases[0]["median_tick_s"]
-        result["growth_cpu"] = phases[1]["median_tick_cpu_s"] / phases[0]["median_tick_cpu_s"]
+        growth = {}
+        for processes in args.processes:
+            mine = [p for p in phases if p["processes"] == processes]
+            growth[str(processes)] = {
+                "wall": mine[1]["median_tick_s"] / mine[0]["median_tick_s"],
+                "cpu": mine[1]["median_tick_cpu_s"] / mine[0]["median_tick_cpu_s"],
+            }
+        result["growth"] = growth
         result["rss_mb"] = [r["rss_mb"] for p in phases for r in p["runs"]]
         with store.read() as conn:
             active = conn.execute(
@@ -252,7 +312,6 @@ def run_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:
             ).scalar_one()
         result["still_running"] = int(active)
     finally:
-        controller.close()
         store.close()
     return result
 
@@ -273,16 +332,19 @@ def main() -> None:
                         help="old events seeded, then again (default 1,000,000)")  # fmt: skip
     parser.add_argument("--ticks", type=int, default=None, help="timed ticks per phase (3)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--processes", default="1,2",
+                        help="controller processes to compare, e.g. 1,2 (each a row)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = parser.parse_args()
     quick = args.quick
     args.rollouts = args.rollouts or (20 if quick else 1_000)
     args.history = args.history if args.history is not None else (5_000 if quick else 1_000_000)
     args.ticks = args.ticks or (2 if quick else 3)
+    args.processes = [int(x) for x in str(args.processes).split(",")]
     results: dict[str, Any] = {
         "quick": quick, "rollouts": args.rollouts, "events_per_rollout": args.events,
         "history": args.history, "ticks": args.ticks, "warm_ticks": WARM_TICKS,
-        "target_tick_s": TARGET_TICK_S,
+        "target_tick_s": TARGET_TICK_S, "processes": args.processes,
         "cores": os.cpu_count(), "load_before": os.getloadavg(), "backends": {},
     }  # fmt: skip
     if args.backend in ("sqlite", "both"):
@@ -304,26 +366,32 @@ def report(r: dict[str, Any]) -> None:
     rows = []
     for name, b in r["backends"].items():
         if "skipped" in b:
-            rows.append((name, b["skipped"], "", "", "", "", "", "", ""))
+            rows.append((name, b["skipped"], "", "", "", "", "", "", "", "", ""))
             continue
+        one = {p["history"] > b["phases"][0]["history"]: p["median_tick_s"]
+               for p in b["phases"] if p["processes"] == 1}  # fmt: skip
         for i, p in enumerate(b["phases"]):
             vs = TARGET_TICK_S / p["median_tick_s"] * r["rollouts"] / 1_000
+            later = p["history"] > b["phases"][0]["history"]
+            grown = b["growth"][str(p["processes"])]
+            faster = one.get(later)
             rows.append((
-                name if i == 0 else "", f"{p['history']:,}", f"{p['median_tick_s']:.3f}",
-                f"{p['median_tick_cpu_s']:.3f}",
+                name if i == 0 else "", str(p["processes"]), f"{p['history']:,}",
+                f"{p['median_tick_s']:.3f}", f"{p['median_tick_cpu_s']:.3f}",
                 f"{p['per_rollout_ms']:.2f}", f"{p['per_event_us']:.1f}",
-                f"{b['growth']:.2f}x / {b['growth_cpu']:.2f}x" if i == 1 else "",
+                f"{faster / p['median_tick_s']:.2f}x" if faster else "",
+                f"{grown['wall']:.2f}x / {grown['cpu']:.2f}x" if later else "",
                 f"{vs:.2f}x" + ("" if vs >= 1 else " (missed)"),
-                f"{max(x['rss_mb'] for x in p['runs']):.0f}",
+                f"{max(x['rss_mb'] + x['children_rss_mb'] for x in p['runs']):.0f}",
             ))  # fmt: skip
     before = ", ".join(f"{x:.1f}" for x in r["load_before"])
     after = ", ".join(f"{x:.1f}" for x in r["load_after"])
     print_table(
         f"Controller.tick() over {r['rollouts']:,} rollouts, {r['events_per_rollout']} new "
         f"events each ({r['cores']} cores; load average {before} before, {after} after)",
-        ["backend", "events stored", "tick s", "CPU s", "ms/rollout", "us/event",
-         "after doubling (wall / CPU)",
-         "vs 2 s per 1,000", "RSS MB"],
+        ["backend", "processes", "events stored", "tick s", "CPU s (all)", "ms/rollout",
+         "us/event", "vs 1 process", "after doubling (wall / CPU)", "vs 2 s per 1,000",
+         "RSS MB (all)"],
         rows,
     )  # fmt: skip
     for name, b in r["backends"].items():

@@ -20,13 +20,17 @@ def test_bench_controller_smoke(tmp_path: Path) -> None:
     assert (rollouts, per_rollout, result["history"]) == (20, 100, 5_000)
     backends = result["backends"]
     assert list(backends) == ["SQLite (file, WAL)", "PostgreSQL"]
+    assert result["processes"] == [1, 2]
+    per_block = (result["warm_ticks"] + result["ticks"]) * rollouts * per_rollout
     for backend in backends.values():
         assert "skipped" not in backend
-        first, second = backend["phases"]
-        # Phase two stored the history again plus the ticks' events in between.
-        ticked = (result["warm_ticks"] + result["ticks"]) * rollouts * per_rollout
-        assert second["history"] == first["history"] + result["history"] + ticked
-        for phase in (first, second):
+        phases = backend["phases"]
+        assert [p["processes"] for p in phases] == [1, 2, 1, 2]
+        # Each row counts the events after its ticks; phase two stored the history again, and
+        # two blocks of ticks came in between (two processes', then one's again).
+        ticked = 2 * per_block
+        assert phases[2]["history"] == phases[0]["history"] + result["history"] + ticked
+        for phase in phases:
             assert len(phase["runs"]) == result["ticks"]
             for run in phase["runs"]:
                 assert run["error_count"] == 0, run["errors"]
@@ -35,6 +39,9 @@ def test_bench_controller_smoke(tmp_path: Path) -> None:
                 assert run["actions"] == ["hold"]
                 assert run["seconds"] > 0
                 assert run["rss_mb"] > 0
+                if phase["processes"] == 2:  # the child's memory is counted
+                    assert run["children_rss_mb"] > 0
+        assert set(backend["growth"]) == {"1", "2"}
         assert backend["still_running"] == rollouts
         assert backend["tracemalloc_peak_mb"] > 0
     assert len(result["load_before"]) == len(result["load_after"]) == 3

@@ -61,10 +61,12 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _controller(store: Store, holder: str | None, metrics_port: int | None) -> Controller:
+def _controller(
+    store: Store, holder: str | None, metrics_port: int | None, processes: int
+) -> Controller:
     """The controller, metered and exposing /metrics on ``metrics_port`` when one is given."""
     if metrics_port is None:
-        return Controller(store, holder=holder)
+        return Controller(store, holder=holder, processes=processes)
     try:
         from policy_canary.telemetry import serve_controller_metrics
     except ImportError as exc:
@@ -72,7 +74,7 @@ def _controller(store: Store, holder: str | None, metrics_port: int | None) -> C
             f"--metrics-port needs the [prometheus] extra ({exc.name} is missing): "
             "pip install 'policy-canary[prometheus]'"
         ) from None
-    return serve_controller_metrics(store, holder=holder, port=metrics_port)
+    return serve_controller_metrics(store, holder=holder, port=metrics_port, processes=processes)
 
 
 def controller(
@@ -92,6 +94,12 @@ def controller(
         max=65535,
         help="Serve Prometheus metrics on this port (/metrics; needs the [prometheus] extra).",
     ),
+    processes: int = typer.Option(
+        1,
+        "--processes",
+        help="Tick the rollouts in this many processes at once (one per core; see "
+        "docs/operations.md, capacity planning).",
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Run the controller: promote healthy candidates stage by stage, roll bad ones back."""
@@ -99,7 +107,7 @@ def controller(
         pace = parse_interval(interval)
         store = state(ctx).store()
         dispatcher = None if no_alerts else Dispatcher(store, load_sinks())
-        worker = _controller(store, holder, metrics_port)
+        worker = _controller(store, holder, metrics_port, processes)
         dispatch = dispatcher.dispatch_once if dispatcher is not None else None
         if once:
             try:

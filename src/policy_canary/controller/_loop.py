@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from policy_canary.clock import Clock, SystemClock
 from policy_canary.controller._chunk import ChunkTick, TickOutcome, Warm
 from policy_canary.controller._lock import ControllerLock, default_holder
+from policy_canary.controller._model import Action
 from policy_canary.controller._monitoring import (
     MonitorFactory,
     StatisticalMonitors,
@@ -21,6 +24,7 @@ from policy_canary.controller._rows import (
     StaleRevisionError,
     active_rollouts,
 )
+from policy_canary.controller._shards import ShardConfig, Shards, check_processes
 from policy_canary.errors import InputError, first_line
 from policy_canary.plan import RolloutPlan
 from policy_canary.resilience import Outage
@@ -37,6 +41,15 @@ DEFAULT_CHUNK = 50
 _PLANS_KEPT = 4_096
 #: How long the controller lease lasts without renewal (SQLite's row, PostgreSQL's session).
 DEFAULT_LEASE_TTL = timedelta(seconds=30)
+
+
+#: What one rollout's tick did, before it is logged: its id and policy, the outcome (None
+#: when it failed), the error that ended it, and the transition it applied.
+Ticked = tuple[str, str, TickOutcome | None, BaseException | None, Action | None]
+
+
+class ShardError(Exception):
+    """A rollout's tick failed because its controller process did (logged once for it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,8 @@ class Controller:
     does not hold the lock ticks as a no-op. ``holder`` names this controller in the lock —
     a restarted controller given the same ``holder`` takes its SQLite lease back at once.
     ``chunk_size`` rollouts are ticked per transaction, each inside a savepoint of its own.
+    ``processes`` > 1 ticks the rollouts in that many processes at once, this one and
+    children it starts (``_shards.py``): one per core that the controller may use.
     """
 
     def __init__(
@@ -78,6 +93,7 @@ class Controller:
         batch_size: int = DEFAULT_BATCH,
         chunk_size: int = DEFAULT_CHUNK,
         actor: str = "controller",
+        processes: int = 1,
     ) -> None:
         if chunk_size < 1:
             raise InputError(
@@ -98,6 +114,12 @@ class Controller:
         # Each active rollout's monitor as of its last committed tick, keyed by revision.
         self._warm: dict[str, Warm] = {}
         self._plans: dict[str, RolloutPlan] = {}
+        check_processes(processes, self.monitors)
+        self.processes = processes
+        config = ShardConfig(store.url, self.monitors, batch_size, chunk_size, self.actor,
+                             self.holder)  # fmt: skip
+        self._shards = Shards(config, processes) if processes > 1 else None
+        self._shard_failing: dict[int, Outage] = {}
 
     # -- one tick -------------------------------------------------------------------------
 
@@ -110,16 +132,43 @@ class Controller:
             pending = [(r.id, r.policy) for r in active_rollouts(conn)]
             # Before any rollout's transaction: rows up to it are visible to the transactions
             # that follow, and a horizon stays valid once computed (store/_visibility.py).
-            self._horizon = visible_through(conn)
-        active = {rid for rid, _ in pending}
+            horizon = visible_through(conn)
+        ticked: list[Ticked] = []
+        if self._shards is None:
+            ticked = self.tick_part(pending, now, horizon)
+        else:
+            parts = self._shards.split(pending)
+            # The children tick their parts while this process ticks its own.
+            running = [
+                (shard, part, self._shards.submit(shard, part, now, horizon))
+                for shard, part in enumerate(parts)
+                if shard and part
+            ]
+            ticked = self.tick_part(parts[0], now, horizon)
+            for shard, part, future in running:
+                ticked.extend(self._collect(shard, part, future))
+        by_id = {t[0]: self._outcome(*t) for t in ticked}
+        outcomes = tuple(by_id[rid] for rid, _ in pending)
+        return TickReport(at=now, acted=True, holder=self.holder, outcomes=outcomes)
+
+    def tick_part(
+        self, part: Sequence[tuple[str, str]], now: datetime, horizon: Horizon
+    ) -> list[Ticked]:
+        """Tick ``part``'s rollouts, chunk by chunk, reading no further than ``horizon``.
+
+        These are all the rollouts this process ticks (its shard): the memory of any other
+        is dropped. What each rollout's tick did comes back unlogged (:meth:`tick` logs it).
+        """
+        self._horizon = horizon
+        active = {rid for rid, _ in part}
         for gone in self._warm.keys() - active:  # ended rollouts leave the memory
             del self._warm[gone]
-        outcomes: list[TickOutcome] = []
-        for first in range(0, len(pending), self.chunk_size):
-            outcomes.extend(self._tick_chunk(pending[first : first + self.chunk_size], now))
-        return TickReport(at=now, acted=True, holder=self.holder, outcomes=tuple(outcomes))
+        ticked: list[Ticked] = []
+        for first in range(0, len(part), self.chunk_size):
+            ticked.extend(self._tick_chunk(part[first : first + self.chunk_size], now))
+        return ticked
 
-    def _tick_chunk(self, chunk: Sequence[tuple[str, str]], now: datetime) -> list[TickOutcome]:
+    def _tick_chunk(self, chunk: Sequence[tuple[str, str]], now: datetime) -> list[Ticked]:
         """Tick ``chunk``'s rollouts: read for all and decide each, then write in one commit.
 
         One commit per chunk instead of one per rollout, and one statement per kind of read
@@ -139,26 +188,63 @@ class Controller:
             with self.store.begin() as conn:
                 done = tick.commit(conn)
         except Exception as exc:  # the commit (or the connection) failed: nothing applied
-            return [self._failed(rid, policy, exc) for rid, policy in chunk]
-        outcomes = []
+            return [(rid, policy, None, exc, None) for rid, policy in chunk]
+        ticked: list[Ticked] = []
         for rid, policy in chunk:
             outcome, kept, error, transition = done[rid]
             if kept is not None:
                 self._warm[rid] = kept
-            if error is not None:
-                outcomes.append(self._failed(rid, policy, error))
-                continue
-            if transition is not None:
-                _log.info("%s %s: %s", policy, transition.kind.value, transition.message)
-            if (failing := self._failing.pop(rid, None)) is not None:
-                failing.recovered(f"rollout {rid} ({policy}) ticks again")
-            outcomes.append(outcome)
-        return outcomes
+            ticked.append((rid, policy, outcome, error, transition))
+        return ticked
+
+    def _outcome(
+        self,
+        rid: str,
+        policy: str,
+        outcome: TickOutcome | None,
+        error: BaseException | None,
+        transition: Action | None,
+    ) -> TickOutcome:
+        """A rollout's outcome, logged: its transition, or its failure (once per run of them)."""
+        if error is not None or outcome is None:
+            return self._failed(rid, policy, error or RuntimeError("the tick returned nothing"))
+        if transition is not None:
+            _log.info("%s %s: %s", policy, transition.kind.value, transition.message)
+        if (failing := self._failing.pop(rid, None)) is not None:
+            failing.recovered(f"rollout {rid} ({policy}) ticks again")
+        return outcome
+
+    def _collect(
+        self, shard: int, part: Sequence[tuple[str, str]], future: Future[list[Ticked]]
+    ) -> list[Ticked]:
+        """What shard ``shard``'s process did with ``part``; if it failed, its rollouts fail."""
+        assert self._shards is not None, "only a controller with processes has shards"
+        problem = self._shard_failing.get(shard)
+        if problem is None:
+            problem = self._shard_failing[shard] = _outage(
+                f"controller process {shard} failed; it is started again next tick"
+            )
+        try:
+            ticked = future.result()
+        except Exception as exc:  # it died, could not start, or could not return its results
+            self._shards.lost(shard)
+            # A process that died has no traceback to show; an error it raised brings its own.
+            problem.failed(f"{type(exc).__name__}: {exc}" if isinstance(exc, BrokenProcessPool)
+                           else exc)  # fmt: skip
+            error = ShardError(
+                f"controller process {shard} failed ({first_line(exc)}); its rollouts are "
+                "ticked again next tick"
+            )
+            return [(rid, policy, None, error, None) for rid, policy in part]
+        problem.recovered(f"controller process {shard} ticks again")
+        return ticked
 
     def _failed(self, rollout_id: str, policy: str, exc: BaseException) -> TickOutcome:
         """The outcome of a rollout whose tick failed; each run of failures is logged once."""
         if isinstance(exc, StaleRevisionError):
             return TickOutcome(rollout_id, policy, None, False, -1, error=exc.message)
+        if isinstance(exc, ShardError):  # logged once for the whole process (_collect)
+            return TickOutcome(rollout_id, policy, None, False, -1, error=str(exc))
         failing = self._failing.get(rollout_id)
         if failing is None:
             failing = self._failing[rollout_id] = _outage(
@@ -229,8 +315,15 @@ class Controller:
         return ticks
 
     def close(self) -> None:
-        """Release the controller lock."""
-        self.lock.release()
+        """Stop the controller's other processes (if any) and release the controller lock.
+
+        A controller may tick again after it: its processes are started again then.
+        """
+        try:
+            if self._shards is not None:
+                self._shards.close()
+        finally:
+            self.lock.release()
 
 
 def _outage(what: str) -> Outage:

@@ -86,14 +86,14 @@ class MeteredController(Controller):
 
 
 def serve_controller_metrics(
-    store: Store, *, holder: str | None, port: int, host: str = "0.0.0.0"
+    store: Store, *, holder: str | None, port: int, host: str = "0.0.0.0", processes: int = 1
 ) -> MeteredController:
     """A metered controller whose release and controller metrics are served on ``port``.
 
     The exporter runs in a daemon thread until the controller is closed.
     """
     registry = metrics_registry(ReleaseCollector(store))
-    worker = MeteredController(store, holder=holder)
+    worker = MeteredController(store, holder=holder, processes=processes)
     worker.metrics = ControllerMetrics(registry)
     try:
         server, _ = start_http_server(port, addr=host, registry=registry)

@@ -197,6 +197,33 @@ def test_controller_interval_must_be_a_duration(cli: Cli) -> None:
     assert "--interval" in result.stderr
 
 
+def test_controller_ticks_in_several_processes_and_refuses_a_count_out_of_range(
+    cli: Cli, pushed: Path, tmp_path: Path
+) -> None:
+    names = [f"agent-{n}" for n in range(4)]
+    for name in names:
+        for n in (1, 2):
+            spec = tmp_path / f"{name}-v{n}.yaml"
+            spec.write_text(f"prompt: {name} version {n}\n")
+            assert cli("policy", "push", name, str(spec)).code == 0
+        started = cli("rollout", "start", name, "--candidate", "v2", "--plan", str(pushed))
+        assert started.code == 0, started.stderr
+
+    once = cli("controller", "--once", "--no-alerts", "--processes", "2", "--json")
+    assert once.code == 0, once.stderr
+    outcomes = once.json()["outcomes"]
+    assert sorted(o["policy"] for o in outcomes) == names
+    assert {o["action"]["kind"] for o in outcomes} == {"hold"}
+
+    for count in ("0", "65"):
+        refused = cli("controller", "--once", "--processes", count)
+        assert refused.code == 1
+        assert (
+            f"processes must be between 1 and 64 (one per core is the most that helps); got {count}"
+            in refused.stderr
+        )
+
+
 def test_status_watch_refreshes(cli: Cli, pushed: Path) -> None:
     cli("rollout", "start", "support-agent", "--candidate", "v2", "--plan", str(pushed))
     result = cli("rollout", "status", "support-agent", "--watch", "--interval", "0.1s",

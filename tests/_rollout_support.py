@@ -153,6 +153,7 @@ def insert_events(
     traffic_bp: int = 100,
     latency_ms: float = 100.0,
     prefix: str | None = None,
+    policy: str = POLICY,
 ) -> None:
     """Insert events as the SDK's flusher would; the first ``errors`` candidate ones failed.
 
@@ -160,8 +161,8 @@ def insert_events(
     raises IntegrityError (the crash test relies on it); without, they are unique.
     """
     registry = Registry(store)
-    stable_v = registry.resolve(POLICY, "v1").id
-    cand_v = registry.resolve(POLICY, "v2").id
+    stable_v = registry.resolve(policy, "v1").id
+    cand_v = registry.resolve(policy, "v2").id
     rows = []
     for arm, count, version in (("candidate", candidate, cand_v), ("stable", stable, stable_v)):
         for i in range(count):
@@ -169,7 +170,7 @@ def insert_events(
             rows.append(
                 {
                     "decision_id": f"{prefix}-{arm}-{i}" if prefix else f"d-{_counter[0]}",
-                    "policy": POLICY,
+                    "policy": policy,
                     "rollout_id": rollout_id,
                     "arm": arm,
                     "version_digest": version,

@@ -8,12 +8,13 @@ releases the lease and writes every accepted event; ``--workers N`` runs one con
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -22,9 +23,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from _rollout_support import insert_events
 from _serving import seed_policy
 from policy_canary.cli import app as cli_app
 from policy_canary.clock import SystemClock
+from policy_canary.controller import Rollouts
+from policy_canary.controller._shards import shard_of
+from policy_canary.plan import RolloutPlan
 from policy_canary.registry import Registry
 from policy_canary.server import ControllerOptions, ServedController
 from policy_canary.store import Store
@@ -338,6 +343,57 @@ def test_controller_options_need_controller_and_a_sane_interval(sqlite_url: str)
                                    "--controller-interval", "0.001s"])  # fmt: skip
     assert fast.exit_code == 1
     assert "--controller-interval '0.001s' is shorter than" in fast.stderr
+    spread = runner.invoke(
+        cli_app, ["--db", sqlite_url, "serve", "--no-auth", "--controller-processes", "2"]
+    )
+    assert spread.exit_code == 1
+    assert "--controller-processes only apply to the in-process controller" in spread.stderr
+    none = runner.invoke(cli_app, ["--db", sqlite_url, "serve", "--no-auth", "--controller",
+                                   "--controller-processes", "0"])  # fmt: skip
+    assert none.exit_code == 2
+    assert "Invalid value for '--controller-processes'" in none.stderr
+
+
+def test_an_in_process_controller_in_two_processes_promotes_every_rollout(store: Store) -> None:
+    """Given serve's controller with ``processes=2`` and rollouts of eight or more policies fed a few
+    requests each, every rollout is promoted (whichever process owns it); stopping the
+    controller stops its child process and frees the lease."""
+    registry = Registry(store)
+    starts = Rollouts(store)
+    ids: dict[str, str] = {}
+    # Eight rollouts, more if need be until each process owns some (ids are random).
+    while len(ids) < 8 or {shard_of(rid, 2) for rid in ids.values()} != {0, 1}:
+        policy = f"agent-{len(ids)}"
+        registry.register(policy, {"prompt": "v1"}, author="t")
+        registry.register(policy, {"prompt": "v2"}, author="t")
+        plan = RolloutPlan.loads(QUICK_PLAN)
+        ids[policy] = starts.start(policy, candidate="v2", plan=plan).id
+
+    def promoted() -> bool:
+        done = True
+        for policy, rid in ids.items():
+            row = _rollout(store, rid)
+            if row.state != "promoted":
+                done = False
+                stage = ("first", "second")[row.stage_index]  # QUICK_PLAN's
+                insert_events(store, rollout_id=rid, stage=stage, at=datetime.now(UTC),
+                              candidate=1, stable=1, policy=policy)  # fmt: skip
+        return done
+
+    options = ControllerOptions(interval=timedelta(milliseconds=20), holder="t", processes=2)
+    served = ServedController(store, options, sinks=[], echo=lambda line: None)
+    assert "ticking every 0.02s in 2 processes, delivers alerts" in served.banner()
+    served.start()
+    try:
+        _wait(promoted, "every promotion", seconds=60)
+        children = multiprocessing.active_children()
+        assert children  # the second process, which ticked its share
+    finally:
+        assert served.stop() is True
+    assert [_moves(store, rid) for rid in ids.values()] == [["advance", "promote"]] * len(ids)
+    assert not any(child.is_alive() for child in children)
+    with store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(leases)).scalar_one() == 0
 
 
 def test_the_in_process_loop_survives_a_failing_loop_and_a_closed_stdout(

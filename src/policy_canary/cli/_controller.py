@@ -22,7 +22,7 @@ from policy_canary.cli._output import (
     shown,
     state,
 )
-from policy_canary.controller import Controller, TickReport
+from policy_canary.controller import MAX_PROCESSES, Controller, TickReport
 from policy_canary.errors import InputError
 from policy_canary.store import Store
 
@@ -97,6 +97,8 @@ def controller(
     processes: int = typer.Option(
         1,
         "--processes",
+        min=1,
+        max=MAX_PROCESSES,
         help="Tick the rollouts in this many processes at once (one per core; see "
         "docs/operations.md, capacity planning).",
     ),

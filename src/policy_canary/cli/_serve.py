@@ -8,6 +8,7 @@ import typer
 
 from policy_canary.cli._options import parse_interval
 from policy_canary.cli._output import log_lines, reporting, state
+from policy_canary.controller import MAX_PROCESSES
 from policy_canary.errors import InputError
 
 
@@ -63,6 +64,15 @@ def serve(
         help="The controller's name in the lock (default host:pid; needs --controller).",
         show_default=False,
     ),
+    controller_processes: int | None = typer.Option(
+        None,
+        "--controller-processes",
+        min=1,
+        max=MAX_PROCESSES,
+        help="Tick the rollouts in this many processes at once, like 'policy-canary "
+        "controller --processes' (default 1; needs --controller).",
+        show_default=False,
+    ),
     no_alerts: bool = typer.Option(
         False,
         "--no-alerts",
@@ -85,6 +95,7 @@ def serve(
             for name, value in (
                 ("--controller-interval", controller_interval is not None),
                 ("--controller-holder", controller_holder is not None),
+                ("--controller-processes", controller_processes is not None),
                 ("--no-alerts", no_alerts),
             )
             if value
@@ -104,6 +115,7 @@ def serve(
                 ),
                 holder=controller_holder,
                 alerts=not no_alerts,
+                processes=1 if controller_processes is None else controller_processes,
             )
         with log_lines() if controller else nullcontext():
             run(

@@ -47,9 +47,11 @@ from policy_canary.controller._monitoring import (
 )
 from policy_canary.controller._rollouts import RollbackResult, Rollouts, RolloutStatus
 from policy_canary.controller._rows import Rollout, StaleRevisionError
+from policy_canary.controller._shards import MAX_PROCESSES
 
 __all__ = [
     "ACTIVE_STATES",
+    "MAX_PROCESSES",
     "MESSAGES",
     "NOTICES",
     "Action",

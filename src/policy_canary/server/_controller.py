@@ -41,6 +41,9 @@ class ControllerOptions:
     holder: str | None = None
     #: Deliver alerts after each tick (``--no-alerts``: another process runs the dispatcher).
     alerts: bool = True
+    #: Processes that tick the rollouts at once (``--controller-processes``; see
+    #: :class:`Controller`): this one and ``processes - 1`` children it spawns.
+    processes: int = 1
 
 
 class ServedController:
@@ -63,7 +66,9 @@ class ServedController:
         echo: Callable[[str], None] = print,
     ) -> None:
         self.options = options
-        self.worker = MeteredController(store, clock=clock, holder=options.holder)
+        self.worker = MeteredController(
+            store, clock=clock, holder=options.holder, processes=options.processes
+        )
         self.dispatcher = (
             Dispatcher(store, list(load_sinks() if sinks is None else sinks), clock=clock)
             if options.alerts
@@ -88,10 +93,12 @@ class ServedController:
     def banner(self) -> str:
         """The start-up banner's controller line."""
         alerts = "delivers alerts" if self.dispatcher is not None else "no alerts (--no-alerts)"
+        processes = self.options.processes
+        spread = f" in {processes} processes" if processes > 1 else ""
         return (
             f"controller: in-process as {self.holder}, ticking every "
-            f"{self.options.interval.total_seconds():g}s, {alerts}; the lease keeps one "
-            "controller acting across replicas"
+            f"{self.options.interval.total_seconds():g}s{spread}, {alerts}; the lease keeps "
+            "one controller acting across replicas"
         )
 
     def meter(self, registry: CollectorRegistry) -> None:

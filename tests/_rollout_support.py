@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from policy_canary.controller._state import read_state
 from policy_canary.guardrails import GuardrailKind
 from policy_canary.monitoring import MonitorEvent, Verdict, VerdictStatus
 from policy_canary.plan import RolloutPlan
@@ -134,6 +135,14 @@ def setup_policy(store: Store, clock: ManualClock) -> Registry:
     registry.register(POLICY, {"prompt": "v1"}, message="first", author="alice")
     registry.register(POLICY, {"prompt": "v2"}, message="second", author="alice")
     return registry
+
+
+def canary_samples(store: Store, rollout_id: str) -> dict[str, int]:
+    """The requests per arm that a rollout's stored ledger counts in its canary stage."""
+    with store.read() as conn:
+        state = read_state(conn, rollout_id)
+    assert state is not None, f"rollout {rollout_id} has no stored state"
+    return state.ledger.samples("canary")
 
 
 _counter = [0]

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from _rollout_support import POLICY, CountingMonitor, CountingMonitors, insert_events, small_plan
+from _rollout_support import (
+    POLICY,
+    CountingMonitor,
+    CountingMonitors,
+    canary_samples,
+    insert_events,
+    small_plan,
+)
 from policy_canary.clock import ManualClock
 from policy_canary.controller import Controller, Rollouts
 from policy_canary.controller._rows import active_rollouts
@@ -96,13 +103,6 @@ class _DiesOnce(CountingMonitors):
         return super().load(data)
 
 
-def _samples(store: Store, rid: str) -> dict[str, int]:
-    with store.read() as conn:
-        state = read_state(conn, rid)
-    assert state is not None
-    return state.ledger.samples("canary")
-
-
 def test_a_child_that_dies_fails_its_rollouts_tick_and_is_started_again(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -149,7 +149,7 @@ def test_a_child_that_dies_fails_its_rollouts_tick_and_is_started_again(
         controller.close()
     # Nothing was lost or folded twice: the dead child's rollouts read their stored state.
     for rid in ids.values():
-        assert _samples(store, rid) == {"stable": 4, "candidate": 0}
+        assert canary_samples(store, rid) == {"stable": 4, "candidate": 0}
     store.close()
 
 

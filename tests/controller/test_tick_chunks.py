@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
+from _rollout_support import (
+    POLICY,
+    CountingMonitors,
+    canary_samples,
+    insert_events,
+    setup_policy,
+    small_plan,
+)
 from policy_canary.clock import ManualClock
 from policy_canary.controller import ActionKind, Controller, Rollouts, _chunk
 from policy_canary.controller._state import read_state
@@ -19,19 +26,17 @@ from policy_canary.store.schema import feedback
 OTHER = "billing-agent"
 
 
-def _samples(store: Store, rollout_id: str) -> dict[str, int]:
-    with store.read() as conn:
-        state = read_state(conn, rollout_id)
-    assert state is not None
-    return state.ledger.samples("canary")
+def _two_policies(store: Store, clock: ManualClock) -> None:
+    """POLICY and OTHER, each with a stable v1 and a v2."""
+    registry = setup_policy(store, clock)
+    registry.register(OTHER, {"prompt": "b1"}, author="alice")
+    registry.register(OTHER, {"prompt": "b2"}, author="alice")
 
 
 def test_a_failing_rollout_rolls_back_alone_and_the_rest_of_its_chunk_commits(
     store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = setup_policy(store, clock)
-    registry.register(OTHER, {"prompt": "b1"}, author="alice")
-    registry.register(OTHER, {"prompt": "b2"}, author="alice")
+    _two_policies(store, clock)
     monitors = CountingMonitors()
     rollouts = Rollouts(store, clock=clock, monitors=monitors)
     good = rollouts.start(POLICY, candidate="v2", plan=small_plan())
@@ -56,8 +61,8 @@ def test_a_failing_rollout_rolls_back_alone_and_the_rest_of_its_chunk_commits(
     assert outcomes[good.id].recorded
     assert outcomes[good.id].events_folded == 7
     assert outcomes[bad.id].error == "a bug in this rollout's tick"
-    assert _samples(store, good.id) == {"stable": 4, "candidate": 3}
-    assert _samples(store, bad.id) == {"stable": 0, "candidate": 0}
+    assert canary_samples(store, good.id) == {"stable": 4, "candidate": 3}
+    assert canary_samples(store, bad.id) == {"stable": 0, "candidate": 0}
 
 
 def test_a_monitor_kept_in_memory_is_read_again_after_another_controller_acted(
@@ -82,15 +87,13 @@ def test_a_monitor_kept_in_memory_is_read_again_after_another_controller_acted(
         first.close()
         second.close()
     # The first controller's memory was stale after the second acted: it must not fold from it.
-    assert _samples(store, row.id) == {"stable": 17, "candidate": 0}
+    assert canary_samples(store, row.id) == {"stable": 17, "candidate": 0}
 
 
 def test_a_rollout_changed_between_a_chunks_reads_and_its_writes_is_ticked_again_from_its_store(
     store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = setup_policy(store, clock)
-    registry.register(OTHER, {"prompt": "b1"}, author="alice")
-    registry.register(OTHER, {"prompt": "b2"}, author="alice")
+    _two_policies(store, clock)
     monitors = CountingMonitors(breach_after=10_000)
     rollouts = Rollouts(store, clock=clock, monitors=monitors)
     paused = rollouts.start(POLICY, candidate="v2", plan=small_plan())
@@ -125,7 +128,7 @@ def test_a_rollout_changed_between_a_chunks_reads_and_its_writes_is_ticked_again
     assert "paused" in outcomes[paused.id].action.message
     # Every event was folded once: the memory of the first reads was not written or kept.
     for row in (paused, untouched):
-        assert _samples(store, row.id) == {"stable": 7, "candidate": 7}
+        assert canary_samples(store, row.id) == {"stable": 7, "candidate": 7}
         trace = rollouts.trace(row.id)
         assert [t["seq"] for t in trace] == list(range(1, len(trace) + 1))
 
@@ -205,8 +208,8 @@ def test_a_chunk_of_holds_issues_as_many_statements_for_twenty_rollouts_as_for_f
     finally:
         controller.close()
     assert twenty == five
-    assert _samples(store, started[0]) == {"stable": 8, "candidate": 8}
-    assert _samples(store, started[-1]) == {"stable": 4, "candidate": 4}
+    assert canary_samples(store, started[0]) == {"stable": 8, "candidate": 8}
+    assert canary_samples(store, started[-1]) == {"stable": 4, "candidate": 4}
 
 
 def _feedback(store: Store, at: Any, *scores: tuple[str, float]) -> None:
@@ -227,9 +230,7 @@ def _low_quality(store: Store, rollout_id: str) -> int:
 def test_feedback_read_once_per_chunk_reaches_each_rollout_past_its_own_cursor_once(
     store: Store, clock: ManualClock, batch_size: int
 ) -> None:
-    registry = setup_policy(store, clock)
-    registry.register(OTHER, {"prompt": "b1"}, author="alice")
-    registry.register(OTHER, {"prompt": "b2"}, author="alice")
+    _two_policies(store, clock)
     monitors = CountingMonitors(breach_after=10_000)
     rollouts = Rollouts(store, clock=clock, monitors=monitors)
     controller = Controller(store, clock=clock, monitors=monitors, holder="t",
@@ -270,9 +271,7 @@ def test_every_statement_of_a_tick_is_planned_for_its_own_values_on_postgresql(
     # A generic plan (psycopg prepares a statement from its fifth execution) cannot see the
     # cursors, and read a chunk's new events by filtering the whole id range past the lowest.
     store = Store.open(pg_url)
-    registry = setup_policy(store, clock)
-    registry.register(OTHER, {"prompt": "b1"}, author="alice")
-    registry.register(OTHER, {"prompt": "b2"}, author="alice")
+    _two_policies(store, clock)
     monitors = CountingMonitors(breach_after=10_000)
     rollouts = Rollouts(store, clock=clock, monitors=monitors)
     started = [rollouts.start(p, candidate="v2", plan=small_plan()).id for p in (POLICY, OTHER)]

@@ -96,3 +96,19 @@ def test_bench_server_smoke(tmp_path: Path) -> None:
     assert isinstance(ratios, dict)
     assert ratios["ofrep_rps"] > 0
     assert ratios["events_sqlite"] > 0
+
+
+@pytest.mark.slow
+def test_bench_agents_smoke(tmp_path: Path) -> None:
+    result = run_bench("bench_agents.py", tmp_path, "--quick", "--backend", "sqlite", timeout=300)
+    (run,) = result["runs"]  # type: ignore[misc]
+    assert run["agents"] == 4
+    # Every event the remote agents recorded reached the store through the server.
+    assert run["recorded"] > 0
+    assert run["dropped"] == 0
+    assert run["stored"] == run["recorded"]
+    # Two changes (a start and a rollback), each seen by all four agents.
+    assert run["propagation_samples"] == 2 * 4
+    assert run["propagation_max_ms"] >= run["propagation_p50_ms"] > 0
+    assert run["server_cores"] > 0
+    assert run["marginal_cores_per_1000_agents"] is None  # no smaller count to compare with

@@ -32,15 +32,27 @@ from policy_canary.store import Store
 POLICIES = [POLICY, *(f"agent-{i}" for i in range(7))]
 
 
-def _fleet(store: Store, clock: ManualClock, monitors: Any) -> dict[str, str]:
-    """A rollout of every policy in POLICIES: their ids, by policy."""
+def _fleet(
+    store: Store, clock: ManualClock, monitors: Any, *, both_shards: bool = False
+) -> dict[str, str]:
+    """A rollout of every policy in POLICIES: their ids, by policy.
+
+    Rollout ids are random, so all eight land in one of two processes once in 128 fleets;
+    ``both_shards`` adds rollouts of further policies until each process owns one.
+    """
     registry = Registry(store, clock=clock)
     rollouts = Rollouts(store, clock=clock, monitors=monitors)
-    ids = {}
-    for policy in POLICIES:
+    ids: dict[str, str] = {}
+
+    def start(policy: str) -> None:
         registry.register(policy, {"prompt": "v1"}, author="alice")
         registry.register(policy, {"prompt": "v2"}, author="alice")
         ids[policy] = rollouts.start(policy, candidate="v2", plan=small_plan()).id
+
+    for policy in POLICIES:
+        start(policy)
+    while both_shards and len({shard_of(rid, 2) for rid in ids.values()}) < 2:
+        start(f"extra-{len(ids)}")
     return ids
 
 
@@ -110,7 +122,7 @@ def test_a_child_that_dies_fails_its_rollouts_tick_and_is_started_again(
     clock = ManualClock()
     marker = tmp_path / "die"
     monitors = _DiesOnce(str(marker))
-    ids = _fleet(store, clock, monitors)
+    ids = _fleet(store, clock, monitors, both_shards=True)
     child = {rid for rid in ids.values() if shard_of(rid, 2) == 1}
     assert child
     assert child != set(ids.values())

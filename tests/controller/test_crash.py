@@ -276,8 +276,8 @@ def test_sigkill_at_random_points_never_changes_the_outcome(
 
 def _kill_and_resume(runs: _SqliteTrials | _PostgresTrials, trials: int) -> None:
     # The scenario twice: the children fork from a process that has run it, so the kill window
-    # is the second, warm run's length (the first, cold one ran up to twice as long: most kills
-    # then landed after the end); both runs end in the same state.
+    # comes from the second, warm run's length (the first, cold one ran up to twice as long);
+    # both runs end in the same state.
     references = []
     for name in ("reference", "warm_reference"):
         url, rollout_id = runs.fresh(name)
@@ -307,10 +307,21 @@ def _kill_and_resume(runs: _SqliteTrials | _PostgresTrials, trials: int) -> None
             finally:
                 os._exit(0)
         os.close(write_end)
-        time.sleep(rng.uniform(0.0, full_run))
+        # Kill inside a random phase: once the child has finished the phase before it (none
+        # for the first), within two phases' average length. A window of the whole run's
+        # length, timed once, went wrong when the box's load changed between the reference
+        # and the trials (in one CI run only 12 of 50 kills landed before the end).
+        after = rng.randrange(-1, len(PHASES) - 1)
+        done = b""
+        while after >= 0 and not (done and done[-1] >= after):
+            reported = os.read(read_end, 64)
+            if not reported:  # the child ended on its own: nothing more to wait for
+                break
+            done += reported
+        time.sleep(rng.uniform(0.0, 2 * full_run / len(PHASES)))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        done = os.read(read_end, 64)
+        done += os.read(read_end, 64)  # the rest it reported before it died
         os.close(read_end)
         resume_at = done[-1] + 1 if done else 0
         killed_mid_run += resume_at < len(PHASES)

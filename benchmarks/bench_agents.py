@@ -12,7 +12,9 @@ count of agents (``--agents``, default 100,200), against a fresh ``serve`` proce
    resident memory, and the events committed per second, counted in the store;
 3. ``--rounds`` (default 5) rollouts started and rolled back through the library: the time
    from each commit until *every* agent's gate serves the change (its table's rollout id),
-   p50 / p99 / max over all agents and changes;
+   p50 / p99 / max over all agents and changes; and until a bare reader of the stream (a
+   thread of this process that does nothing else) receives it, which is the server's push
+   without what the agents' own processes add;
 4. the agents close (flushing their buffers); every event they recorded must be in the
    store, less the drops they counted (none expected).
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -201,6 +204,38 @@ def _percentile(ordered: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
+def bare_stream(host: str, port: int, token: str) -> list[tuple[int, float]]:
+    """One raw ``/api/v1/stream`` reader on a thread of its own: (epoch, monotonic) per frame.
+
+    It does nothing but read, so the time it sees a change is the server's push, apart from
+    what the agents' own processes add.
+    """
+    seen: list[tuple[int, float]] = []
+    sock = socket.create_connection((host, port))
+    sock.sendall(f"GET /api/v1/stream HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: Bearer {token}\r\n\r\n".encode())  # fmt: skip
+
+    def read() -> None:
+        with sock, sock.makefile("rb") as lines:
+            for line in lines:
+                if line.startswith(b"id: "):
+                    seen.append((int(line[4:]), time.monotonic()))
+
+    threading.Thread(target=read, daemon=True).start()
+    return seen
+
+
+def _pushed(seen: list[tuple[int, float]], after: int, since: float) -> tuple[int, float]:
+    """The first frame of an epoch past ``after`` read at or after ``since`` (waits 30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for epoch, at in list(seen):
+            if epoch > after and at >= since:
+                return epoch, at
+        time.sleep(0.001)
+    raise SystemExit("the bare stream reader never saw the change")
+
+
 def one_level(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]:
     token, _, _ = seed(url)
     with serving(url, args.workers) as (host, port, pid):
@@ -217,6 +252,9 @@ def one_level(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]
             admin = Store.open(url)
             rollouts = Rollouts(admin)
             delays: list[float] = []
+            bare = bare_stream(host, port, token)
+            bare_ms: list[float] = []
+            epoch = _pushed(bare, -1, 0.0)[0]  # the frame sent on connecting
             slowest: list[float] = []  # per change, its last agent
             for i in range(args.rounds):
                 for change in ("start", "rollback"):
@@ -234,6 +272,8 @@ def one_level(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]
                         raise SystemExit(f"the agents saw {seen[0]['rollout']}, not {rollout}")
                     change_ms = [(t - committed) * 1000 for m in seen for t in m["seen"]]
                     slowest.append(max(change_ms))
+                    epoch, arrived = _pushed(bare, epoch, committed)
+                    bare_ms.append((arrived - committed) * 1000)
                     delays += change_ms
             admin.close()
         finally:
@@ -252,6 +292,8 @@ def one_level(url: str, agents: int, args: argparse.Namespace) -> dict[str, Any]
         "propagation_p50_ms": statistics.median(ordered), "propagation_p99_ms":
         _percentile(ordered, 0.99), "propagation_max_ms": ordered[-1],
         "propagation_samples": len(ordered), "slowest_agent_per_change_ms": slowest,
+        "bare_stream_ms": bare_ms, "bare_stream_p50_ms": statistics.median(bare_ms),
+        "bare_stream_max_ms": max(bare_ms),
         "recorded": recorded, "dropped": dropped,
         "stored": stored_end, "client_cpu_s": sum(m["cpu_s"] for m in totals),
     }  # fmt: skip
@@ -305,7 +347,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"{args.rate:g} requests/s per agent)",
         ["agents", "server cores", "cores / 1,000 agents", "added: cores / 1,000",
          "agents / core", "RSS", "events/s (expected)",
-         "change to every agent p50 / p99 / max", "lost"],
+         "change to every agent p50 / p99 / max", "bare stream p50 / max", "lost"],
         [
             (f"{r['agents']:,}", f"{r['server_cores']:.2f}", f"{r['cores_per_1000_agents']:.2f}",
              "-" if r["marginal_cores_per_1000_agents"] is None
@@ -315,6 +357,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
              f"{r['events_per_s']:,.0f} ({r['expected_events_per_s']:,.0f})",
              f"{r['propagation_p50_ms']:.0f} / {r['propagation_p99_ms']:.0f} / "
              f"{r['propagation_max_ms']:.0f} ms",
+             f"{r['bare_stream_p50_ms']:.0f} / {r['bare_stream_max_ms']:.0f} ms",
              f"{r['recorded'] - r['dropped'] - r['stored']:,}")
             for r in runs
         ],

@@ -111,4 +111,5 @@ def test_bench_agents_smoke(tmp_path: Path) -> None:
     assert run["propagation_samples"] == 2 * 4
     assert run["propagation_max_ms"] >= run["propagation_p50_ms"] > 0
     assert run["server_cores"] > 0
+    assert len(run["bare_stream_ms"]) == 2  # the bare reader saw both changes too
     assert run["marginal_cores_per_1000_agents"] is None  # no smaller count to compare with

@@ -10,15 +10,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from _rollout_support import POLICY, CountingMonitors, insert_events, setup_policy, small_plan
+from _rollout_support import PLAN_YAML, POLICY, CountingMonitors, insert_events, setup_policy
 from policy_canary.clock import ManualClock
 from policy_canary.controller import Controller, Rollouts
+from policy_canary.plan import RolloutPlan
 from policy_canary.store import Store
 from policy_canary.store.schema import alerts, audit, release_history, rollout_ticks, rollouts
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: Simulated seconds per wall-clock second: the whole plan (60 min of dwell) runs in ~1.5 s.
 SPEED = 2400.0
+#: The small plan with stage time-outs no stall of a loaded box can reach (24 h = 36 s of wall
+#: time), so the rollout is promoted however slowly the processes start and tick.
+PLAN = RolloutPlan.loads(
+    PLAN_YAML.replace("max_duration: 1h", "max_duration: 24h").replace(
+        "max_duration: 2h", "max_duration: 24h"
+    ),
+    source="plan.yaml",
+)
 
 
 class SharedFastClock:
@@ -40,10 +49,15 @@ def _controller_process(url: str, wall0: float, name: str, deadline: float) -> N
         holder=name,
         actor=name,
     )
-    while time.time() < deadline:
+    while time.time() < deadline and not _finished(store):
         controller.tick()
         controller.close()  # hand the lock around, so both processes take turns acting
     store.close()
+
+
+def _finished(store: Store) -> bool:
+    with store.read() as conn:
+        return conn.execute(select(rollouts.c.state)).scalar_one() != "running"
 
 
 @pytest.mark.slow
@@ -51,13 +65,13 @@ def test_two_controllers_apply_each_transition_exactly_once(pg_url: str) -> None
     store = Store.open(pg_url)
     setup_policy(store, ManualClock(T0))
     row = Rollouts(store, clock=ManualClock(T0), monitors=CountingMonitors(min_n=5)).start(
-        POLICY, candidate="v2", plan=small_plan()
+        POLICY, candidate="v2", plan=PLAN
     )
     for stage in ("canary", "validation", "soak"):
         insert_events(store, rollout_id=row.id, stage=stage, at=T0, candidate=40, stable=40)
 
     wall0 = time.time()
-    deadline = wall0 + 2.5
+    deadline = wall0 + 30.0  # a bound only: each process stops once the rollout has ended
     children = []
     for name in ("controller-a", "controller-b"):
         pid = os.fork()

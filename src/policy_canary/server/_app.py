@@ -167,8 +167,9 @@ def create_app(
         app.include_router(module.router)
     if dashboard:
         mount(app, clock=clock)
-    # Added first, so the length cap below runs before it (add_middleware wraps outward).
+    # Added first, so the length cap below runs before them (add_middleware wraps outward).
     app.add_middleware(OfrepFastPath, state=app.state.server)
+    app.add_middleware(_stream.RoutingPollFastPath, state=app.state.server)
     most = max(chosen.events_body_bytes, chosen.push_body_bytes, chosen.body_bytes)
     app.add_middleware(_ContentLengthCap, most=most)
     return app

@@ -10,8 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from policy_canary.errors import AuthenticationError
-from policy_canary.server._state import server_state
-from policy_canary.store._audit import default_actor
+from policy_canary.server._state import ServerState, server_state
 from policy_canary.tokens import Permission, TokenInfo
 
 _bearer = HTTPBearer(auto_error=False, description="A token from 'policy-canary token create'.")
@@ -39,12 +38,30 @@ class Principal:
         return self.token is None or self.token.allows(permission, policy)
 
 
+def cached_principal(state: ServerState, authorization: bytes | None) -> Principal | None:
+    """The caller, when knowing them needs no store read: auth is off, or the header names
+    an active token this server checked recently. None: let :func:`require` decide (and
+    answer any refusal) on the full route."""
+    if not state.auth:
+        return Principal(actor=state.local_actor, token=None)
+    if authorization is None:
+        return None
+    scheme, _, secret = authorization.decode("latin-1").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        return None
+    token = state.token_cache.peek(secret)  # a stale one is re-checked by require()
+    if token is None or token.state(state.tokens.clock.now()) != "active":
+        return None
+    return Principal(actor=token.name, token=token)
+
+
 async def _authenticate(
     request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     state = server_state(request)
     if not state.auth:
-        return Principal(actor=default_actor(), token=None)
+        return Principal(actor=state.local_actor, token=None)
     header = request.headers.get("authorization")
     if header is not None and credentials is None:
         raise AuthenticationError("send the token as 'Authorization: Bearer pc_...'")

@@ -17,10 +17,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policy_canary.errors import CanaryError, RateLimitedError
+from policy_canary.server._auth import cached_principal
 from policy_canary.server._body import parse_json
 from policy_canary.server._errors import ofrep_error, problem
 from policy_canary.server._state import ServerState
-from policy_canary.store._audit import default_actor
 from policy_canary.tokens import Permission
 
 PREFIX = "/ofrep/v1/evaluate/flags/"
@@ -33,7 +33,6 @@ class OfrepFastPath:
     def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
         self.app = app
         self.state = state
-        self._local_actor = default_actor()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -67,22 +66,10 @@ class OfrepFastPath:
 
     def _actor(self, key: str, headers: dict[bytes, bytes]) -> str | None:
         """Who asks, when that needs no store read and they may evaluate ``key``; else None."""
-        state = self.state
-        if not state.auth:
-            return self._local_actor
-        header = headers.get(b"authorization")
-        if header is None:
+        principal = cached_principal(self.state, headers.get(b"authorization"))
+        if principal is None or not principal.allows(Permission.EVALUATE, key):
             return None
-        scheme, _, secret = header.decode("latin-1").partition(" ")
-        secret = secret.strip()
-        if scheme.lower() != "bearer" or not secret:
-            return None
-        token = state.token_cache.peek(secret)  # a stale one is re-checked there
-        if token is None or token.state(state.tokens.clock.now()) != "active":
-            return None
-        if not token.allows(Permission.EVALUATE, key):
-            return None
-        return token.name
+        return principal.actor
 
     async def _read(
         self, receive: Receive, headers: dict[bytes, bytes]

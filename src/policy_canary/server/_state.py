@@ -22,6 +22,7 @@ from policy_canary.server._remote_events import GroupCommit, KnownRefs
 from policy_canary.server._watch import RoutingWatch
 from policy_canary.serving import Canary, Decision
 from policy_canary.settings import DEFAULT_MAX_SPEC_BYTES
+from policy_canary.store._audit import default_actor
 from policy_canary.tokens import TokenInfo, Tokens, token_digest
 
 
@@ -224,6 +225,8 @@ class ServerState:
     token_cache: TokenCache = field(init=False)
     bodies: EvaluationBodies = field(default_factory=EvaluationBodies)
     event_writer: GroupCommit = field(init=False)
+    #: Who acts when auth is off (``--no-auth`` on loopback): the OS user running the server.
+    local_actor: str = field(default_factory=default_actor)
 
     def __post_init__(self) -> None:
         self.decisions = Decisions(self.limits.decisions_kept)

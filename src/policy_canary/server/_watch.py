@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -90,6 +91,18 @@ class RoutingWatch:
                 raise error
         assert self.snapshot is not None
         return self.snapshot
+
+    def covering(self, names: Collection[str]) -> Snapshot:
+        """The snapshot, reloaded first if it lacks one of ``names``: a policy registered
+        since the watcher last looked is served at once, not refused as unknown until its
+        next poll (raises store errors, which say more than "no such policy" would)."""
+        snapshot = self.current()
+        if set(names) <= snapshot.tables.keys():
+            return snapshot
+        error = self.refresh()
+        if error is not None:
+            raise error
+        return self.current()
 
     # -- subscribers ------------------------------------------------------------------------
 

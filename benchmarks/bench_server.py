@@ -24,7 +24,12 @@ auth on, access log off, ``--workers`` as given, default 1):
    ``invoke_agent`` root with its ``feature_flag.evaluation`` event, two ``chat`` spans with
    token usage and one ``execute_tool`` span; spans/s accepted, and every request's event is
    counted in the store afterwards.
-4. Rollback propagation over the stream, on SQLite and on PostgreSQL: this process holds a
+4. Routing polls answered 304 (``GET /api/v1/routing`` with the ETag held, what every remote
+   agent sends each second): ``wrk`` over 8 connections, side by side on the same server,
+   through the fast path and through the full FastAPI route (an extra query parameter,
+   which the route ignores, makes the fast path hand the poll on); polls/s and the
+   server's CPU per poll, and their ratio.
+5. Rollback propagation over the stream, on SQLite and on PostgreSQL: this process holds a
    remote canary (``Canary.connect``) subscribed to the server; a rollout is started and
    rolled back through the library (``Rollouts``, a separate store connection); the time
    from the rollback's commit to the first ``route()`` whose decision carries no rollout.
@@ -204,6 +209,33 @@ def bench_ofrep(
         return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
     url = f"http://{host}:{port}/ofrep/v1/evaluate/flags/{POLICY}"
     return wrk(url, _WRK_LUA % token, connections=connections, seconds=seconds)
+
+
+_POLL_LUA = """\
+wrk.method = "GET"
+wrk.headers["Authorization"] = "Bearer %s"
+wrk.headers["If-None-Match"] = '%s'
+"""
+
+
+def bench_poll(host: str, port: int, token: str, seconds: int, pid: int) -> dict[str, Any]:
+    """wrk: 304 polls through the fast path and through the full route, side by side."""
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed (apt-get install -y wrk)"}
+    base = f"http://{host}:{port}/api/v1/routing"
+    auth = {"Authorization": f"Bearer {token}"}
+    etag = httpx.get(base, headers=auth).headers["etag"]
+    workers = _workers(pid)
+    out: dict[str, Any] = {}
+    for name, url in (("fast", base), ("full", f"{base}?bench=full")):
+        answer = httpx.get(url, headers={**auth, "If-None-Match": etag})
+        assert answer.status_code == 304, (url, answer.status_code)
+        before = sum(_cpu_seconds(w) for w in workers)
+        run = wrk(url, _POLL_LUA % (token, etag), connections=8, seconds=seconds)
+        cpu = sum(_cpu_seconds(w) for w in workers) - before
+        out[name] = {**run, "cpu_us_per_poll": cpu / max(run["requests"], 1) * 1e6}
+    out["cpu_ratio"] = out["full"]["cpu_us_per_poll"] / max(out["fast"]["cpu_us_per_poll"], 1e-9)
+    return out
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -404,6 +436,7 @@ def main() -> None:
             results["ofrep"] = bench_ofrep(host, port, token, seconds)
             results["ofrep_8"] = bench_ofrep(host, port, token, seconds, connections=8)
             results["events_sqlite"] = bench_events(url, host, port, token, v1, seconds, pid)
+            results["poll"] = bench_poll(host, port, token, seconds, pid)
             results["otlp"] = bench_otlp(url, host, port, token, batches)
             results["propagation_sqlite"] = bench_propagation(url, host, port, token, rounds)
     with pg_schema(PG_URL) as (pg, problem):
@@ -464,6 +497,16 @@ def _otlp_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
              "", "", ">= 30,000/s", _ratio(r["ratios"]["otlp_spans"]))]  # fmt: skip
 
 
+def _poll_rows(p: dict[str, Any]) -> list[tuple[str, ...]]:
+    if "skipped" in p:
+        return [("routing polls answered 304 (wrk, 8 conns)", p["skipped"], "", "", "", "")]
+    return [(f"routing polls answered 304, {how} (wrk, 8 conns)",
+             f"{p[name]['rps']:,.0f} polls/s, {p[name]['cpu_us_per_poll']:.0f} us CPU each",
+             f"{p[name]['p50_ms']:.2f}", f"{p[name]['p99_ms']:.2f}", "",
+             f"{p['cpu_ratio']:.1f}x less CPU" if name == "fast" else "")
+            for name, how in (("fast", "fast path"), ("full", "full route"))]  # fmt: skip
+
+
 def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x" + ("" if value >= 1 else " (missed)")
 
@@ -493,6 +536,7 @@ def report(r: dict[str, Any]) -> None:
          _cell(ep, "events_per_s", ",.0f") + " events/s", _cell(ep, "batch_p50_ms", ".1f"),
          _cell(ep, "batch_p99_ms", ".1f"), ">= 50,000/s", _ratio(q["events_postgresql"])),
         *_otlp_rows(r),
+        *_poll_rows(r["poll"]),
         ("rollback -> route() over SSE, SQLite", "", _cell(ps, "p50_ms", ".1f"),
          _cell(ps, "p99_ms", ".1f"), "p99 <= 250 ms", _ratio(q["prop_sqlite_p99"])),
         ("rollback -> route() over SSE, PostgreSQL", "", _cell(pp, "p50_ms", ".1f"),

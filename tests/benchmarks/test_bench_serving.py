@@ -89,6 +89,13 @@ def test_bench_server_smoke(tmp_path: Path) -> None:
     otlp = result["otlp"]
     assert otlp["accepted"] == 4 * 1_000  # type: ignore[index]  # 4 exports of 1,000 spans
     assert otlp["stored"] == otlp["requests"] == 1_000  # type: ignore[index]  # 4 spans each
+    poll = result["poll"]
+    assert isinstance(poll, dict)
+    # Both ways of answering an unchanged poll were timed, every answer a 304.
+    assert poll["fast"]["errors"] == poll["full"]["errors"] == 0
+    assert poll["fast"]["requests"] > 0
+    assert poll["full"]["requests"] > 0
+    assert poll["cpu_ratio"] > 0
     assert result["propagation_sqlite"]["rounds"] == 3  # type: ignore[index]
     assert result["workers"] == 1
     assert len(result["load_before"]) == len(result["load_after"]) == 3  # type: ignore[arg-type]
